@@ -1,0 +1,1 @@
+"""Caddyfile lexer, parser (imports, snippets, env vars) and formatter."""

@@ -1,0 +1,250 @@
+"""`pyproxy` command line: the same verbs and flags as `caddy` where they overlap.
+
+Exit codes: 0 success; 1 config/usage error or failed check; 2 bad command line
+(argparse); other codes are documented per command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from config.errors import ConfigError
+from proxy import __version__
+
+
+def _print_warnings(warnings: Sequence[object]) -> None:
+    for w in warnings:
+        file, line, message = (
+            getattr(w, "file", ""),
+            getattr(w, "line", 0),
+            getattr(w, "message", w),
+        )
+        where = f"{file}:{line}: " if file else ""
+        print(f"WARN {where}{message}", file=sys.stderr)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from config.source import load_config
+
+    try:
+        config, warnings = load_config(args.config, args.adapter or "caddyfile")
+        if args.validate:
+            from config.model import load_model
+
+            load_model(config)
+    except ConfigError as exc:
+        print(f"Error: adapting config using caddyfile: {exc}", file=sys.stderr)
+        return 1
+    _print_warnings(warnings)
+    if args.pretty:
+        print(json.dumps(config, indent="\t"))
+    else:
+        print(json.dumps(config, separators=(",", ":")))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from config.model import load_model
+    from config.source import load_config
+
+    try:
+        config, warnings = load_config(args.config, args.adapter)
+        _print_warnings(warnings)
+        load_model(config)
+    except ConfigError as exc:
+        where = f"{exc.location}: " if exc.location and exc.location not in str(exc) else ""
+        print(f"Error: {where}{exc}", file=sys.stderr)
+        return 1
+    print("Valid configuration")
+    return 0
+
+
+def _fmt_decode(data: bytes) -> str:
+    """Decode like Go's rune reader: each byte of an invalid UTF-8 sequence becomes one U+FFFD
+    (Python's "replace" handler would fold a truncated sequence into a single U+FFFD)."""
+    out: list[str] = []
+    pos = 0
+    while pos < len(data):
+        try:
+            out.append(data[pos:].decode("utf-8"))
+            break
+        except UnicodeDecodeError as exc:
+            out.append(data[pos : pos + exc.start].decode("utf-8"))
+            out.append("\ufffd")
+            pos += exc.start + 1
+    return "".join(out)
+
+
+def _fmt_line_diff(old: list[str], new: list[str]) -> list[tuple[str, str]]:
+    """Line diff as `caddy fmt --diff` shows it: ("  "|"- "|"+ ", line) pairs from a longest
+    common subsequence, removals before additions within a changed run."""
+    head = 0
+    while head < min(len(old), len(new)) and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    a, b = old[head : len(old) - tail], new[head : len(new) - tail]
+    body: list[tuple[str, str]] = []
+    if len(a) * len(b) > 4_000_000:
+        # A full LCS table would be too big; difflib's matcher gives a comparable answer.
+        matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                body += [("  ", line) for line in a[i1:i2]]
+            else:
+                body += [("- ", line) for line in a[i1:i2]] + [("+ ", line) for line in b[j1:j2]]
+    else:
+        # lcs[i][j] = length of the LCS of a[:i] and b[:j]. Walking back from the ends matches
+        # the latest equal lines first, as Caddy's diff does (visible with repeated blank lines).
+        lcs = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i in range(len(a)):
+            for j in range(len(b)):
+                lcs[i + 1][j + 1] = (
+                    lcs[i][j] + 1 if a[i] == b[j] else max(lcs[i][j + 1], lcs[i + 1][j])
+                )
+        i, j = len(a), len(b)
+        while i > 0 or j > 0:
+            if i > 0 and j > 0 and a[i - 1] == b[j - 1]:
+                body.append(("  ", a[i - 1]))
+                i, j = i - 1, j - 1
+            elif j > 0 and (i == 0 or lcs[i][j - 1] >= lcs[i - 1][j]):
+                body.append(("+ ", b[j - 1]))
+                j -= 1
+            else:
+                body.append(("- ", a[i - 1]))
+                i -= 1
+        body.reverse()
+    return (
+        [("  ", line) for line in old[:head]]
+        + body
+        + [("  ", line) for line in old[len(old) - tail :]]
+    )
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from config.caddyfile.formatter import format_caddyfile
+
+    # Same argument rules as `caddy fmt`: one path, as an argument or --config, default
+    # ./Caddyfile; "-" means stdin.
+    if len(args.file) > 1 or (args.config and args.file):
+        names = " ".join([args.config or "", *args.file]).strip()
+        print(f"Error: fmt does not support multiple files {names}", file=sys.stderr)
+        return 1
+    path = args.file[0] if args.file else (args.config or "Caddyfile")
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        what = "stdin" if path == "-" else "input file"
+        print(f"Error: reading {what}: {exc}", file=sys.stderr)
+        return 1
+    # Bytes in, bytes out: no newline translation, so CR LF input is seen as Caddy sees it.
+    text = _fmt_decode(raw)
+    formatted = format_caddyfile(text).encode("utf-8")
+    if path == "-":
+        # Like Caddy, stdin is a pure filter: no --overwrite, --diff or formatting check.
+        sys.stdout.buffer.write(formatted)
+        sys.stdout.flush()
+        return 0
+    if args.overwrite:
+        try:
+            if formatted != raw:
+                Path(path).write_bytes(formatted)
+        except OSError as exc:
+            print(f"Error: overwriting formatted file: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.diff:
+        old_lines = text.split("\n")
+        new_lines = formatted.decode("utf-8").split("\n")
+        for prefix, line in _fmt_line_diff(old_lines, new_lines):
+            sys.stdout.buffer.write(f"{prefix}{line}\n".encode())
+    else:
+        sys.stdout.buffer.write(formatted)
+    sys.stdout.flush()
+    # Like current Caddy: unformatted input is an error, so CI can use `fmt` as a check. Caddy
+    # ignores CR LF line endings for this check and names the first line that differs.
+    normalized = raw.replace(b"\r\n", b"\n")
+    wanted = format_caddyfile(_fmt_decode(normalized)).encode("utf-8")
+    if wanted != normalized:
+        same = 0
+        while same < min(len(wanted), len(normalized)) and wanted[same] == normalized[same]:
+            same += 1
+        lineno = normalized[:same].count(b"\n") + 1
+        print(
+            f"Error: {path}:{lineno}: Caddyfile input is not formatted; Tip: use '--overwrite' to"
+            " update your Caddyfile in-place instead of previewing it. Consult '--help' for more"
+            " options",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"pyproxy v{__version__} (Python {sys.version.split()[0]})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyproxy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("adapt", help="print the JSON config a Caddyfile adapts to")
+    p.add_argument("--config", "-c", default=None, help="config file (default ./Caddyfile)")
+    p.add_argument("--adapter", "-a", default=None, help="config adapter (default caddyfile)")
+    p.add_argument("--pretty", "-p", action="store_true", help="indent the JSON")
+    p.add_argument("--validate", action="store_true", help="also validate the result")
+    p.set_defaults(func=cmd_adapt)
+
+    for name in ("validate", "check"):
+        p = sub.add_parser(name, help="adapt and validate a config without serving it")
+        p.add_argument("file", nargs="?", default=None, help="config file")
+        p.add_argument("--config", "-c", default=None, help="config file (default ./Caddyfile)")
+        p.add_argument("--adapter", "-a", default=None, help="caddyfile or json (by file name)")
+        p.set_defaults(func=lambda a: cmd_validate(_merge_file_arg(a)))
+
+    p = sub.add_parser("fmt", help="format a Caddyfile like `caddy fmt`")
+    p.add_argument("file", nargs="*", help="Caddyfile, or - for stdin (default ./Caddyfile)")
+    p.add_argument("--config", "-c", default=None, help="Caddyfile (alternative to the argument)")
+    p.add_argument("--overwrite", "-w", action="store_true", help="write the result back")
+    p.add_argument("--diff", "-d", action="store_true", help="print a diff instead")
+    p.set_defaults(func=cmd_fmt)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
+
+    try:
+        from proxy.app import add_run_arguments, cmd_run
+    except ImportError:
+        pass
+    else:
+        p = sub.add_parser("run", help="serve a config in the foreground")
+        add_run_arguments(p)
+        p.set_defaults(func=cmd_run)
+    return parser
+
+
+def _merge_file_arg(args: argparse.Namespace) -> argparse.Namespace:
+    if args.config is None:
+        args.config = args.file
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
