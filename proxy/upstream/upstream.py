@@ -1,0 +1,338 @@
+"""Runtime state of reverse_proxy upstreams: what selection policies and health checks read.
+
+This module owns:
+
+* ``HostState`` — per *dial address* state shared by every handler that proxies to that address
+  and kept across config reloads through a ``HostRegistry``: the number of in-flight requests and
+  the passive-health failures that have not expired yet. Caddy keeps the same split: request
+  counts and passive failures live on a global "host", because a backend that is overloaded or
+  failing is so for every route that uses it.
+* ``Upstream`` — one entry of a handler's ``upstreams`` JSON array (``{"dial": "host:port",
+  "max_requests": N}``) plus the per-handler state: the active-health flag and its consecutive
+  pass/fail counters (per handler, because two handlers may probe the same address with
+  different URIs), and the passive policy's ``max_fails`` threshold.
+
+Availability follows Caddy: an upstream is *healthy* unless the active checker marked it down or
+it has ``max_fails`` or more unexpired passive failures; it is *available* when healthy and not
+*full* (``max_requests`` in-flight requests or more). Time is always passed in (``now``, seconds on
+any monotonic clock the caller chooses), so the decisions here are pure.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.upstream.health import PassiveHealth
+
+__all__ = [
+    "HostRegistry",
+    "HostState",
+    "Upstream",
+    "duration_seconds",
+    "parse_dial",
+    "upstreams_from_handler",
+]
+
+DEFAULT_PORT = 80
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+_UNIT_S = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+
+
+def duration_seconds(value: object, field: str = "duration") -> float:
+    """A Caddy JSON duration in seconds.
+
+    Caddy's ``caddy.Duration`` unmarshals from an integer (nanoseconds, what ``caddy adapt``
+    emits) or a Go duration string (``"1m30s"``, ``"250ms"``, plus Caddy's ``"d"`` for days).
+    ``None`` means 0.
+    """
+    if value is None:
+        return 0.0
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: invalid duration {value!r}")
+    if isinstance(value, int | float):
+        return float(value) / 1e9
+    if isinstance(value, str):
+        text = value.strip()
+        sign = 1.0
+        if text[:1] in "+-" and text:
+            sign = -1.0 if text[0] == "-" else 1.0
+            text = text[1:]
+        if text == "0":
+            return 0.0
+        pos = 0
+        total = 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNIT_S[match.group(2)]
+            pos = match.end()
+        if pos == len(text) and pos > 0:
+            return sign * total
+    raise ValueError(f"{field}: invalid duration {value!r}")
+
+
+def parse_dial(dial: str) -> tuple[str, str, int]:
+    """Split a Caddy dial address into ``(network, host, port)``.
+
+    Accepts ``host:port``, ``[v6]:port``, ``host`` (port 80), an optional network prefix
+    (``tcp/``, ``tcp4/``, ``tcp6/``) and ``unix//path/to.sock`` (host is the socket path, port 0).
+    Addresses with placeholders (``{...}``) are dynamic; they come back as ``("tcp", "", 0)`` and
+    the engine resolves them per request.
+    """
+    if "{" in dial:
+        return "tcp", "", 0
+    network = "tcp"
+    rest = dial
+    slash = dial.find("/")
+    # A network prefix is the text before the first "/" when it names a network; a plain
+    # host:port never contains "/".
+    if slash > 0 and ":" not in dial[:slash]:
+        network, rest = dial[:slash].lower(), dial[slash + 1 :]
+    if network.startswith("unix"):
+        return network, rest, 0
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise ValueError(f"invalid dial address {dial!r}: missing ']'")
+        host = rest[1:end]
+        tail = rest[end + 1 :]
+        if not tail:
+            return network, host, DEFAULT_PORT
+        if not tail.startswith(":"):
+            raise ValueError(f"invalid dial address {dial!r}")
+        port_text = tail[1:]
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    elif ":" in rest:
+        # Bare IPv6 literal without brackets and without port.
+        return network, rest, DEFAULT_PORT
+    else:
+        return network, rest, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        # Port ranges ("8000-8003") are expanded by the adapter; an Upstream is one socket.
+        raise ValueError(f"invalid dial address {dial!r}: bad port {port_text!r}")
+    return network, host, int(port_text)
+
+
+class HostState:
+    """State of one backend address, shared by all handlers and kept across reloads."""
+
+    __slots__ = ("_fail_expiries", "num_requests")
+
+    def __init__(self) -> None:
+        self.num_requests = 0
+        # Min-heap of expiry times, one per remembered failure. A heap (not a deque) because
+        # handlers with different fail_duration values may record failures for the same host,
+        # so expiries are not appended in order.
+        self._fail_expiries: list[float] = []
+
+    def count_failure(self, now: float, duration_s: float) -> None:
+        """Remember one failure until ``now + duration_s``."""
+        heapq.heappush(self._fail_expiries, now + duration_s)
+
+    def fails(self, now: float) -> int:
+        """Number of failures not yet expired at ``now`` (expired ones are dropped)."""
+        expiries = self._fail_expiries
+        while expiries and expiries[0] <= now:
+            heapq.heappop(expiries)
+        return len(expiries)
+
+    def clear_failures(self) -> None:
+        self._fail_expiries.clear()
+
+
+class HostRegistry:
+    """Dial address → ``HostState``; one per process so state survives config reloads."""
+
+    __slots__ = ("_hosts",)
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, HostState] = {}
+
+    def get(self, dial: str) -> HostState:
+        state = self._hosts.get(dial)
+        if state is None:
+            state = self._hosts[dial] = HostState()
+        return state
+
+    def retain(self, dials: Iterable[str]) -> None:
+        """Forget hosts not in ``dials`` (call after a reload with the new config's dials)."""
+        keep = set(dials)
+        for dial in [d for d in self._hosts if d not in keep]:
+            del self._hosts[dial]
+
+    def __contains__(self, dial: object) -> bool:
+        return dial in self._hosts
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+
+class Upstream:
+    """One configured upstream of one reverse_proxy handler.
+
+    ``max_fails`` is the passive policy's threshold, or ``None`` when the handler has no passive
+    health checks (then passive failures never make the upstream unhealthy, as in Caddy).
+    """
+
+    __slots__ = (
+        "_active_unhealthy",
+        "active_fails",
+        "active_passes",
+        "dial",
+        "host",
+        "max_fails",
+        "max_requests",
+        "network",
+        "port",
+        "state",
+    )
+
+    def __init__(
+        self,
+        dial: str,
+        *,
+        max_requests: int = 0,
+        max_fails: int | None = None,
+        state: HostState | None = None,
+    ) -> None:
+        self.dial = dial
+        self.network, self.host, self.port = parse_dial(dial)
+        self.max_requests = max_requests
+        self.max_fails = max_fails
+        self.state = state if state is not None else HostState()
+        self._active_unhealthy = False
+        # Consecutive active-check results since the last state change (see health.py).
+        self.active_passes = 0
+        self.active_fails = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Mapping[str, Any],
+        *,
+        passive: PassiveHealth | None = None,
+        registry: HostRegistry | None = None,
+    ) -> Upstream:
+        """Build from one ``upstreams`` JSON entry.
+
+        ``passive`` is the handler's parsed passive policy: it provides ``max_fails`` and, for
+        upstreams without their own ``max_requests``, ``unhealthy_request_count`` as the limit
+        (Caddy treats the two as the same knob).
+        """
+        dial = cfg.get("dial")
+        if not isinstance(dial, str) or not dial:
+            raise ValueError("upstream: dial address is required")
+        max_requests = int(cfg.get("max_requests") or 0)
+        if max_requests < 0:
+            raise ValueError(f"upstream {dial}: max_requests must not be negative")
+        max_fails: int | None = None
+        if passive is not None:
+            max_fails = passive.max_fails
+            if max_requests == 0:
+                max_requests = passive.unhealthy_request_count
+        state = registry.get(dial) if registry is not None else None
+        return cls(dial, max_requests=max_requests, max_fails=max_fails, state=state)
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.dial!r})"
+
+    def __str__(self) -> str:
+        return self.dial
+
+    # -- in-flight requests ------------------------------------------------------------------
+
+    @property
+    def num_requests(self) -> int:
+        return self.state.num_requests
+
+    def inc(self) -> None:
+        """Count a request as in flight (call when it is sent to this upstream)."""
+        self.state.num_requests += 1
+
+    def dec(self) -> None:
+        """Count a request as finished; never goes below zero."""
+        if self.state.num_requests > 0:
+            self.state.num_requests -= 1
+
+    @contextmanager
+    def track(self) -> Iterator[Upstream]:
+        """``with upstream.track(): ...`` counts one in-flight request for the block."""
+        self.inc()
+        try:
+            yield self
+        finally:
+            self.dec()
+
+    # -- passive health ----------------------------------------------------------------------
+
+    def record_failure(self, now: float, fail_duration_s: float) -> None:
+        """Remember a failure for ``fail_duration_s`` (no-op when the duration is not positive)."""
+        if fail_duration_s > 0:
+            self.state.count_failure(now, fail_duration_s)
+
+    def fails(self, now: float) -> int:
+        return self.state.fails(now)
+
+    # -- active health -----------------------------------------------------------------------
+
+    @property
+    def active_healthy(self) -> bool:
+        return not self._active_unhealthy
+
+    def set_active_healthy(self, healthy: bool) -> bool:
+        """Set the active-check verdict; returns True when it changed."""
+        if self._active_unhealthy == (not healthy):
+            return False
+        self._active_unhealthy = not healthy
+        return True
+
+    # -- verdicts ----------------------------------------------------------------------------
+
+    def healthy(self, now: float) -> bool:
+        """Not marked down by active checks and fewer than ``max_fails`` recent failures."""
+        if self._active_unhealthy:
+            return False
+        return self.max_fails is None or self.state.fails(now) < self.max_fails
+
+    def full(self) -> bool:
+        """At or above ``max_requests`` in-flight requests (0 means unlimited)."""
+        return self.max_requests > 0 and self.state.num_requests >= self.max_requests
+
+    def available(self, now: float) -> bool:
+        """May receive a request now: healthy and not full."""
+        return self.healthy(now) and not self.full()
+
+
+def upstreams_from_handler(
+    handler_cfg: Mapping[str, Any], registry: HostRegistry | None = None
+) -> list[Upstream]:
+    """Build the ``Upstream`` list of a reverse_proxy handler JSON object.
+
+    Reads ``upstreams`` and ``health_checks.passive``; a convenience for the engine.
+    """
+    # Imported here because health.py imports this module (it flips Upstream state).
+    from proxy.upstream.health import PassiveHealth
+
+    health_checks = handler_cfg.get("health_checks") or {}
+    passive = PassiveHealth.from_config(health_checks.get("passive"))
+    return [
+        Upstream.from_config(u, passive=passive, registry=registry)
+        for u in handler_cfg.get("upstreams") or []
+    ]
