@@ -1,0 +1,476 @@
+"""The global options block: one parser per option (Caddy's httpcaddyfile/options.go).
+
+Each parser receives a Dispenser over the option's tokens and the option's previous
+value, and returns the value stored in `options[name]`; the HTTP/TLS/logging builders
+read them later. Durations are stored as integer nanoseconds, Caddy's JSON form.
+
+Real Caddy options that pyproxy does not implement are registered too, so they fail with
+a clear message naming them instead of "unrecognized global option".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from config.adapt.addresses import BindValue
+from config.adapt.directive_order import current_order, reorder
+from config.adapt.helper import DIRECTIVES, ConfigValue, JSONDict, register_global_option
+from config.caddyfile.dispenser import Dispenser
+from config.errors import ConfigError
+
+DEFAULT_ADMIN_LISTEN = "localhost:2019"
+
+# -- durations (caddy.ParseDuration = Go's time.ParseDuration plus a `d` unit) -------------------
+
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,
+    "\u03bcs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+}
+_DURATION_PART = re.compile(r"([0-9]*)(\.[0-9]*)?([^0-9.]*)")
+_MAX_DURATION_NS = (1 << 63) - 1
+
+
+def _go_duration(text: str) -> int:
+    original = text
+    invalid = ConfigError(f'time: invalid duration "{original}"')
+    sign = 1
+    if text[:1] in ("-", "+"):
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    if text == "0":
+        return 0
+    if not text:
+        raise invalid
+    total = 0.0
+    while text:
+        m = _DURATION_PART.match(text)
+        if m is None:
+            raise invalid
+        whole, frac, unit = m.group(1), m.group(2) or "", m.group(3)
+        if not whole and frac in ("", "."):
+            raise invalid
+        if not unit:
+            raise ConfigError(f'time: missing unit in duration "{original}"')
+        if unit not in _UNIT_NS:
+            # the unit runs up to the next digit or dot
+            raise ConfigError(f'time: unknown unit "{unit}" in duration "{original}"')
+        total += float((whole or "0") + (frac if frac != "." else "")) * _UNIT_NS[unit]
+        text = text[m.end() :]
+    if total > _MAX_DURATION_NS:
+        raise invalid
+    return sign * round(total)
+
+
+def _format_float(value: float) -> str:
+    """Go's strconv.FormatFloat(v, 'f', -1, 64): shortest exact decimal."""
+    text = repr(value)
+    if "e" in text or "E" in text:
+        text = format(value, "f")
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text
+
+
+def parse_duration(text: str) -> int:
+    """A Caddy duration string (`90s`, `1h30m`, `2d`) → nanoseconds."""
+    if len(text) > 1024:
+        raise ConfigError("parsing duration: input string too long")
+    in_number = False
+    num_start = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "d":
+            days_text = text[num_start:i]
+            try:
+                days = float(days_text)
+            except ValueError:
+                raise ConfigError(
+                    f'strconv.ParseFloat: parsing "{days_text}": invalid syntax'
+                ) from None
+            text = text[:num_start] + _format_float(days * 24.0) + "h" + text[i + 1 :]
+            continue
+        if not in_number:
+            num_start = i
+        in_number = ch.isdigit() or ch in ".-+"
+        i += 1
+    return _go_duration(text)
+
+
+# -- small shared shapes ------------------------------------------------------------------------
+
+
+def _single_string(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    if not d.next():
+        raise d.arg_err()
+    value = d.val()
+    if d.next():
+        raise d.arg_err()
+    return value
+
+
+def _true(d: Dispenser, _existing: Any) -> Any:
+    return True
+
+
+def _duration(d: Dispenser, _existing: Any) -> Any:
+    if not d.next() or not d.next():
+        raise d.arg_err()
+    return parse_duration(d.val())
+
+
+def _port(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    args = d.all_args(1)
+    if args is None:
+        raise d.arg_err()
+    try:
+        return int(args[0], 10)
+    except ValueError:
+        raise d.err(
+            f"converting port '{args[0]}' to integer value: strconv.Atoi: "
+            f'parsing "{args[0]}": invalid syntax'
+        ) from None
+
+
+def _order(d: Dispenser, existing: Any) -> Any:
+    d.next()
+    if not d.next():
+        raise d.arg_err()
+    name = d.val()
+    if name not in DIRECTIVES:
+        from config.adapt.builtins import UNSUPPORTED_DIRECTIVES
+
+        if name in UNSUPPORTED_DIRECTIVES:
+            raise d.err(f"directive '{name}' is not supported by pyproxy")
+        raise d.err(f"{name} is not a registered directive")
+    if not d.next():
+        raise d.arg_err()
+    position = d.val()
+    order = existing if isinstance(existing, list) else current_order({})
+    if position in ("first", "last"):
+        if d.next_arg():
+            raise d.arg_err()
+        return reorder(order, name, position, None)
+    if position not in ("before", "after"):
+        raise d.err(f"unknown positional '{position}'")
+    if not d.next_arg():
+        raise d.arg_err()
+    other = d.val()
+    if d.next_arg():
+        raise d.arg_err()
+    if other not in [x for x in order if x != name]:
+        raise d.err(f"directive '{other}' not found")
+    return reorder(order, name, position, other)
+
+
+def _storage(d: Dispenser, _existing: Any) -> Any:
+    if not d.next() or not d.next():
+        raise d.arg_err()
+    module = d.val()
+    if module != "file_system":
+        raise d.err(f"storage module '{module}' is not supported by pyproxy (only file_system)")
+    storage: JSONDict = {"module": "file_system"}
+    if d.next_arg():
+        storage["root"] = d.val()
+        if d.next_arg():
+            raise d.arg_err()
+    while d.next_block(0):
+        if d.val() != "root":
+            raise d.err(f"unrecognized parameter '{d.val()}'")
+        if "root" in storage:
+            raise d.err("storage root already set")
+        if not d.next_arg():
+            raise d.arg_err()
+        storage["root"] = d.val()
+        if d.next_arg():
+            raise d.arg_err()
+    if "root" not in storage:
+        raise d.err("missing storage root path")
+    return storage
+
+
+def _storage_check(d: Dispenser, _existing: Any) -> Any:
+    value = _single_string(d, None)
+    if value != "off":
+        raise d.err("storage_check must be 'off'")
+    return value
+
+
+def _storage_clean_interval(d: Dispenser, _existing: Any) -> Any:
+    value = _single_string(d, None)
+    if value == "off":
+        return False
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:
+        raise d.err(
+            f"failed to parse storage_clean_interval, must be a duration or 'off' {exc}"
+        ) from None
+
+
+def _acme_eab(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    if d.next_arg():
+        raise d.arg_err()
+    eab: JSONDict = {}
+    while d.next_block(0):
+        key = d.val()
+        if key not in ("key_id", "mac_key"):
+            raise d.err(f"unrecognized parameter '{key}'")
+        if not d.next_arg():
+            raise d.arg_err()
+        eab[key] = d.val()
+    return eab
+
+
+def _cert_issuer(d: Dispenser, existing: Any) -> Any:
+    from config.adapt.tls_app import parse_issuer_module
+
+    d.next()
+    issuers: list[JSONDict] = list(existing) if isinstance(existing, list) else []
+    if not d.next():
+        raise d.arg_err()
+    issuers.append(parse_issuer_module(d))
+    return issuers
+
+
+def _default_bind(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    addresses = d.remaining_args() or [""]
+    protocols: list[str] = []
+    while d.next_block(0):
+        if d.val() != "protocols":
+            raise d.err(f"unknown subdirective: {d.val()}")
+        protocols = d.remaining_args()
+        if not protocols:
+            raise d.err("protocols requires one or more arguments")
+    return [ConfigValue("bind", BindValue(tuple(addresses), tuple(protocols)))]
+
+
+def _admin(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    admin: JSONDict = {}
+    if d.next_arg():
+        listen = d.val()
+        if listen == "off":
+            admin["disabled"] = True
+            if d.next():
+                raise d.err("No more option is allowed after turning off admin config")
+        else:
+            admin["listen"] = listen
+            if d.next_arg():
+                raise d.arg_err()
+    while d.next_block(0):
+        key = d.val()
+        if key == "enforce_origin":
+            admin["enforce_origin"] = True
+        elif key == "origins":
+            origins = d.remaining_args()
+            if origins:
+                admin["origins"] = origins
+            else:
+                admin.pop("origins", None)
+        else:
+            raise d.err(f"unrecognized parameter '{key}'")
+    if not admin.get("listen") and not admin.get("disabled"):
+        admin["listen"] = DEFAULT_ADMIN_LISTEN
+    return admin
+
+
+def _on_demand_tls(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    if d.next_arg():
+        raise d.arg_err()
+    on_demand: JSONDict | None = None
+    nesting = d.nesting
+    while d.next_block(nesting):
+        key = d.val()
+        if key == "ask":
+            if not d.next_arg():
+                raise d.arg_err()
+            on_demand = on_demand or {}
+            if "permission" in on_demand:
+                raise d.err("on-demand TLS permission module (or 'ask') already specified")
+            on_demand["permission"] = {"endpoint": d.val(), "module": "http"}
+        elif key == "permission":
+            if not d.next_arg():
+                raise d.arg_err()
+            if d.val() != "http":
+                raise d.err(f"on-demand TLS permission module '{d.val()}' is not supported")
+            on_demand = on_demand or {}
+            if "permission" in on_demand:
+                raise d.err("on-demand TLS permission module (or 'ask') already specified")
+            permission: JSONDict = {"module": "http"}
+            while d.next_block(d.nesting):
+                if d.val() != "endpoint" or not d.next_arg():
+                    raise d.err(f"unrecognized subdirective '{d.val()}'")
+                permission["endpoint"] = d.val()
+            on_demand["permission"] = permission
+        elif key in ("interval", "burst"):
+            raise d.err(
+                f"the on_demand_tls '{key}' option is no longer supported, remove it from "
+                "your config"
+            )
+        else:
+            raise d.err(f"unrecognized parameter '{key}'")
+    if on_demand is None:
+        raise d.err("expected at least one config parameter for on_demand_tls")
+    return on_demand
+
+
+def _persist_config(d: Dispenser, _existing: Any) -> Any:
+    value = _single_string(d, None)
+    if value != "off":
+        raise d.err("persist_config must be 'off'")
+    return value
+
+
+AUTO_HTTPS_VALUES = ("off", "disable_redirects", "disable_certs", "ignore_loaded_certs")
+
+
+def _auto_https(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    values = d.remaining_args()
+    if not values:
+        raise d.arg_err()
+    for value in values:
+        if value not in AUTO_HTTPS_VALUES:
+            raise d.err(
+                "auto_https must be one of 'off', 'disable_redirects', 'disable_certs', or "
+                "'ignore_loaded_certs'"
+            )
+    return values
+
+
+def _metrics(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    metrics: JSONDict = {}
+    while d.next_block(0):
+        key = d.val()
+        if key not in ("per_host", "observe_catchall_hosts", "otlp"):
+            raise d.err(f"unrecognized servers option '{key}'")
+        metrics[key] = True
+    return metrics
+
+
+def _ocsp_stapling(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    args = d.all_args(1)
+    if args is None:
+        raise d.arg_err()
+    if args[0] != "off":
+        raise d.err(f"invalid argument '{args[0]}'")
+    return {"disable_stapling": True}
+
+
+def _preferred_chains(d: Dispenser, _existing: Any) -> Any:
+    from config.adapt.tls_app import parse_preferred_chains
+
+    d.next()
+    return parse_preferred_chains(d)
+
+
+def _renewal_window_ratio(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    if not d.next():
+        raise d.arg_err()
+    text = d.val()
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise d.err(
+            f'parsing renewal_window_ratio: strconv.ParseFloat: parsing "{text}": invalid syntax'
+        ) from None
+    if ratio <= 0 or ratio >= 1:
+        raise d.err("renewal_window_ratio must be between 0 and 1 (exclusive)")
+    if d.next():
+        raise d.arg_err()
+    return ratio
+
+
+def _tls_resolvers(d: Dispenser, _existing: Any) -> Any:
+    d.next()
+    resolvers = d.remaining_args()
+    if not resolvers:
+        raise d.arg_err()
+    return resolvers
+
+
+def _servers(d: Dispenser, _existing: Any) -> Any:
+    from config.adapt.server_options import parse_server_options
+
+    return parse_server_options(d)
+
+
+def _log(d: Dispenser, existing: Any) -> Any:
+    from config.adapt.logging_config import parse_global_log
+
+    return parse_global_log(d, existing)
+
+
+def _unsupported(name: str) -> Any:
+    def parse(d: Dispenser, _existing: Any) -> Any:
+        d.next()
+        raise ConfigError(
+            f"{d.file()}:{d.line()}: global option '{name}' is not supported by pyproxy",
+            d.file(),
+            d.line(),
+        )
+
+    return parse
+
+
+def register() -> None:
+    for name, parser in (
+        ("debug", _true),
+        ("http_port", _port),
+        ("https_port", _port),
+        ("default_bind", _default_bind),
+        ("grace_period", _duration),
+        ("shutdown_delay", _duration),
+        ("default_sni", _single_string),
+        ("fallback_sni", _single_string),
+        ("order", _order),
+        ("storage", _storage),
+        ("storage_check", _storage_check),
+        ("storage_clean_interval", _storage_clean_interval),
+        ("renew_interval", _duration),
+        ("ocsp_interval", _duration),
+        ("acme_ca", _single_string),
+        ("acme_ca_root", _single_string),
+        ("acme_eab", _acme_eab),
+        ("cert_issuer", _cert_issuer),
+        ("skip_install_trust", _true),
+        ("email", _single_string),
+        ("admin", _admin),
+        ("on_demand_tls", _on_demand_tls),
+        ("local_certs", _true),
+        ("key_type", _single_string),
+        ("auto_https", _auto_https),
+        ("metrics", _metrics),
+        ("servers", _servers),
+        ("ocsp_stapling", _ocsp_stapling),
+        ("cert_lifetime", _duration),
+        ("log", _log),
+        ("preferred_chains", _preferred_chains),
+        ("persist_config", _persist_config),
+        ("tls_resolvers", _tls_resolvers),
+        ("renewal_window_ratio", _renewal_window_ratio),
+    ):
+        register_global_option(name, parser)
+    # real Caddy options that need modules pyproxy does not have (DNS providers, ECH,
+    # plugins): rejected by name rather than half-supported
+    for name in ("acme_dns", "dns", "ech", "filesystem", "pki", "events"):
+        register_global_option(name, _unsupported(name))
+
+
+register()
