@@ -81,13 +81,22 @@ def _fmt_decode(data: bytes) -> str:
 
 
 def _fmt_line_diff(old: list[str], new: list[str]) -> list[tuple[str, str]]:
-    """Line diff as `caddy fmt --diff` shows it: ("  "|"- "|"+ ", line) pairs from a longest
-    common subsequence, removals before additions within a changed run."""
+    """Line diff as `caddy fmt --diff` shows it: ("  "|"- "|"+ ", line) pairs.
+
+    Caddy uses an LCS diff that, at each step, prefers dropping an old line, then adding a new
+    one, and matches a common line only when neither keeps the LCS length. The matching is
+    reproduced here (not the code) so diffs of repeated lines, such as blank ones, look the same.
+    """
     head = 0
     while head < min(len(old), len(new)) and old[head] == new[head]:
         head += 1
+    # Caddy's tail trim never reaches the first line after the common head.
     tail = 0
-    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
+    while (
+        len(old) - 1 - tail > head
+        and len(new) - 1 - tail > head
+        and old[-1 - tail] == new[-1 - tail]
+    ):
         tail += 1
     a, b = old[head : len(old) - tail], new[head : len(new) - tail]
     body: list[tuple[str, str]] = []
@@ -100,26 +109,24 @@ def _fmt_line_diff(old: list[str], new: list[str]) -> list[tuple[str, str]]:
             else:
                 body += [("- ", line) for line in a[i1:i2]] + [("+ ", line) for line in b[j1:j2]]
     else:
-        # lcs[i][j] = length of the LCS of a[:i] and b[:j]. Walking back from the ends matches
-        # the latest equal lines first, as Caddy's diff does (visible with repeated blank lines).
+        # lcs[i][j] = length of the LCS of a[i:] and b[j:].
         lcs = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-        for i in range(len(a)):
-            for j in range(len(b)):
-                lcs[i + 1][j + 1] = (
-                    lcs[i][j] + 1 if a[i] == b[j] else max(lcs[i][j + 1], lcs[i + 1][j])
+        for i in range(len(a) - 1, -1, -1):
+            for j in range(len(b) - 1, -1, -1):
+                lcs[i][j] = (
+                    lcs[i + 1][j + 1] + 1 if a[i] == b[j] else max(lcs[i + 1][j], lcs[i][j + 1])
                 )
-        i, j = len(a), len(b)
-        while i > 0 or j > 0:
-            if i > 0 and j > 0 and a[i - 1] == b[j - 1]:
-                body.append(("  ", a[i - 1]))
-                i, j = i - 1, j - 1
-            elif j > 0 and (i == 0 or lcs[i][j - 1] >= lcs[i - 1][j]):
-                body.append(("+ ", b[j - 1]))
-                j -= 1
+        i = j = 0
+        while i < len(a) or j < len(b):
+            if i < len(a) and lcs[i][j] == lcs[i + 1][j]:
+                body.append(("- ", a[i]))
+                i += 1
+            elif j < len(b) and lcs[i][j] == lcs[i][j + 1]:
+                body.append(("+ ", b[j]))
+                j += 1
             else:
-                body.append(("- ", a[i - 1]))
-                i -= 1
-        body.reverse()
+                body.append(("  ", a[i]))
+                i, j = i + 1, j + 1
     return (
         [("  ", line) for line in old[:head]]
         + body
