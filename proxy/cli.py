@@ -226,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
 
+    from proxy import admin_client
+
+    p = sub.add_parser("reload", help="send a new config to a running instance (POST /load)")
+    admin_client.add_reload_arguments(p)
+    p.set_defaults(func=admin_client.reload_command)
+
+    p = sub.add_parser("stop", help="stop a running instance through its admin API")
+    admin_client.add_stop_arguments(p)
+    p.set_defaults(func=admin_client.stop_command)
+
+    p = sub.add_parser("environ", help="print the environment as pyproxy sees it")
+    admin_client.add_environ_arguments(p)
+    p.set_defaults(func=admin_client.environ_command)
+
     try:
         from proxy.app import add_run_arguments, cmd_run
     except ImportError:
