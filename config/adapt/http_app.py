@@ -17,7 +17,6 @@ from config.adapt.addresses import (
     SiteBlock,
     consolidate_listeners,
     http_ports,
-    join_host_port,
     listeners_use_any_port_other_than,
     map_blocks_to_listeners,
     specificity,
@@ -26,6 +25,7 @@ from config.adapt.addresses import (
 from config.adapt.builtins import UNSUPPORTED_DIRECTIVES
 from config.adapt.directive_order import (
     build_subroute,
+    consolidate_routes,
     current_order,
     define_matchers,
     go_stable_sort,
@@ -35,7 +35,6 @@ from config.adapt.directive_order import (
 from config.adapt.helper import (
     DIRECTIVES,
     GLOBAL_OPTIONS,
-    ConfigValue,
     GroupCounter,
     Helper,
     JSONDict,
@@ -49,7 +48,6 @@ from config.adapt.tls_app import (
     build_pki_app,
     build_tls_app,
     consolidate_conn_policies,
-    match_wildcard,
     policy_settings_empty,
 )
 from config.caddyfile.dispenser import Dispenser
@@ -428,8 +426,6 @@ def _servers_from_pairings(
             server["automatic_https"] = auto
         if logs is not None:
             server["logs"] = logs
-        from config.adapt.directive_order import consolidate_routes
-
         routes_out = consolidate_routes(server.get("routes", []))
         if routes_out:
             server["routes"] = routes_out
@@ -586,11 +582,3 @@ def adapt_server_blocks(
     if logging:
         config["logging"] = logging
     return config, warnings
-
-
-__all__ = [
-    "ConfigValue",
-    "adapt_server_blocks",
-    "join_host_port",
-    "match_wildcard",
-]

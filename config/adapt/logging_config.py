@@ -71,15 +71,40 @@ def _file_writer(d: Dispenser) -> JSONDict:
             args = d.all_args(1)
             if args is None:
                 raise d.arg_err()
-            keep = parse_duration(args[0])
-            if keep % _DAY_NS != 0:
-                raise d.err("roll_keep_for must be a multiple of 24h")
-            writer["roll_keep_days"] = keep // _DAY_NS
+            try:
+                keep = parse_duration(args[0])
+            except ConfigError as exc:
+                raise d.err(f"parsing roll_keep_for duration: {exc.message}") from None
+            if keep < 0:
+                raise d.err(f"negative roll_keep_for duration: {args[0]}")
+            writer["roll_keep_days"] = math.ceil(keep / _DAY_NS)
+        elif key == "roll_interval":
+            args = d.all_args(1)
+            if args is None:
+                raise d.arg_err()
+            try:
+                writer["roll_interval"] = parse_duration(args[0])
+            except ConfigError as exc:
+                raise d.err(f"parsing roll_interval duration: {exc.message}") from None
+        elif key == "roll_compression":
+            args = d.all_args(1)
+            if args is None:
+                raise d.arg_err()
+            compression = args[0].strip().lower()
+            if compression not in ("none", "gzip", "zstd"):
+                raise d.err("parsing roll_compression: must be 'none', 'gzip' or 'zstd'")
+            writer["roll_compression"] = compression
         elif key == "mode":
             args = d.all_args(1)
             if args is None:
                 raise d.arg_err()
-            writer["mode"] = args[0]
+            try:
+                mode = int(args[0].rjust(4, "0"), 8)
+            except ValueError:
+                raise d.err(f"parsing mode: invalid syntax: {args[0]}") from None
+            if mode:
+                # Caddy writes the mode back as four octal digits
+                writer["mode"] = f"{mode:04o}"
         else:
             raise d.err(f"unrecognized subdirective '{key}'")
     return writer
