@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from request_fakes import FakeRequest
 
 from proxy.header_ops import (
     Headers,
@@ -18,27 +19,12 @@ from proxy.header_ops import (
 
 
 @dataclass
-class Req:
-    method: str = "GET"
+class Req(FakeRequest):
     uri: str = "/p?q=1"
     path: str = "/p"
     raw_path: str = "/p"
     query: str = "q=1"
-    host: str = "example.com"
-    proto: str = "HTTP/1.1"
     scheme: str = "https"
-    remote_ip: str = "192.0.2.10"
-    remote_port: int = 50000
-    client_ip: str = "192.0.2.10"
-    vars: dict[str, Any] = field(default_factory=dict)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        values = self.header_values(name)
-        return values[0] if values else None
-
-    def header_values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
 def apply(

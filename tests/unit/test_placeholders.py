@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from request_fakes import FakeRequest, request_for
 
 from proxy.header_ops import Headers
 from proxy.placeholders import (
@@ -23,34 +22,10 @@ from proxy.placeholders import (
     to_placeholder_string,
 )
 
-
-@dataclass
-class Req:
-    method: str = "GET"
-    uri: str = "/"
-    path: str = "/"
-    raw_path: str = "/"
-    query: str = ""
-    host: str = "example.com"
-    proto: str = "HTTP/1.1"
-    scheme: str = "http"
-    remote_ip: str = "192.0.2.10"
-    remote_port: int = 50000
-    client_ip: str = "192.0.2.10"
-    vars: dict[str, Any] = field(default_factory=dict)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        values = self.header_values(name)
-        return values[0] if values else None
-
-    def header_values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
+Req = FakeRequest
 
 
-def req(target: str = "/", **kw: Any) -> Req:
-    raw, _, query = target.partition("?")
-    return Req(uri=target, path=unquote(raw), raw_path=raw, query=query, **kw)
+req = request_for
 
 
 def render(text: str, r: Req | None = None, **kw: Any) -> str:

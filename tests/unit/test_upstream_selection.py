@@ -6,10 +6,11 @@ import collections
 import hashlib
 import hmac
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from request_fakes import FakeRequest
 
 from proxy.upstream.selection import (
     POLICIES,
@@ -28,27 +29,10 @@ NOW = 1000.0
 
 
 @dataclass
-class Req:
-    method: str = "GET"
-    uri: str = "/"
-    path: str = "/"
-    raw_path: str = "/"
-    query: str = ""
-    host: str = "example.com"
-    proto: str = "HTTP/1.1"
-    scheme: str = "http"
+class Req(FakeRequest):
     remote_ip: str = "192.0.2.1"
     remote_port: int = 40000
     client_ip: str = "192.0.2.1"
-    vars: dict[str, Any] = field(default_factory=dict)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        values = self.header_values(name)
-        return values[0] if values else None
-
-    def header_values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
 def pool(n: int = 3, **kwargs: Any) -> list[Upstream]:
