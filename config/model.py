@@ -1,0 +1,972 @@
+"""The typed model: Caddy JSON config (a dict) → frozen dataclasses the runtime is built from.
+
+This module owns validation of the JSON shape the runtime relies on. Every error is a
+`ConfigError` whose text starts with the JSON path of the offending value, e.g.
+`apps.http.servers.srv0.routes[0].handle[0].upstreams[1].dial: port 99999 is out of range`.
+
+Handlers and matchers the runtime compiles itself (matcher sets, header operations) are kept
+as validated dicts; handlers whose fields the engine reads on the hot path are typed.
+Pure: no asyncio, socket or ssl imports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.errors import ConfigError
+
+# Caddy's server defaults (modules/caddyhttp/app.go, server.go): idle 5 min, read_header 1 min,
+# no read/write timeout, 16 KiB of request head (Go's http.DefaultMaxHeaderBytes is 1 MiB,
+# but Caddy's reference behaviour we match is 16 KiB; see caddy-reference.md).
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_READ_HEADER_TIMEOUT_S = 60.0
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_HTTP_PORT = 80
+DEFAULT_HTTPS_PORT = 443
+
+# reverse_proxy transport defaults (httptransport.go): dial 3 s, keepalive idle 2 min,
+# 32 idle connections per host.
+DEFAULT_DIAL_TIMEOUT_S = 3.0
+DEFAULT_KEEPALIVE_IDLE_S = 120.0
+DEFAULT_MAX_IDLE_CONNS_PER_HOST = 32
+
+KNOWN_HANDLERS = frozenset(
+    {
+        "reverse_proxy",
+        "static_response",
+        "headers",
+        "encode",
+        "rewrite",
+        "subroute",
+        "error",
+        "vars",
+        "file_server",
+        "templates",
+        "authentication",
+        "request_body",
+        "map",
+        "copy_response",
+        "copy_response_headers",
+        "acme_server",
+        "push",
+        "tracing",
+        "metrics",
+        "invoke",
+        "intercept",
+        "log_append",
+        "log_filter",
+    }
+)
+
+# Handlers the engine implements; the others are accepted by the model (Caddy knows them) but
+# the runtime refuses to start with them so that nothing is silently skipped.
+SUPPORTED_HANDLERS = frozenset(
+    {
+        "reverse_proxy",
+        "static_response",
+        "headers",
+        "encode",
+        "rewrite",
+        "subroute",
+        "error",
+        "vars",
+    }
+)
+
+KNOWN_MATCHERS = frozenset(
+    {
+        "host",
+        "path",
+        "path_regexp",
+        "header",
+        "header_regexp",
+        "method",
+        "query",
+        "not",
+        "remote_ip",
+        "client_ip",
+        "protocol",
+        "expression",
+        "file",
+        "vars",
+        "vars_regexp",
+        "tls",
+    }
+)
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_DURATION_UNITS_S = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+
+
+def parse_duration(value: object, where: str) -> float:
+    """Caddy durations: an integer of nanoseconds, or a Go duration string (plus `d` for days)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration, got {value!r}")
+    if isinstance(value, int):
+        return value / 1e9
+    if isinstance(value, float):
+        return value / 1e9
+    if isinstance(value, str):
+        text = value.strip()
+        sign = 1.0
+        if text[:1] in "+-" and text:
+            sign = -1.0 if text[0] == "-" else 1.0
+            text = text[1:]
+        if text == "0":
+            return 0.0
+        pos, total = 0, 0.0
+        for m in _DURATION_RE.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _DURATION_UNITS_S[m.group(2)]
+            pos = m.end()
+        if pos == len(text) and pos > 0:
+            return sign * total
+        raise ConfigError(f"{where}: invalid duration {value!r}")
+    raise ConfigError(f"{where}: expected a duration, got {type(value).__name__}")
+
+
+# ---- small typed readers -------------------------------------------------------------------
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object, got {_kind(value)}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected an array, got {_kind(value)}")
+    return value
+
+
+def _str(value: object, where: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {_kind(value)}")
+    return value
+
+
+def _strs(value: object, where: str) -> tuple[str, ...]:
+    return tuple(_str(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where)))
+
+
+def _int(value: object, where: str, default: int = 0) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {_kind(value)}")
+    return value
+
+
+def _bool(value: object, where: str, default: bool = False) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {_kind(value)}")
+    return value
+
+
+def _dur(value: object, where: str, default: float | None = None) -> float | None:
+    if value is None:
+        return default
+    return parse_duration(value, where)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# ---- network addresses ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkAddress:
+    """A Caddy network address: `[network/]host:port[-port]`; `unix/` paths have no port."""
+
+    network: str  # "tcp", "tcp4", "tcp6", "udp", "unix", …
+    host: str  # "" means every interface; IPv6 without brackets
+    port_start: int
+    port_end: int
+
+    @property
+    def is_unix(self) -> bool:
+        return self.network.startswith("unix")
+
+    def ports(self) -> range:
+        return range(self.port_start, self.port_end + 1)
+
+
+def _port(text: str, where: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{where}: invalid port {text!r}")
+    port = int(text)
+    if port > 65535:
+        raise ConfigError(f"{where}: port {port} is out of range")
+    return port
+
+
+def parse_network_address(text: str, where: str, default_port: int | None = None) -> NetworkAddress:
+    """Parse like caddy.ParseNetworkAddress; a missing port uses `default_port` when given."""
+    network = "tcp"
+    rest = text
+    slash = text.find("/")
+    if slash > 0 and "[" not in text[:slash] and ":" not in text[:slash]:
+        network, rest = text[:slash].lower(), text[slash + 1 :]
+    if network.startswith("unix"):
+        return NetworkAddress(network, rest, 0, 0)
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close < 0:
+            raise ConfigError(f"{where}: missing ']' in address {text!r}")
+        host, after = rest[1:close], rest[close + 1 :]
+        if after and not after.startswith(":"):
+            raise ConfigError(f"{where}: invalid address {text!r}")
+        port_text = after[1:]
+    else:
+        if rest.count(":") > 1:
+            raise ConfigError(f"{where}: too many colons in address {text!r}")
+        host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(f"{where}: missing port in address {text!r}")
+        return NetworkAddress(network, host, default_port, default_port)
+    start_text, dash, end_text = port_text.partition("-")
+    start = _port(start_text, where)
+    end = _port(end_text, where) if dash else start
+    if end < start:
+        raise ConfigError(f"{where}: end port must not be less than start port")
+    return NetworkAddress(network, host, start, end)
+
+
+# ---- routes and handlers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    match: tuple[dict[str, Any], ...]  # matcher sets, OR-ed; compiled by proxy.matchers
+    handle: tuple[Handler, ...]
+    group: str = ""
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """Any handler; `raw` is its validated JSON object. Typed subclasses below add fields."""
+
+    name: str
+    raw: Mapping[str, Any]
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubrouteHandler(Handler):
+    routes: tuple[Route, ...] = ()
+    errors: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StaticResponseHandler(Handler):
+    status_code: str = ""  # may hold a placeholder; "" → 200
+    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    body: str = ""
+    close: bool = False
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorHandler(Handler):
+    error: str = ""
+    status_code: str = ""  # "" → 500
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteHandler(Handler):
+    method: str = ""
+    uri: str = ""
+    strip_path_prefix: str = ""
+    strip_path_suffix: str = ""
+    uri_substring: tuple[tuple[str, str, int], ...] = ()
+    path_regexp: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersHandler(Handler):
+    request: Mapping[str, Any] | None = None  # header ops: set/add/delete/replace
+    response: Mapping[str, Any] | None = None  # + deferred, require
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeHandler(Handler):
+    encodings: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+    minimum_length: int = 512  # Caddy's default minimum_length
+    match: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    dial: str
+    max_requests: int = 0
+    host: str = ""  # parsed from dial when it holds no placeholder
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TransportTLS:
+    insecure_skip_verify: bool = False
+    server_name: str = ""
+    root_ca_pem_files: tuple[str, ...] = ()
+    root_ca_pool: tuple[str, ...] = ()  # base64 DER certificates
+    client_certificate_file: str = ""
+    client_certificate_key_file: str = ""
+    handshake_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPTransport:
+    tls: TransportTLS | None = None
+    dial_timeout_s: float = DEFAULT_DIAL_TIMEOUT_S
+    response_header_timeout_s: float | None = None
+    read_timeout_s: float | None = None
+    write_timeout_s: float | None = None
+    keepalive_enabled: bool = True
+    keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
+    max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
+    max_idle_conns: int = 0
+    max_conns_per_host: int = 0
+    versions: tuple[str, ...] = ("1.1", "2")
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseProxyHandler(Handler):
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    dynamic_upstreams: Mapping[str, Any] | None = None
+    transport: HTTPTransport = field(default_factory=HTTPTransport)
+    selection_policy: Mapping[str, Any] | None = None
+    try_duration_s: float = 0.0
+    try_interval_s: float = 0.25  # Caddy's default lb_try_interval
+    retries: int = 0
+    retry_match: tuple[dict[str, Any], ...] = ()
+    health_checks: Mapping[str, Any] | None = None
+    flush_interval_s: float = 0.0  # <0: flush after every write
+    request_buffers: int = 0
+    response_buffers: int = 0
+    trusted_proxies: tuple[str, ...] = ()
+    headers_request: Mapping[str, Any] | None = None
+    headers_response: Mapping[str, Any] | None = None
+    rewrite: Mapping[str, Any] | None = None
+    handle_response: tuple[Mapping[str, Any], ...] = ()
+    stream_timeout_s: float = 0.0
+    stream_close_delay_s: float = 0.0
+
+
+# ---- servers and app -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    read_s: float | None = None
+    read_header_s: float | None = DEFAULT_READ_HEADER_TIMEOUT_S
+    write_s: float | None = None
+    idle_s: float | None = DEFAULT_IDLE_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLogs:
+    default_logger_name: str = ""
+    logger_names: Mapping[str, Any] = field(default_factory=dict)
+    skip_hosts: tuple[str, ...] = ()
+    skip_unmapped_hosts: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    name: str
+    listen: tuple[NetworkAddress, ...]
+    routes: tuple[Route, ...] = ()
+    errors: tuple[Route, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    automatic_https: Mapping[str, Any] = field(default_factory=dict)
+    tls_connection_policies: tuple[Mapping[str, Any], ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs (static source)
+    client_ip_headers: tuple[str, ...] = ("X-Forwarded-For",)
+    trusted_proxies_strict: bool = False
+    logs: ServerLogs | None = None
+    protocols: tuple[str, ...] = ("h1", "h2", "h3")
+    keepalive_interval_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPApp:
+    servers: Mapping[str, Server]
+    http_port: int = DEFAULT_HTTP_PORT
+    https_port: int = DEFAULT_HTTPS_PORT
+    grace_period_s: float | None = None
+    shutdown_delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    http: HTTPApp | None
+    admin: Mapping[str, Any] = field(default_factory=dict)
+    logging: Mapping[str, Any] = field(default_factory=dict)
+    storage: Mapping[str, Any] = field(default_factory=dict)
+    tls: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_model(config: Mapping[str, Any]) -> Config:
+    """Validate a Caddy JSON config and build the typed model."""
+    cfg = _obj(dict(config) if not isinstance(config, dict) else config, "config")
+    admin = _obj(cfg.get("admin"), "admin")
+    if "listen" in admin:
+        _str(admin["listen"], "admin.listen")
+    logging = _load_logging(cfg.get("logging"))
+    storage = _obj(cfg.get("storage"), "storage")
+    if storage and "module" not in storage:
+        raise ConfigError("storage: missing module name")
+    apps = _obj(cfg.get("apps"), "apps")
+    for name in apps:
+        if name not in ("http", "tls", "pki", "events"):
+            raise ConfigError(f"apps.{name}: unknown module: {name}")
+    tls = _obj(apps.get("tls"), "apps.tls")
+    http = _load_http(apps["http"]) if apps.get("http") is not None else None
+    return Config(http=http, admin=admin, logging=logging, storage=storage, tls=tls, raw=cfg)
+
+
+def _load_logging(value: object) -> dict[str, Any]:
+    logging = _obj(value, "logging")
+    logs = _obj(logging.get("logs"), "logging.logs")
+    for name, log in logs.items():
+        where = f"logging.logs.{name}"
+        log = _obj(log, where)
+        writer = _obj(log.get("writer"), f"{where}.writer")
+        if writer:
+            output = _str(writer.get("output"), f"{where}.writer.output")
+            if output not in ("stdout", "stderr", "discard", "file", "net"):
+                raise ConfigError(
+                    f"{where}.writer.output: unknown module: caddy.logging.writers.{output}"
+                )
+            if output == "file":
+                _str(writer.get("filename"), f"{where}.writer.filename")
+        if "level" in log:
+            level = _str(log["level"], f"{where}.level").upper()
+            if level not in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "PANIC", "FATAL", ""):
+                raise ConfigError(f"{where}.level: unrecognized log level {log['level']!r}")
+        _strs(log.get("include"), f"{where}.include")
+        _strs(log.get("exclude"), f"{where}.exclude")
+    return logging
+
+
+def _load_http(value: object) -> HTTPApp:
+    where = "apps.http"
+    app = _obj(value, where)
+    http_port = _int(app.get("http_port"), f"{where}.http_port", DEFAULT_HTTP_PORT)
+    https_port = _int(app.get("https_port"), f"{where}.https_port", DEFAULT_HTTPS_PORT)
+    for key, port in (("http_port", http_port), ("https_port", https_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{where}.{key}: port {port} is out of range")
+    servers_raw = _obj(app.get("servers"), f"{where}.servers")
+    servers = {
+        name: _load_server(name, srv, f"{where}.servers.{name}")
+        for name, srv in servers_raw.items()
+    }
+    seen: dict[tuple[str, str, int], str] = {}
+    for srv in servers.values():
+        for addr in srv.listen:
+            for port in addr.ports() if not addr.is_unix else range(1):
+                lkey = (addr.network, addr.host, port)
+                if lkey in seen and seen[lkey] != srv.name:
+                    raise ConfigError(
+                        f"{where}.servers.{srv.name}.listen: server {srv.name} listening on "
+                        f"the same address as server {seen[lkey]}: {addr.host}:{port}"
+                    )
+                seen[lkey] = srv.name
+    return HTTPApp(
+        servers=servers,
+        http_port=http_port,
+        https_port=https_port,
+        grace_period_s=_dur(app.get("grace_period"), f"{where}.grace_period"),
+        shutdown_delay_s=_dur(app.get("shutdown_delay"), f"{where}.shutdown_delay", 0.0) or 0.0,
+    )
+
+
+def _load_server(name: str, value: object, where: str) -> Server:
+    srv = _obj(value, where)
+    listen = tuple(
+        parse_network_address(_str(a, f"{where}.listen[{i}]"), f"{where}.listen[{i}]")
+        for i, a in enumerate(_list(srv.get("listen"), f"{where}.listen"))
+    )
+    timeouts = Timeouts(
+        read_s=_dur(srv.get("read_timeout"), f"{where}.read_timeout"),
+        read_header_s=_dur(
+            srv.get("read_header_timeout"),
+            f"{where}.read_header_timeout",
+            DEFAULT_READ_HEADER_TIMEOUT_S,
+        ),
+        write_s=_dur(srv.get("write_timeout"), f"{where}.write_timeout"),
+        idle_s=_dur(srv.get("idle_timeout"), f"{where}.idle_timeout", DEFAULT_IDLE_TIMEOUT_S),
+    )
+    max_header_bytes = _int(srv.get("max_header_bytes"), f"{where}.max_header_bytes", 0)
+    if max_header_bytes < 0:
+        raise ConfigError(f"{where}.max_header_bytes: must not be negative")
+    errors_obj = _obj(srv.get("errors"), f"{where}.errors")
+    logs = None
+    if srv.get("logs") is not None:
+        lg = _obj(srv["logs"], f"{where}.logs")
+        logs = ServerLogs(
+            default_logger_name=_str(
+                lg.get("default_logger_name"), f"{where}.logs.default_logger_name"
+            ),
+            logger_names=_obj(lg.get("logger_names"), f"{where}.logs.logger_names"),
+            skip_hosts=_strs(lg.get("skip_hosts"), f"{where}.logs.skip_hosts"),
+            skip_unmapped_hosts=_bool(
+                lg.get("skip_unmapped_hosts"), f"{where}.logs.skip_unmapped_hosts"
+            ),
+        )
+    tp: tuple[str, ...] = ()
+    if srv.get("trusted_proxies") is not None:
+        tp_obj = _obj(srv["trusted_proxies"], f"{where}.trusted_proxies")
+        source = _str(tp_obj.get("source"), f"{where}.trusted_proxies.source")
+        if source != "static":
+            raise ConfigError(
+                f"{where}.trusted_proxies.source: unknown module: http.ip_sources.{source}"
+            )
+        tp = _cidrs(tp_obj.get("ranges"), f"{where}.trusted_proxies.ranges")
+    protocols = _strs(srv.get("protocols"), f"{where}.protocols") or ("h1", "h2", "h3")
+    for i, p in enumerate(protocols):
+        if p not in ("h1", "h2", "h2c", "h3"):
+            raise ConfigError(f"{where}.protocols[{i}]: unknown protocol {p!r}")
+    policies = tuple(
+        _obj(p, f"{where}.tls_connection_policies[{i}]")
+        for i, p in enumerate(
+            _list(srv.get("tls_connection_policies"), f"{where}.tls_connection_policies")
+        )
+    )
+    return Server(
+        name=name,
+        listen=listen,
+        routes=_load_routes(srv.get("routes"), f"{where}.routes"),
+        errors=_load_routes(errors_obj.get("routes"), f"{where}.errors.routes"),
+        timeouts=timeouts,
+        max_header_bytes=max_header_bytes or DEFAULT_MAX_HEADER_BYTES,
+        automatic_https=_obj(srv.get("automatic_https"), f"{where}.automatic_https"),
+        tls_connection_policies=policies,
+        trusted_proxies=tp,
+        client_ip_headers=_strs(srv.get("client_ip_headers"), f"{where}.client_ip_headers")
+        or ("X-Forwarded-For",),
+        trusted_proxies_strict=bool(
+            _int(srv.get("trusted_proxies_strict"), f"{where}.trusted_proxies_strict")
+        ),
+        logs=logs,
+        protocols=protocols,
+        keepalive_interval_s=_dur(srv.get("keepalive_interval"), f"{where}.keepalive_interval"),
+    )
+
+
+def _cidrs(value: object, where: str) -> tuple[str, ...]:
+    out = []
+    for i, text in enumerate(_strs(value, where)):
+        if text == "private_ranges":
+            out += [
+                "192.168.0.0/16",
+                "172.16.0.0/12",
+                "10.0.0.0/8",
+                "127.0.0.1/8",
+                "fd00::/8",
+                "::1",
+            ]
+            continue
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}[{i}]: invalid IP address or CIDR range {text!r}")
+        out.append(str(net))
+    return tuple(out)
+
+
+def _load_routes(value: object, where: str) -> tuple[Route, ...]:
+    return tuple(_load_route(r, f"{where}[{i}]") for i, r in enumerate(_list(value, where)))
+
+
+def _load_route(value: object, where: str) -> Route:
+    route = _obj(value, where)
+    for key in route:
+        if key not in ("group", "match", "handle", "terminal", "@id"):
+            raise ConfigError(f"{where}: unknown field {key!r}")
+    match = tuple(
+        _load_matcher_set(m, f"{where}.match[{i}]")
+        for i, m in enumerate(_list(route.get("match"), f"{where}.match"))
+    )
+    handle = tuple(
+        _load_handler(h, f"{where}.handle[{i}]")
+        for i, h in enumerate(_list(route.get("handle"), f"{where}.handle"))
+    )
+    return Route(
+        match=match,
+        handle=handle,
+        group=_str(route.get("group"), f"{where}.group"),
+        terminal=_bool(route.get("terminal"), f"{where}.terminal"),
+    )
+
+
+def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
+    mset = _obj(value, where)
+    for key, arg in mset.items():
+        if key not in KNOWN_MATCHERS:
+            raise ConfigError(f"{where}.{key}: unknown module: http.matchers.{key}")
+        if key in ("host", "path", "method", "remote_ip", "client_ip") or key == "protocol":
+            if key in ("remote_ip", "client_ip"):
+                ranges = _obj(arg, f"{where}.{key}").get("ranges")
+                for i, r in enumerate(_strs(ranges, f"{where}.{key}.ranges")):
+                    if r == "private_ranges" or "{" in r:
+                        continue
+                    try:
+                        ipaddress.ip_network(r, strict=False)
+                    except ValueError:
+                        raise ConfigError(f"{where}.{key}.ranges[{i}]: invalid IP address: {r!r}")
+            elif key == "protocol":
+                _str(arg, f"{where}.{key}")
+            else:
+                _strs(arg, f"{where}.{key}")
+        elif key == "not":
+            for i, sub in enumerate(_list(arg, f"{where}.not")):
+                _load_matcher_set(sub, f"{where}.not[{i}]")
+        elif key in ("path_regexp", "header_regexp"):
+            specs = [arg] if key == "path_regexp" else list(_obj(arg, f"{where}.{key}").values())
+            for spec in specs:
+                pattern = _str(
+                    _obj(spec, f"{where}.{key}").get("pattern"), f"{where}.{key}.pattern"
+                )
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"{where}.{key}.pattern: compiling matcher regexp: {exc}")
+        elif key in ("header", "query"):
+            for hk, hv in _obj(arg, f"{where}.{key}").items():
+                if hv is not None:
+                    _strs(hv, f"{where}.{key}.{hk}")
+    return mset
+
+
+_STATUS_RE = re.compile(r"^\d{3}$")
+
+
+def _status(value: object, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    text = _str(value, where)
+    if _STATUS_RE.match(text):
+        code = int(text)
+        if not 100 <= code <= 999:
+            raise ConfigError(f"{where}: invalid status code {text}")
+    elif "{" not in text:
+        raise ConfigError(f"{where}: invalid status code {text!r}")
+    return text
+
+
+def _header_map(value: object, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((k, _strs(v, f"{where}.{k}")) for k, v in _obj(value, where).items())
+
+
+def _header_ops(value: object, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    ops = _obj(value, where)
+    for key, arg in ops.items():
+        if key in ("set", "add"):
+            _header_map(arg, f"{where}.{key}")
+        elif key == "delete":
+            _strs(arg, f"{where}.delete")
+        elif key == "replace":
+            for hk, reps in _obj(arg, f"{where}.replace").items():
+                for i, rep in enumerate(_list(reps, f"{where}.replace.{hk}")):
+                    rep = _obj(rep, f"{where}.replace.{hk}[{i}]")
+                    if "search_regexp" in rep:
+                        try:
+                            re.compile(_str(rep["search_regexp"], f"{where}.replace.{hk}[{i}]"))
+                        except re.error as exc:
+                            raise ConfigError(f"{where}.replace.{hk}[{i}].search_regexp: {exc}")
+        elif key in ("deferred",):
+            _bool(arg, f"{where}.{key}")
+        elif key == "require":
+            _obj(arg, f"{where}.require")
+        else:
+            raise ConfigError(f"{where}: unknown field {key!r}")
+    return ops
+
+
+def _load_handler(value: object, where: str) -> Handler:
+    h = _obj(value, where)
+    name = _str(h.get("handler"), f"{where}.handler")
+    if not name:
+        raise ConfigError(f"{where}: module name 'handler' not specified")
+    if name not in KNOWN_HANDLERS:
+        raise ConfigError(f"{where}.handler: unknown module: http.handlers.{name}")
+    if name == "subroute":
+        errs = _obj(h.get("errors"), f"{where}.errors")
+        return SubrouteHandler(
+            name,
+            h,
+            where,
+            routes=_load_routes(h.get("routes"), f"{where}.routes"),
+            errors=_load_routes(errs.get("routes"), f"{where}.errors.routes"),
+        )
+    if name == "static_response":
+        return StaticResponseHandler(
+            name,
+            h,
+            where,
+            status_code=_status(h.get("status_code"), f"{where}.status_code"),
+            headers=_header_map(h.get("headers"), f"{where}.headers"),
+            body=_str(h.get("body"), f"{where}.body"),
+            close=_bool(h.get("close"), f"{where}.close"),
+            abort=_bool(h.get("abort"), f"{where}.abort"),
+        )
+    if name == "error":
+        return ErrorHandler(
+            name,
+            h,
+            where,
+            error=_str(h.get("error"), f"{where}.error"),
+            status_code=_status(h.get("status_code"), f"{where}.status_code"),
+        )
+    if name == "rewrite":
+        subs = []
+        for i, s in enumerate(_list(h.get("uri_substring"), f"{where}.uri_substring")):
+            s = _obj(s, f"{where}.uri_substring[{i}]")
+            subs.append(
+                (
+                    _str(s.get("find"), f"{where}.uri_substring[{i}].find"),
+                    _str(s.get("replace"), f"{where}.uri_substring[{i}].replace"),
+                    _int(s.get("limit"), f"{where}.uri_substring[{i}].limit"),
+                )
+            )
+        regs = []
+        for i, s in enumerate(_list(h.get("path_regexp"), f"{where}.path_regexp")):
+            s = _obj(s, f"{where}.path_regexp[{i}]")
+            find = _str(s.get("find"), f"{where}.path_regexp[{i}].find")
+            try:
+                re.compile(find)
+            except re.error as exc:
+                raise ConfigError(f"{where}.path_regexp[{i}].find: {exc}")
+            regs.append((find, _str(s.get("replace"), f"{where}.path_regexp[{i}].replace")))
+        return RewriteHandler(
+            name,
+            h,
+            where,
+            method=_str(h.get("method"), f"{where}.method"),
+            uri=_str(h.get("uri"), f"{where}.uri"),
+            strip_path_prefix=_str(h.get("strip_path_prefix"), f"{where}.strip_path_prefix"),
+            strip_path_suffix=_str(h.get("strip_path_suffix"), f"{where}.strip_path_suffix"),
+            uri_substring=tuple(subs),
+            path_regexp=tuple(regs),
+        )
+    if name == "headers":
+        return HeadersHandler(
+            name,
+            h,
+            where,
+            request=_header_ops(h.get("request"), f"{where}.request"),
+            response=_header_ops(h.get("response"), f"{where}.response"),
+        )
+    if name == "encode":
+        encs = _obj(h.get("encodings"), f"{where}.encodings")
+        for enc in encs:
+            if enc not in ("gzip", "zstd"):
+                raise ConfigError(f"{where}.encodings.{enc}: unknown module: http.encoders.{enc}")
+        prefer = _strs(h.get("prefer"), f"{where}.prefer")
+        return EncodeHandler(
+            name,
+            h,
+            where,
+            encodings=tuple(encs),
+            prefer=prefer,
+            minimum_length=_int(h.get("minimum_length"), f"{where}.minimum_length", 512),
+            match=_obj(h.get("match"), f"{where}.match") or None,
+        )
+    if name == "reverse_proxy":
+        return _load_reverse_proxy(h, where)
+    return Handler(name, h, where)
+
+
+def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
+    upstreams = []
+    scheme_tls = False
+    transport_obj = _obj(h.get("transport"), f"{where}.transport")
+    if transport_obj:
+        proto = _str(transport_obj.get("protocol"), f"{where}.transport.protocol")
+        if proto != "http":
+            raise ConfigError(
+                f"{where}.transport.protocol: unknown module: http.reverse_proxy.transport.{proto}"
+            )
+        scheme_tls = transport_obj.get("tls") is not None
+    for i, u in enumerate(_list(h.get("upstreams"), f"{where}.upstreams")):
+        uw = f"{where}.upstreams[{i}]"
+        u = _obj(u, uw)
+        dial = _str(u.get("dial"), f"{uw}.dial")
+        if not dial:
+            raise ConfigError(f"{uw}.dial: upstream dial address is required")
+        host, port = "", 0
+        if "{" not in dial:
+            if "://" in dial:
+                raise ConfigError(
+                    f"{uw}.dial: dial address must not contain a scheme: {dial!r} "
+                    "(use transport tls for https upstreams)"
+                )
+            addr = parse_network_address(dial, f"{uw}.dial", 443 if scheme_tls else 80)
+            if addr.port_start != addr.port_end:
+                raise ConfigError(f"{uw}.dial: upstream dial address must not be a port range")
+            host, port = addr.host, addr.port_start
+        upstreams.append(
+            UpstreamConfig(
+                dial=dial,
+                max_requests=_int(u.get("max_requests"), f"{uw}.max_requests"),
+                host=host,
+                port=port,
+            )
+        )
+    transport = _load_transport(transport_obj, f"{where}.transport")
+    lb = _obj(h.get("load_balancing"), f"{where}.load_balancing")
+    policy = _obj(lb.get("selection_policy"), f"{where}.load_balancing.selection_policy") or None
+    if policy is not None:
+        pname = _str(policy.get("policy"), f"{where}.load_balancing.selection_policy.policy")
+        known = {
+            "random",
+            "round_robin",
+            "weighted_round_robin",
+            "least_conn",
+            "first",
+            "ip_hash",
+            "client_ip_hash",
+            "uri_hash",
+            "query",
+            "header",
+            "cookie",
+            "random_choose",
+        }
+        if pname not in known:
+            raise ConfigError(
+                f"{where}.load_balancing.selection_policy.policy: unknown module: "
+                f"http.reverse_proxy.selection_policies.{pname}"
+            )
+    retry_match = tuple(
+        _load_matcher_set(m, f"{where}.load_balancing.retry_match[{i}]")
+        for i, m in enumerate(_list(lb.get("retry_match"), f"{where}.load_balancing.retry_match"))
+    )
+    headers = _obj(h.get("headers"), f"{where}.headers")
+    flush = h.get("flush_interval")
+    flush_s = _dur(flush, f"{where}.flush_interval", 0.0) or 0.0
+    if isinstance(flush, int) and flush < 0:
+        flush_s = -1.0
+    if not upstreams and h.get("dynamic_upstreams") is None:
+        pass  # Caddy allows it (every request then fails with 502 "no upstreams available")
+    return ReverseProxyHandler(
+        "reverse_proxy",
+        h,
+        where,
+        upstreams=tuple(upstreams),
+        dynamic_upstreams=_obj(h.get("dynamic_upstreams"), f"{where}.dynamic_upstreams") or None,
+        transport=transport,
+        selection_policy=policy,
+        try_duration_s=_dur(lb.get("try_duration"), f"{where}.load_balancing.try_duration", 0.0)
+        or 0.0,
+        try_interval_s=_dur(lb.get("try_interval"), f"{where}.load_balancing.try_interval", 0.25)
+        or 0.0,
+        retries=_int(lb.get("retries"), f"{where}.load_balancing.retries"),
+        retry_match=retry_match,
+        health_checks=_obj(h.get("health_checks"), f"{where}.health_checks") or None,
+        flush_interval_s=flush_s,
+        request_buffers=_int(h.get("request_buffers"), f"{where}.request_buffers"),
+        response_buffers=_int(h.get("response_buffers"), f"{where}.response_buffers"),
+        trusted_proxies=_cidrs(h.get("trusted_proxies"), f"{where}.trusted_proxies"),
+        headers_request=_header_ops(headers.get("request"), f"{where}.headers.request"),
+        headers_response=_header_ops(headers.get("response"), f"{where}.headers.response"),
+        rewrite=_obj(h.get("rewrite"), f"{where}.rewrite") or None,
+        handle_response=tuple(
+            _obj(x, f"{where}.handle_response[{i}]")
+            for i, x in enumerate(_list(h.get("handle_response"), f"{where}.handle_response"))
+        ),
+        stream_timeout_s=_dur(h.get("stream_timeout"), f"{where}.stream_timeout", 0.0) or 0.0,
+        stream_close_delay_s=_dur(h.get("stream_close_delay"), f"{where}.stream_close_delay", 0.0)
+        or 0.0,
+    )
+
+
+def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
+    if not t:
+        return HTTPTransport()
+    tls = None
+    if t.get("tls") is not None:
+        tw = f"{where}.tls"
+        tt = _obj(t["tls"], tw)
+        tls = TransportTLS(
+            insecure_skip_verify=_bool(
+                tt.get("insecure_skip_verify"), f"{tw}.insecure_skip_verify"
+            ),
+            server_name=_str(tt.get("server_name"), f"{tw}.server_name"),
+            root_ca_pem_files=_strs(tt.get("root_ca_pem_files"), f"{tw}.root_ca_pem_files"),
+            root_ca_pool=_strs(tt.get("root_ca_pool"), f"{tw}.root_ca_pool"),
+            client_certificate_file=_str(
+                tt.get("client_certificate_file"), f"{tw}.client_certificate_file"
+            ),
+            client_certificate_key_file=_str(
+                tt.get("client_certificate_key_file"), f"{tw}.client_certificate_key_file"
+            ),
+            handshake_timeout_s=_dur(tt.get("handshake_timeout"), f"{tw}.handshake_timeout"),
+        )
+    ka = _obj(t.get("keep_alive"), f"{where}.keep_alive")
+    versions = _strs(t.get("versions"), f"{where}.versions") or ("1.1", "2")
+    for i, v in enumerate(versions):
+        if v not in ("1.1", "2", "h2c", "3"):
+            raise ConfigError(f"{where}.versions[{i}]: unsupported HTTP version {v!r}")
+    return HTTPTransport(
+        tls=tls,
+        dial_timeout_s=_dur(t.get("dial_timeout"), f"{where}.dial_timeout", DEFAULT_DIAL_TIMEOUT_S)
+        or DEFAULT_DIAL_TIMEOUT_S,
+        response_header_timeout_s=_dur(
+            t.get("response_header_timeout"), f"{where}.response_header_timeout"
+        ),
+        read_timeout_s=_dur(t.get("read_timeout"), f"{where}.read_timeout"),
+        write_timeout_s=_dur(t.get("write_timeout"), f"{where}.write_timeout"),
+        keepalive_enabled=_bool(ka.get("enabled"), f"{where}.keep_alive.enabled", True),
+        keepalive_idle_s=_dur(
+            ka.get("idle_timeout"), f"{where}.keep_alive.idle_timeout", DEFAULT_KEEPALIVE_IDLE_S
+        )
+        or DEFAULT_KEEPALIVE_IDLE_S,
+        max_idle_conns_per_host=_int(
+            ka.get("max_idle_conns_per_host"),
+            f"{where}.keep_alive.max_idle_conns_per_host",
+            DEFAULT_MAX_IDLE_CONNS_PER_HOST,
+        ),
+        max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
+        max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
+        versions=versions,
+    )

@@ -1,0 +1,764 @@
+"""`reverse_proxy` handler: stream requests to upstreams over keepalive pools.
+
+What it does, following Caddy's reverseproxy module:
+- picks an upstream with the selection policy (proxy.upstream.selection), honouring health
+  (passive counts, active checker) and retries (proxy.upstream.retry);
+- sends the request with hop-by-hop fields removed (RFC 9110 §7.6.1 plus Caddy's list),
+  X-Forwarded-For/Proto/Host set (appended/kept only when the peer is a trusted proxy), the
+  Host passed through, `header_up` ops applied; the body streams with back-pressure both ways;
+- streams the response back with hop-by-hop fields removed and `header_down` applied; every read
+  event is written through at once, so SSE and unknown-length responses are never held back;
+- 101 Switching Protocols turns both connections into a byte tunnel (RFC 9110 §7.8);
+- a request that fails on a *reused* connection before any response byte arrived (the upstream
+  closed it while idle) is retried once on a fresh connection when that is safe (idempotent
+  method, replayable body) — Go's transport does the same, so no spurious 502;
+- errors: dial failure/reset/bad response → 502, timeouts → 504, no upstream → 503;
+  a client that goes away is logged as 499.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import ssl
+from typing import Any
+
+from config.errors import ConfigError
+from config.model import ReverseProxyHandler
+from proxy.handlers.headers import compile_ops
+from proxy.http.client import UpstreamConnection
+from proxy.http.exchange import Exchange, HandlerError
+from proxy.http.request import Request
+from proxy.http.server import status_line
+from proxy.placeholders import compile_template
+from proxy.route import compile_match
+from proxy.upstream.health import ActiveHealthChecker, PassiveHealth
+from proxy.upstream.pool import ConnectionPool, DialError, DialTimeout
+from proxy.upstream.retry import FailureKind, RetryPolicy
+from proxy.upstream.selection import SelectionPolicy, make_selection_policy
+from proxy.upstream.upstream import Upstream
+
+log = logging.getLogger("pyproxy.reverse_proxy")
+_base_response_cookie = SelectionPolicy.response_cookie
+
+# Caddy's hopHeaders (reverseproxy.go), compared lowercase.
+HOP_BY_HOP = frozenset(
+    {
+        "alt-svc",
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Content-Length is not hop-by-hop, but the framing of our response is ours to write.
+HOP_BY_HOP_B = frozenset({*(h.encode() for h in HOP_BY_HOP), b"content-length"})
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def _STATUS_LINE_B(status: int) -> bytes:
+    line = _STATUS_LINES_B.get(status)
+    if line is None:
+        line = _STATUS_LINES_B[status] = status_line(status).encode("latin-1")
+    return line
+
+
+_STATUS_LINES_B: dict[int, bytes] = {}
+_DEFAULT_RESP_HEADERS = [("Server", "Caddy")]
+_XF = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+_PLAIN_CONN_STR = frozenset({"keep-alive", "close", "upgrade", ""})
+# Request fields the head builder must look at (all others are copied as they are).
+_SPECIAL_REQUEST_FIELDS = HOP_BY_HOP | _XF | {"host", "expect", "content-length"}
+# RFC 9110 §9.2.2: retrying these cannot change the outcome.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Keep a copy of up to this much request body so a failed attempt can be replayed.
+REPLAY_BODY_BYTES = 64 * 1024
+
+
+def build_ssl_context(tls: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    for path in tls.root_ca_pem_files:
+        ctx.load_verify_locations(cafile=path)
+    for der_b64 in tls.root_ca_pool:
+        ctx.load_verify_locations(cadata=base64.b64decode(der_b64))
+    if tls.client_certificate_file:
+        ctx.load_cert_chain(tls.client_certificate_file, tls.client_certificate_key_file or None)
+    if tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class ReverseProxy:
+    """The compiled handler; one per `reverse_proxy` object in the config."""
+
+    __slots__ = (
+        "_dynamic_cache",
+        "_pools",
+        "active",
+        "cfg",
+        "ctx",
+        "dynamic",
+        "fast_response",
+        "header_down",
+        "header_up",
+        "loop",
+        "needs_clock",
+        "passive",
+        "policy",
+        "retry",
+        "retry_match",
+        "server_name",
+        "ssl",
+        "trusted",
+        "up_vars",
+        "upstreams",
+    )
+
+    def __init__(self, cfg: ReverseProxyHandler, ctx: Any) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.loop: asyncio.AbstractEventLoop = ctx.loop
+        hc: dict[str, Any] = dict(cfg.health_checks or {})
+        self.passive = PassiveHealth.from_config(hc.get("passive"))
+        self.upstreams = [
+            Upstream.from_config(
+                {"dial": u.dial, "max_requests": u.max_requests},
+                passive=self.passive,
+                registry=ctx.registry,
+            )
+            for u in cfg.upstreams
+            if "{" not in u.dial
+        ]
+        if cfg.dynamic_upstreams is not None:
+            raise ConfigError(f"{cfg.where}.dynamic_upstreams: not supported by pyproxy yet")
+        if cfg.handle_response:
+            raise ConfigError(f"{cfg.where}.handle_response: not supported by pyproxy yet")
+        self.dynamic = [
+            compile_template(u.dial, empty_unknown=True) for u in cfg.upstreams if "{" in u.dial
+        ]
+        self._dynamic_cache: dict[str, Upstream] = {}
+        self.policy = make_selection_policy(cfg.selection_policy)
+        self.retry = RetryPolicy.from_config(cfg.raw.get("load_balancing"))
+        self.retry_match = compile_match(cfg.retry_match) if cfg.retry_match else None
+        tls = cfg.transport.tls
+        self.ssl = build_ssl_context(tls) if tls is not None else None
+        self.server_name = tls.server_name if tls is not None and tls.server_name else None
+        self.header_up = compile_ops(cfg.headers_request)
+        self.header_down = compile_ops(cfg.headers_response)
+        self.up_vars: dict[str, dict[str, str]] = {}
+        self.needs_clock = self.retry.enabled or self.passive is not None
+        nets = [*ctx.server_trusted, *cfg.trusted_proxies]
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in nets]
+        self._pools: dict[str, ConnectionPool] = {}
+        self.active = ActiveHealthChecker.from_config(
+            hc.get("active"), self.upstreams, ssl_context=self.ssl, server_name=self.server_name
+        )
+        # Responses can skip the str header round trip when nothing may look at or change them.
+        sets_cookie = (
+            getattr(type(self.policy), "response_cookie", _base_response_cookie)
+            is not _base_response_cookie
+        )
+        self.fast_response = self.header_down is None and not sets_cookie and not ctx.access_logged
+        if self.active is not None:
+            ctx.on_start.append(self.active.start)
+            ctx.on_stop.append(self.active.stop)
+
+    def serve(self, ex: Exchange) -> bool:
+        ProxyCall(self, ex).start()
+        return True
+
+    # -- helpers used by ProxyCall -----------------------------------------------------------
+
+    def select(self, req: Request) -> Upstream | None:
+        pool = self.upstreams
+        if self.dynamic:
+            pool = list(pool)
+            for tpl in self.dynamic:
+                dial = tpl(req)
+                up = self._dynamic_cache.get(dial)
+                if up is None:
+                    try:
+                        up = Upstream(dial, state=self.ctx.registry.get(dial))
+                    except ValueError:
+                        continue
+                    self._dynamic_cache[dial] = up
+                pool.append(up)
+        now = self.ctx.pools.now  # coarse (1 s) clock: enough for passive-health expiry
+        if len(pool) == 1 and self.cfg.selection_policy is None:
+            only = pool[0]
+            return only if only.available(now) else None
+        return self.policy.select(pool, req, now)
+
+    def pool_for(self, up: Upstream) -> ConnectionPool:
+        pool = self._pools.get(up.dial)
+        if pool is None:
+            t = self.cfg.transport
+            key = (up.host, up.port, id(self.ssl) if self.ssl else 0, self.server_name)
+            pool = self.ctx.pools.get(
+                key,
+                ssl_context=self.ssl,
+                server_hostname=self.server_name,
+                dial_timeout_s=t.dial_timeout_s,
+                idle_timeout_s=t.keepalive_idle_s if t.keepalive_enabled else 0.0,
+                max_idle=t.max_idle_conns_per_host,
+                max_conns=t.max_conns_per_host,
+            )
+            self._pools[up.dial] = pool
+        return pool
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.trusted)
+
+
+class Tunnel:
+    """Bytes both ways after 101 Switching Protocols, with back-pressure each way."""
+
+    __slots__ = ("client", "upstream")
+
+    def __init__(self, client: Any, upstream: UpstreamConnection) -> None:
+        self.client = client
+        self.upstream = upstream
+
+    def from_client(self, data: bytes) -> None:
+        self.upstream.write(data)
+
+    def from_upstream(self, data: bytes) -> None:
+        t = self.client.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+
+    def client_closed(self) -> None:
+        self.upstream.close()
+
+    def upstream_closed(self) -> None:
+        self.client.close()
+
+    def client_pause(self) -> None:
+        self.upstream.pause_reading()
+
+    def client_resume(self) -> None:
+        self.upstream.resume_reading()
+
+    def upstream_pause(self) -> None:
+        self.client.pause_body()
+
+    def upstream_resume(self) -> None:
+        self.client.resume_body()
+
+
+class ProxyCall:
+    """One proxied request: attempts, body pumping, response relay. Not a Task: callbacks."""
+
+    __slots__ = (
+        "_dial_task",
+        "_timer",
+        "body_attached",
+        "body_copy",
+        "body_copy_bytes",
+        "body_done",
+        "body_mode",
+        "conn",
+        "counted",
+        "ex",
+        "finished",
+        "fresh_retry_used",
+        "head",
+        "head_time",
+        "pool",
+        "req",
+        "resp_started",
+        "retries",
+        "rp",
+        "start_time",
+        "upstream",
+        "upstream_paused",
+    )
+
+    def __init__(self, rp: ReverseProxy, ex: Exchange) -> None:
+        self.rp = rp
+        self.ex = ex
+        req = self.req = ex.req
+        self.conn: UpstreamConnection | None = None
+        self.upstream: Upstream | None = None
+        self.pool: ConnectionPool | None = None
+        # Only retries and passive health read the start time; skip the clock otherwise.
+        self.start_time = rp.loop.time() if rp.needs_clock else 0.0
+        self.head_time = 0.0
+        self.retries = 0
+        self.head: bytes | None = None
+        if req.content_length:
+            self.body_mode = 1
+        elif req.chunked:
+            self.body_mode = 2
+        else:
+            self.body_mode = 0
+        self.body_copy: list[bytes] | None = [] if self.body_mode else None
+        self.body_copy_bytes = 0
+        self.body_done = not self.body_mode
+        self.body_attached = False
+        self.resp_started = False
+        self.finished = False
+        self.fresh_retry_used = False
+        self.counted = False
+        self.upstream_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._dial_task: asyncio.Task[None] | None = None
+        ex.flow = self
+        ex.on_client_gone = self.client_gone
+
+    # -- attempts ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self.finished:
+            return
+        rp = self.rp
+        up = rp.select(self.req)
+        if up is None:
+            self._failed(FailureKind.NO_UPSTREAM, 503, "no upstreams available")
+            return
+        self.upstream = up
+        uv = rp.up_vars.get(up.dial)
+        if uv is None:
+            uv = rp.up_vars[up.dial] = {
+                "http.reverse_proxy.upstream.address": up.dial,
+                "http.reverse_proxy.upstream.hostport": (
+                    f"[{up.host}]:{up.port}" if ":" in up.host else f"{up.host}:{up.port}"
+                ),
+                "http.reverse_proxy.upstream.host": up.host,
+                "http.reverse_proxy.upstream.port": str(up.port),
+            }
+        self.req.vars.update(uv)
+        self.pool = pool = rp.pool_for(up)
+        conn = pool.acquire_idle()
+        if conn is not None:
+            self._send(conn)
+        else:
+            self._dial()
+
+    def _dial(self) -> None:
+        self._dial_task = self.rp.loop.create_task(self._dial_async())
+
+    async def _dial_async(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        try:
+            conn = await pool.connect()
+        except DialTimeout as exc:
+            self._dial_task = None
+            self._dial_failed(504, str(exc))
+            return
+        except (DialError, OSError) as exc:
+            self._dial_task = None
+            self._dial_failed(502, str(exc))
+            return
+        self._dial_task = None
+        if self.finished:
+            pool.release(conn)
+            return
+        client = self.ex.conn
+        owned = client.begin_batch()
+        try:
+            self._send(conn)
+        finally:
+            if owned:
+                client.end_batch()
+
+    def _dial_failed(self, status: int, message: str) -> None:
+        if self.finished:
+            return
+        up = self.upstream
+        if up is not None and self.rp.passive is not None:
+            self.rp.passive.record_error(up, self.rp.loop.time())
+        self._failed(FailureKind.DIAL, status, message)
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        up = self.upstream
+        if up is not None and not self.counted:
+            up.inc()
+            self.counted = True
+        req = self.req
+        conn.start(self, req.method == "HEAD", self.ex.conn)
+        head = self.head
+        if head is None:
+            head = self.head = self._build_head()
+        if not self.body_mode:
+            conn.write(head)
+        elif self.body_attached:
+            # A retry: replay the body received so far, the rest keeps streaming in.
+            copy = self.body_copy or []
+            conn.write(head + b"".join(copy))
+        else:
+            conn.write(head)
+            self.body_attached = True
+            req.attach_body(self)
+        t = self.rp.cfg.transport.response_header_timeout_s
+        if t:
+            self._timer = self.rp.loop.call_later(t, self._header_timeout)
+
+    def _build_head(self) -> bytes:
+        req = self.req
+        rp = self.rp
+        headers = req.headers
+        if rp.header_up is not None:
+            # header_up acts on the outgoing copy (Caddy clones the request).
+            saved = req.headers
+            req.headers = list(saved)
+            headers = rp.header_up(req.headers, req)
+            req.headers = saved
+        trusted = req.vars.get("_trusted_proxy")
+        if trusted is None:
+            trusted = rp.is_trusted(req.remote_ip)
+        target = req.raw_path + ("?" + req.query if req.query else "")
+        parts = [f"{req.method} {target} HTTP/1.1\r\n"]
+        host_sent = False
+        prior_xff = ""
+        xfp = xfh = ""
+        conn_value = ""
+        for k, v in headers:
+            lk = k.lower()
+            if lk in _SPECIAL_REQUEST_FIELDS:
+                if lk in HOP_BY_HOP:
+                    if lk == "connection":
+                        conn_value = f"{conn_value},{v}" if conn_value else v
+                    elif lk == "te" and v.strip().lower() == "trailers":
+                        parts.append(f"{k}: {v}\r\n")  # Caddy keeps `Te: trailers`
+                    continue
+                if lk in _XF:
+                    if trusted:
+                        if lk == "x-forwarded-for":
+                            prior_xff = f"{prior_xff}, {v}" if prior_xff else v
+                        elif lk == "x-forwarded-proto":
+                            xfp = xfp or v
+                        else:
+                            xfh = xfh or v
+                    continue
+                if lk == "host":
+                    host_sent = True
+                else:
+                    continue  # Expect (we answered 100-continue) / Content-Length (ours below)
+            parts.append(f"{k}: {v}\r\n")
+        if conn_value:
+            # RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too.
+            tokens = {t.strip().lower() for t in conn_value.split(",")} - _PLAIN_CONN_STR
+            if tokens:
+                parts[1:] = [p for p in parts[1:] if p.partition(":")[0].lower() not in tokens]
+        if not host_sent:
+            # HTTP/1.0 without Host: Go's transport then sends the upstream address.
+            parts.append(
+                f"Host: {req.host or self.req.vars['http.reverse_proxy.upstream.hostport']}\r\n"
+            )
+        ip = req.remote_ip
+        parts.append(f"X-Forwarded-For: {prior_xff + ', ' + ip if prior_xff else ip}\r\n")
+        parts.append(f"X-Forwarded-Proto: {xfp or req.scheme}\r\n")
+        parts.append(f"X-Forwarded-Host: {xfh or req.host}\r\n")
+        if req.upgrade:
+            up_value = req.header("Upgrade")
+            if up_value:
+                parts.append(f"Connection: Upgrade\r\nUpgrade: {up_value}\r\n")
+        if self.body_mode == 1:
+            parts.append(f"Content-Length: {req.content_length}\r\n")
+        elif self.body_mode == 2:
+            parts.append("Transfer-Encoding: chunked\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1")
+
+    # -- request body (BodySink) -------------------------------------------------------------
+
+    def on_body(self, data: bytes) -> None:
+        if self.body_mode == 2:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        copy = self.body_copy
+        if copy is not None:
+            self.body_copy_bytes += len(data)
+            if self.body_copy_bytes > REPLAY_BODY_BYTES:
+                self.body_copy = None
+            else:
+                copy.append(data)
+        conn = self.conn
+        if conn is not None:
+            conn.write(data)
+
+    def on_body_end(self) -> None:
+        if self.body_mode == 2:
+            self.on_body_raw(b"0\r\n\r\n")
+        self.body_done = True
+
+    def on_body_raw(self, data: bytes) -> None:
+        if self.body_copy is not None:
+            self.body_copy.append(data)
+        if self.conn is not None:
+            self.conn.write(data)
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def upstream_pause(self) -> None:
+        self.req.pause_body()
+
+    def upstream_resume(self) -> None:
+        self.req.resume_body()
+
+    def client_pause(self) -> None:
+        if self.conn is not None:
+            self.upstream_paused = True
+            self.conn.pause_reading()
+
+    def client_resume(self) -> None:
+        if self.conn is not None and self.upstream_paused:
+            self.upstream_paused = False
+            self.conn.resume_reading()
+
+    def begin_batch(self) -> bool:
+        return self.ex.conn.begin_batch()
+
+    def end_batch(self) -> None:
+        self.ex.conn.end_batch()
+
+    # -- response (ResponseSink) -------------------------------------------------------------
+
+    def on_response_head(self, status: int, length: int | None) -> None:
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        self.resp_started = True
+        rp = self.rp
+        up = self.upstream
+        if rp.passive is not None and up is not None:
+            now = rp.loop.time()
+            rp.passive.record_response(up, status, now - self.start_time, now)
+        ex = self.ex
+        conn = self.conn
+        if (
+            rp.fast_response
+            and ex.head_hooks is None
+            and status != 101
+            and conn is not None
+            and not conn.conn_tokens
+        ):
+            # Fast path: the upstream connection serialized the end-to-end fields already.
+            self.req.vars["http.reverse_proxy.status_code"] = status
+            pre = ex.resp_headers
+            if pre == _DEFAULT_RESP_HEADERS:
+                pre_b = b"Server: Caddy\r\n"
+            else:  # fields set before proxying (e.g. a non-deferred `header` handler)
+                pre_b = "".join(f"{k}: {v}\r\n" for k, v in pre).encode("latin-1")
+            ex.send_head_raw(
+                status,
+                _STATUS_LINE_B(status) + pre_b + b"".join(conn.lines),
+                length,
+                conn.has_date,
+            )
+            return
+        raw = conn.headers() if conn is not None else []
+        conn_tokens: set[bytes] = set()
+        for k, v in raw:
+            if len(k) == 10 and k.lower() == b"connection":
+                conn_tokens.update(t.strip().lower() for t in v.split(b","))
+        upgrade = status == 101 and self.req.upgrade
+        headers: list[tuple[str, str]] = []
+        for k, v in raw:
+            lk = k.lower()
+            if lk in HOP_BY_HOP_B or (conn_tokens and lk in conn_tokens):
+                if upgrade and lk == b"upgrade":
+                    headers.append(("Connection", "Upgrade"))
+                    headers.append(("Upgrade", v.decode("latin-1")))
+                continue
+            headers.append((k.decode("latin-1"), v.decode("latin-1")))
+        if rp.header_down is not None:
+            headers = rp.header_down(headers, self.req)
+        cookie_fn = getattr(rp.policy, "response_cookie", None)
+        if cookie_fn is not None and up is not None:
+            cookie = cookie_fn(up, self.req)
+            if cookie:
+                headers.append(("Set-Cookie", cookie))
+        self.req.vars["http.reverse_proxy.status_code"] = status
+        self.ex.send_head(status, headers, length)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.ex.send_body(data)
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._detach()
+        self._uncount()
+        conn, self.conn = self.conn, None
+        if conn is not None and self.pool is not None:
+            if keep_alive and self.body_done:
+                if self.upstream_paused:
+                    # The last bytes were already buffered when the client pushed back: a
+                    # pooled connection must be reading again.
+                    self.upstream_paused = False
+                    conn.resume_reading()
+                self.pool.release(conn)
+            else:
+                conn.close()
+        self.ex.finish()
+
+    def on_upgrade(self, rest: bytes) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None or self.finished:
+            return
+        self.finished = True
+        self._detach()
+        self._uncount()
+        client = self.ex.conn
+        tunnel = Tunnel(client, conn)
+        conn.tunnel = tunnel
+        conn.call = None
+        client.flush()
+        client.start_tunnel(tunnel)
+        if rest:
+            tunnel.from_upstream(rest)
+
+    def upstream_lost(self, exc: Exception | None, got_bytes: bool) -> None:
+        if self.finished:
+            return
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        conn, self.conn = self.conn, None
+        if self.resp_started:
+            # Mid-response: the client gets a truncated response, like Caddy.
+            self.finished = True
+            self._detach()
+            self._uncount()
+            self.ex.abort()
+            return
+        reused = conn is not None and conn.requests > 1
+        if reused and not got_bytes and not self.fresh_retry_used and self._replayable():
+            # The upstream closed an idle keepalive connection just as we used it.
+            self.fresh_retry_used = True
+            self._dial()
+            return
+        rp = self.rp
+        if rp.passive is not None and self.upstream is not None:
+            rp.passive.record_error(self.upstream, rp.loop.time())
+        reason = (
+            f"upstream closed the connection: {exc}" if exc else "upstream closed the connection"
+        )
+        self._failed(FailureKind.AFTER_SENT, 502, reason)
+
+    def upstream_bad_response(self, reason: str) -> None:
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.call = None
+            conn.abort()
+        if self.resp_started:
+            self.finished = True
+            self._detach()
+            self._uncount()
+            self.ex.abort()
+            return
+        self._failed(FailureKind.AFTER_SENT, 502, reason)
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        if self.finished or self.resp_started:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.call = None
+            conn.abort()
+        rp = self.rp
+        if rp.passive is not None and self.upstream is not None:
+            rp.passive.record_error(self.upstream, rp.loop.time())
+        self._failed(FailureKind.AFTER_SENT, 504, "timeout awaiting response headers")
+
+    def _replayable(self) -> bool:
+        req = self.req
+        if req.method not in IDEMPOTENT and (
+            # Go's transport also replays requests that carry an idempotency key.
+            req.header("Idempotency-Key") is None and req.header("X-Idempotency-Key") is None
+        ):
+            return False
+        return not self.body_mode or self.body_copy is not None
+
+    def _failed(self, kind: FailureKind, status: int, message: str) -> None:
+        if self.finished:
+            return
+        self._uncount()
+        rp = self.rp
+        if rp.retry.enabled and (kind is not FailureKind.AFTER_SENT or self._replayable()):
+            rm = rp.retry_match
+            decision = rp.retry.decide(
+                retries_done=self.retries,
+                elapsed_s=rp.loop.time() - self.start_time,
+                method=self.req.method,
+                failure=kind,
+                retry_match=(lambda: bool(rm(self.req))) if rm is not None else None,
+            )
+            if decision:
+                self.retries += 1
+                self.conn = None
+                if decision.wait_s > 0:
+                    rp.loop.call_later(decision.wait_s, self._attempt)
+                else:
+                    self._attempt()
+                return
+        self.finished = True
+        self._detach()
+        up = self.upstream
+        log.error("%s %s → %s: %s", self.req.method, self.req.uri, up.dial if up else "-", message)
+        client = self.ex.conn
+        owned = client.begin_batch()
+        try:
+            self.ex.fail(HandlerError(status, message))
+        finally:
+            if owned:
+                client.end_batch()
+
+    def _detach(self) -> None:
+        # Break the call <-> exchange reference cycles so refcounting frees both right away
+        # (no work left for the cyclic GC on the hot path).
+        ex = self.ex
+        ex.flow = None
+        ex.on_client_gone = None
+
+    def _uncount(self) -> None:
+        if self.counted and self.upstream is not None:
+            self.counted = False
+            self.upstream.dec()
+
+    def client_gone(self) -> None:
+        """The client disconnected before the response was complete (logged as 499)."""
+        if self.finished:
+            return
+        self.finished = True
+        self._detach()
+        self._uncount()
+        if not self.ex.head_sent:
+            self.ex.status = 499
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dial_task is not None:
+            self._dial_task.cancel()
+            self._dial_task = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.call = None
+            conn.abort()

@@ -1,0 +1,294 @@
+"""HTTP/1.1 client side: one `UpstreamConnection` (Protocol + httptools) per upstream socket.
+
+The connection parses responses and forwards every event to its current *call* (the request it
+carries, see `proxy.handlers.reverse_proxy.ProxyCall`); between calls it sits idle in a
+keepalive pool. Informational 1xx responses other than 101 are skipped (RFC 9110 §15.2);
+a response to HEAD ends at its head whatever its Content-Length says (RFC 9110 §9.3.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import httptools
+
+# Caddy's hop-by-hop fields (reverseproxy.go hopHeaders), removed from responses.
+HOP_BY_HOP_B = frozenset(
+    {
+        b"alt-svc",
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Fields on_header looks at; Content-Length framing is the proxy's to write.
+_SPECIAL = HOP_BY_HOP_B | {b"content-length", b"date"}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+class ResponseSink(Protocol):
+    def on_response_head(self, status: int, length: int | None) -> None:
+        """The head arrived; fields are in the connection (`lines`, `headers()`)."""
+
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self, keep_alive: bool) -> None: ...
+    def on_upgrade(self, rest: bytes) -> None: ...
+    def upstream_lost(self, exc: Exception | None, got_bytes: bool) -> None: ...
+    def upstream_bad_response(self, reason: str) -> None: ...
+    def upstream_pause(self) -> None: ...
+    def upstream_resume(self) -> None: ...
+    def begin_batch(self) -> bool: ...
+    def end_batch(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_chunked",
+        "_headers",
+        "_in_body",
+        "_informational",
+        "_length",
+        "_status",
+        "call",
+        "client",
+        "closed",
+        "conn_tokens",
+        "got_bytes",
+        "has_date",
+        "head_only",
+        "idle_since",
+        "lines",
+        "parser",
+        "pool",
+        "requests",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.transport: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.call: ResponseSink | None = None
+        self.tunnel: Any = None
+        self.closed = False
+        self.got_bytes = False
+        self.head_only = False
+        self.idle_since = 0.0
+        self.requests = 0  # requests carried so far (>0 means the connection is reused)
+        # Only the fields on_header singles out (hop-by-hop, framing, Date); the others are
+        # in `lines`. `headers()` rebuilds the full list for the slow path.
+        self._headers: list[tuple[bytes, bytes]] = []
+        # Non-hop-by-hop response fields, serialized: b"".join(lines) is b"Name: value\r\n"...
+        self.lines: list[bytes] = []
+        self.has_date = False
+        self.conn_tokens = False
+        self.client: Any = None  # the client connection whose writes we batch
+        self._length: int | None = None
+        self._chunked = False
+        self._in_body = False
+        self._status = 0
+        self._informational = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.upstream_closed()
+            return
+        call, self.call = self.call, None
+        if call is not None:
+            if self._in_body and self._length is None and not self._chunked and exc is None:
+                # A close-delimited body (RFC 9112 §6.3 rule 8) ends with the connection.
+                call.on_response_end(False)
+            else:
+                call.upstream_lost(exc, self.got_bytes)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: HTTP/1.1 has no use for a half-open upstream
+
+    def start(self, call: ResponseSink, head_only: bool, client: Any = None) -> None:
+        """Begin carrying a request; the caller writes it right after."""
+        self.call = call
+        self.client = client
+        self.got_bytes = False
+        self.head_only = head_only
+        self.requests += 1
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.call = None
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.call = None
+            self.transport.abort()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.transport.is_closing()
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_pause()
+        elif self.call is not None:
+            self.call.upstream_pause()
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_resume()
+        elif self.call is not None:
+            self.call.upstream_resume()
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.from_upstream(data)
+            return
+        call = self.call
+        if call is None:
+            # Bytes on an idle connection (RFC 9112 §9.3 doesn't allow unsolicited responses):
+            # it can't be reused safely.
+            self.close()
+            return
+        self.got_bytes = True
+        client = self.client
+        # Coalesce everything this read produces for the client into one write.
+        owned = client is not None and client._batch is None
+        if owned:
+            client._batch = []
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0]) if exc.args else len(data)
+            if self.call is not None:
+                self.call.on_upgrade(data[offset:])
+        except httptools.HttpParserCallbackError:
+            if self.call is not None:
+                self.call.upstream_bad_response("response handling failed")
+        except httptools.HttpParserError as exc:
+            if self.call is not None:
+                self.call.upstream_bad_response(f"malformed response: {exc}")
+        finally:
+            if owned:
+                client.end_batch()
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self.lines = []
+        self.has_date = False
+        self.conn_tokens = False
+        self._length = None
+        self._chunked = False
+        self._in_body = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in _SPECIAL:
+            if lname != b"date":
+                self._headers.append((name, value))
+            if lname == b"content-length":
+                self._length = int(value)
+            elif lname == b"transfer-encoding":
+                self._chunked = True
+            elif lname == b"date":
+                self.has_date = True
+                self.lines.extend((name, b": ", value, b"\r\n"))
+            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                self.conn_tokens = True  # names more hop-by-hop fields: slow path
+            return
+        # Serialized once, here (as fragments: extend is the cheapest way to collect them);
+        # the proxy's fast path sends b"".join(lines) as it is.
+        self.lines.extend((name, b": ", value, b"\r\n"))
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """All response fields as (name, value) pairs; built only when a slow path asks."""
+        block = b"".join(self.lines)
+        out = [tuple(line.split(b": ", 1)) for line in block.split(b"\r\n") if line]
+        return [*out, *self._headers]  # type: ignore[list-item]
+
+    def on_headers_complete(self) -> None:
+        status = self._status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._informational = True
+            return
+        self._informational = False
+        call = self.call
+        if call is None:
+            return
+        length = self._length
+        if self.head_only:
+            call.on_response_head(status, length)
+            # RFC 9110 §9.3.2: a HEAD response has no content, whatever its framing headers say.
+            if self.call is call:
+                self._finish(call)
+            return
+        if status in (204, 304):
+            length = 0
+        self._in_body = True
+        call.on_response_head(status, length)
+
+    def on_body(self, body: bytes) -> None:
+        call = self.call
+        if call is not None and not self.head_only:
+            call.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self._in_body = False
+        if self._status == 101:
+            return  # the upgrade exception follows: the connection becomes a tunnel
+        call = self.call
+        if call is not None and not self.head_only:
+            self._finish(call)
+
+    def _finish(self, call: ResponseSink) -> None:
+        if self.head_only:
+            keep = self._head_keepalive()
+            # The parser still expects the body the head announced: start the next response
+            # with a fresh one.
+            self.parser = httptools.HttpResponseParser(self)
+        else:
+            keep = self.parser.should_keep_alive()
+        self.call = None
+        call.on_response_end(keep)
+
+    def _head_keepalive(self) -> bool:
+        for name, value in self._headers:
+            if name.lower() == b"connection" and b"close" in value.lower():
+                return False
+        return self.parser.get_http_version() == "1.1"

@@ -1,0 +1,179 @@
+"""The engine's request object (implements `proxy.request_view.RequestView`) and its body pipe.
+
+A `Request` is created by the HTTP/1.1 server protocol when a request head is complete. Its
+body arrives later, chunk by chunk; a handler that wants it attaches a `BodySink` with
+`attach_body()`. Until then chunks are queued (bounded by the server pausing reads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+
+class BodySink(Protocol):
+    def on_body(self, data: bytes) -> None: ...
+    def on_body_end(self) -> None: ...
+
+
+class Request:
+    __slots__ = (
+        "_body_queue",
+        "_conn",
+        "body_done",
+        "body_received",
+        "body_sink",
+        "chunked",
+        "client_ip",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "orig_method",
+        "orig_uri",
+        "path",
+        "proto",
+        "query",
+        "raw_path",
+        "remote_ip",
+        "remote_port",
+        "scheme",
+        "start_time",
+        "upgrade",
+        "uri",
+        "vars",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        proto: str,
+        headers: list[tuple[str, str]],
+        remote_ip: str,
+        remote_port: int,
+        scheme: str,
+    ) -> None:
+        self.method = method
+        self.orig_method = method
+        self.orig_uri = uri
+        self.proto = proto
+        self.headers = headers
+        self.remote_ip = remote_ip
+        self.remote_port = remote_port
+        self.client_ip = remote_ip
+        self.scheme = scheme
+        self.vars: dict[str, Any] = {}
+        self.host = ""
+        self.keep_alive = True
+        self.expect_continue = False
+        self.content_length: int | None = None
+        self.chunked = False
+        self.upgrade = False
+        self.body_sink: BodySink | None = None
+        self._body_queue: list[bytes] | None = None
+        self.body_done = False
+        self.body_received = 0
+        self.start_time = 0.0
+        self._conn: Any = None
+        self.set_uri(uri)
+
+    # -- RequestView -------------------------------------------------------------------------
+
+    def set_uri(self, uri: str) -> None:
+        """Set the request-target and derive path/raw_path/query (used by rewrite too)."""
+        self.uri = uri
+        raw, _sep, query = uri.partition("?")
+        if raw and raw[0] != "/" and raw != "*":
+            # absolute-form (RFC 9112 §3.2.2): keep only the path for routing.
+            scheme_end = raw.find("://")
+            if scheme_end > 0:
+                slash = raw.find("/", scheme_end + 3)
+                raw = raw[slash:] if slash >= 0 else "/"
+        self.raw_path = raw
+        self.query = query
+        self.path = unquote(raw) if "%" in raw else raw
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+    def set_header(self, name: str, value: str | None) -> None:
+        lname = name.lower()
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != lname]
+        if value is not None:
+            self.headers.append((name, value))
+
+    # -- body pipe ---------------------------------------------------------------------------
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def feed_body(self, data: bytes) -> None:
+        self.body_received += len(data)
+        sink = self.body_sink
+        if sink is not None:
+            sink.on_body(data)
+        elif self._body_queue is None:
+            self._body_queue = [data]
+        else:
+            self._body_queue.append(data)
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.body_sink is not None:
+            self.body_sink.on_body_end()
+
+    def queued_body_bytes(self) -> int:
+        return sum(map(len, self._body_queue)) if self._body_queue else 0
+
+    def attach_body(self, sink: BodySink) -> None:
+        """Start receiving the body; queued chunks are delivered first."""
+        self.body_sink = sink
+        if self._conn is not None:
+            self._conn.body_wanted(self)
+        queue, self._body_queue = self._body_queue, None
+        if queue:
+            for chunk in queue:
+                sink.on_body(chunk)
+        if self.body_done:
+            sink.on_body_end()
+
+    def detach_body(self) -> None:
+        """Stop delivering body chunks (they are discarded from now on)."""
+        self.body_sink = _DISCARD
+        self._body_queue = None
+
+    def pause_body(self) -> None:
+        if self._conn is not None:
+            self._conn.pause_body()
+
+    def resume_body(self) -> None:
+        if self._conn is not None:
+            self._conn.resume_body()
+
+
+class _Discard:
+    __slots__ = ()
+
+    def on_body(self, data: bytes) -> None:
+        pass
+
+    def on_body_end(self) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+HeaderHook = Callable[[Any], None]

@@ -1,0 +1,171 @@
+"""The runtime of one configured server (`apps.http.servers.NAME`) in one worker.
+
+Owns what every connection of that server shares: compiled routes and error routes, limits and
+timeouts, trusted proxies / client IP resolution, access logging, the set of live connections
+with the timeout sweeper, and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from config.model import Server
+from proxy.handlers import BuildContext, build_handler
+from proxy.http.exchange import Exchange, HandlerError
+from proxy.http.server import HTTP1Connection
+from proxy.logs import AccessLog, access_entry
+from proxy.route import RouteList
+
+log = logging.getLogger("pyproxy.server")
+
+SWEEP_INTERVAL_S = 1.0
+
+
+class ServerRuntime:
+    def __init__(self, server: Server, ctx: BuildContext, access_log: AccessLog | None) -> None:
+        self.server = server
+        self.loop = ctx.loop
+        self.timeouts = server.timeouts
+        self.max_header_bytes = server.max_header_bytes
+        self.accepting = True
+        self.connections: set[HTTP1Connection] = set()
+
+        def build(h: Any) -> Any:
+            return build_handler(h, ctx)
+
+        self.routes = RouteList(server.routes, build)
+        self.errors = RouteList(server.errors, build) if server.errors else None
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in server.trusted_proxies]
+        self.client_ip_headers = server.client_ip_headers
+        self.access_log = access_log if server.logs is not None else None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.now = self.loop.time()  # coarse clock for connection deadlines
+
+    # -- connections -------------------------------------------------------------------------
+
+    def protocol_factory(self, scheme: str = "http") -> HTTP1Connection:
+        return HTTP1Connection(self, scheme)
+
+    def start(self) -> None:
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check_timeout(now)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    async def shutdown(self, grace_s: float | None) -> None:
+        """Stop accepting, let in-flight requests finish (up to `grace_s`), then close."""
+        self.accepting = False
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + (grace_s if grace_s else 1e9)
+        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def dispatch(self, ex: Exchange) -> None:
+        req = ex.req
+        if self.trusted:
+            self._resolve_client_ip(req)
+        if not self.routes.serve(ex) and not ex.done and not ex.head_sent:
+            # Caddy: a request no route handled gets an empty 200.
+            ex.respond(200, None)
+
+    def _resolve_client_ip(self, req: Any) -> None:
+        try:
+            peer = ipaddress.ip_address(req.remote_ip)
+        except ValueError:
+            return
+        if not any(peer in n for n in self.trusted):
+            req.vars["_trusted_proxy"] = False
+            return
+        req.vars["_trusted_proxy"] = True
+        for name in self.client_ip_headers:
+            values = req.header_values(name)
+            if not values:
+                continue
+            ips = [p.strip() for v in values for p in v.split(",") if p.strip()]
+            if not ips:
+                continue
+            if self.server.trusted_proxies_strict:
+                # Right to left, the first address that is not a trusted proxy.
+                for cand in reversed(ips):
+                    try:
+                        a = ipaddress.ip_address(cand)
+                    except ValueError:
+                        break
+                    if not any(a in n for n in self.trusted):
+                        req.client_ip = cand
+                        return
+                return
+            cand = ips[0]
+            try:
+                ipaddress.ip_address(cand)
+            except ValueError:
+                continue
+            req.client_ip = cand
+            return
+
+    def handle_error(self, ex: Exchange, err: HandlerError) -> None:
+        req = ex.req
+        v = req.vars
+        v["_handler_error"] = err
+        v["http.error"] = f"{err.status} {err.message}" if err.message else str(err.status)
+        v["http.error.status_code"] = err.status
+        try:
+            v["http.error.status_text"] = HTTPStatus(err.status).phrase
+        except ValueError:
+            v["http.error.status_text"] = ""
+        v["http.error.message"] = err.message
+        v["http.error.id"] = err.err_id
+        routes = ex.error_routes or self.errors
+        # Error routes start from a fresh response (Caddy keeps the Server header).
+        ex.resp_headers = [("Server", "Caddy")]
+        ex.head_hooks = None
+        ex.body_filter = None
+        ex.status = err.status
+        if routes is not None:
+            ex.error_routes = None
+            try:
+                handled = routes.serve(ex)
+            except Exception:
+                log.exception("error route failed")
+                handled = False
+            if handled or ex.done or ex.head_sent:
+                return
+        ex.respond(err.status, None)
+
+    def log_exchange(self, ex: Exchange, client_gone: bool = False) -> None:
+        al = self.access_log
+        if al is None:
+            return
+        logs = self.server.logs
+        assert logs is not None
+        req = ex.req
+        host = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
+        names = logs.logger_names
+        mapped = names.get(req.host, names.get(host))
+        if mapped is None and logs.skip_unmapped_hosts:
+            return
+        if host in logs.skip_hosts:
+            return
+        if isinstance(mapped, list):
+            mapped = mapped[0] if mapped else ""
+        name = mapped if mapped else logs.default_logger_name
+        logger = f"http.log.access.{name}" if name else "http.log.access"
+        status = ex.status
+        if client_gone and not ex.head_sent:
+            status = 499
+        duration = self.loop.time() - req.start_time
+        al.write(logger, access_entry(ex, duration, status, logger))

@@ -1,0 +1,219 @@
+"""Keepalive connection pools to upstreams.
+
+One `ConnectionPool` per (dial address, TLS settings) and per worker process. Idle connections
+are reused most-recently-idle first (LIFO: the warmest socket, the least likely to have been
+closed by the upstream's own idle timer), at most `max_idle` are kept, and a sweeper closes
+those idle longer than `idle_timeout` (Caddy: 2 min, 32 per host). Dialing resolves names
+through the shared re-resolving `Resolver` so a service whose IP changes keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from typing import Any
+
+from proxy.http.client import UpstreamConnection
+from proxy.upstream.resolve import Resolver, is_ip_literal
+
+log = logging.getLogger("pyproxy.upstream")
+
+SWEEP_INTERVAL_S = 1.0
+IDLE_BURST_FACTOR = 4
+
+
+class DialError(OSError):
+    """Could not connect (refused, unreachable, resolve failure, TLS handshake)."""
+
+
+class DialTimeout(DialError, TimeoutError):
+    """The dial did not complete within dial_timeout."""
+
+
+class ConnectionPool:
+    __slots__ = (
+        "active",
+        "clock",
+        "dial_timeout_s",
+        "host",
+        "idle",
+        "idle_timeout_s",
+        "loop",
+        "max_conns",
+        "max_idle",
+        "port",
+        "resolver",
+        "server_hostname",
+        "ssl",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        *,
+        resolver: Resolver,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        dial_timeout_s: float = 3.0,
+        idle_timeout_s: float = 120.0,
+        max_idle: int = 32,
+        max_conns: int = 0,
+        clock: Any = None,
+    ) -> None:
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.resolver = resolver
+        self.ssl = ssl_context
+        self.server_hostname = server_hostname
+        self.dial_timeout_s = dial_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle = max_idle
+        self.max_conns = max_conns
+        self.idle: list[UpstreamConnection] = []
+        self.active = 0
+        self.clock: Any = clock if clock is not None else _LoopClock(loop)
+
+    def acquire_idle(self) -> UpstreamConnection | None:
+        """The most recently idle usable connection, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """Dial a new connection (raises DialError / DialTimeout)."""
+        host = self.host
+        try:
+            if is_ip_literal(host):
+                addrs = [host.strip("[]")]
+            else:
+                addrs = self.resolver.cached(host) or await self.resolver.resolve(host)
+        except OSError as exc:
+            raise DialError(f"dial {host}:{self.port}: {exc}") from exc
+        last: BaseException | None = None
+        deadline = self.loop.time() + self.dial_timeout_s
+        for addr in addrs:
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    _, proto = await self.loop.create_connection(
+                        lambda: UpstreamConnection(self),
+                        addr,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=(self.server_hostname or host) if self.ssl else None,
+                    )
+            except TimeoutError as exc:
+                last = exc
+                continue
+            except (OSError, ssl.SSLError) as exc:
+                last = exc
+                continue
+            sock = proto.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.active += 1
+            return proto
+        if not is_ip_literal(host):
+            self.resolver.invalidate(host)
+        if isinstance(last, TimeoutError) or last is None:
+            raise DialTimeout(f"dial tcp {host}:{self.port}: i/o timeout")
+        raise DialError(f"dial tcp {host}:{self.port}: {last}") from last
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection after a complete exchange; keep it if there is room."""
+        if not conn.usable:
+            return
+        # An event loop releases connections in bursts (many responses in one iteration), so a
+        # strict max_idle would close and redial connections the very next requests need.
+        # Allow a bounded overshoot here; the sweeper trims the pool back to max_idle.
+        if len(self.idle) >= self.max_idle * IDLE_BURST_FACTOR or self.idle_timeout_s <= 0:
+            conn.close()
+            return
+        conn.idle_since = self.clock.now
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Called when a connection closed."""
+        if self.active > 0:
+            self.active -= 1
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+
+    def sweep(self, now: float) -> None:
+        # Oldest idle connections are at the front (LIFO reuse pops from the back).
+        idle = self.idle
+        cutoff = now - self.idle_timeout_s
+        while idle and idle[0].idle_since < cutoff:
+            idle.pop(0).close()
+        # Keep at most max_idle connections idle across sweeps (the least recently used go).
+        while len(idle) > self.max_idle and idle[0].idle_since < now - SWEEP_INTERVAL_S:
+            idle.pop(0).close()
+
+    def close_all(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _LoopClock:
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    @property
+    def now(self) -> float:
+        return self.loop.time()
+
+
+class PoolManager:
+    """All pools of one worker, with the idle sweeper.
+
+    `now` is a coarse clock (updated every SWEEP_INTERVAL_S) for idle bookkeeping and passive
+    health expiry, so the per-request path reads no clock.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, resolver: Resolver | None = None) -> None:
+        self.loop = loop
+        self.now = loop.time()
+        self.resolver = resolver or Resolver()
+        self.pools: dict[tuple[Any, ...], ConnectionPool] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def get(self, key: tuple[Any, ...], **kwargs: Any) -> ConnectionPool:
+        pool = self.pools.get(key)
+        if pool is None:
+            host, port = key[0], key[1]
+            pool = ConnectionPool(
+                self.loop, host, port, resolver=self.resolver, clock=self, **kwargs
+            )
+            self.pools[key] = pool
+            if self._sweeper is None:
+                self.now = self.loop.time()
+                self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+        return pool
+
+    def _sweep(self) -> None:
+        now = self.now = self.loop.time()
+        for pool in self.pools.values():
+            pool.sweep(now)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for pool in self.pools.values():
+            pool.close_all()

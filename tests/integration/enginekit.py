@@ -1,0 +1,70 @@
+"""Helpers shared by the engine integration tests (ports, payloads, config builders)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def payload(n: int) -> bytes:
+    """Deterministic, non-repeating-ish bytes (so truncation/reordering is detected)."""
+    block = hashlib.sha256(str(n).encode()).digest() * 32  # 1 KiB
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += bytes((b + i) & 0xFF for b in block[:256]) if i % 7 == 0 else block
+        i += 1
+    return bytes(out[:n])
+
+
+def proxy_config(port: int, routes: list[dict[str, Any]], **server: Any) -> dict[str, Any]:
+    return {
+        "apps": {
+            "http": {"servers": {"srv0": {"listen": [f":{port}"], "routes": routes, **server}}}
+        }
+    }
+
+
+def rp_route(dial: str | list[str], **handler: Any) -> dict[str, Any]:
+    dials = [dial] if isinstance(dial, str) else dial
+    return {
+        "handle": [
+            {"handler": "reverse_proxy", "upstreams": [{"dial": d} for d in dials], **handler}
+        ]
+    }
+
+
+def read_response(f: Any) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP/1.1 response (Content-Length or chunked) from a binary file object."""
+    status_line = f.readline()
+    if not status_line:
+        raise EOFError("connection closed")
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        body = f.read(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int(f.readline().split(b";")[0], 16)
+            if size == 0:
+                f.readline()
+                break
+            body += f.read(size)
+            f.readline()
+    else:
+        body = b""
+    return status, headers, body

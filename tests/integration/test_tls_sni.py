@@ -1,0 +1,677 @@
+"""TLS termination (proxy/tls.py): real handshakes on loopback, per-SNI certificates, hot swap.
+
+A minimal asyncio TLS echo server (asyncio.start_server with the selector's context) stands in
+for the engine's listeners; clients are Python's ssl (verifying against a trustme CA) and
+`openssl s_client -servername`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from cryptography import x509
+from enginekit import free_port
+
+from acme_client.certificates import CertificateError
+from config.adapt import adapt_caddyfile
+from config.auto_https import plan_automatic_https
+from proxy.tls import (
+    DEFAULT_CIPHERS,
+    CertificateStore,
+    ConnectionPolicy,
+    SNISelector,
+    TLSConfigError,
+    parse_connection_policies,
+    selector_for_server,
+)
+
+HAVE_OPENSSL = shutil.which("openssl") is not None
+TIMEOUT_S = 10.0
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def pem_pair(ca: trustme.CA, *names: str) -> tuple[bytes, bytes]:
+    leaf = ca.issue_cert(*names)
+    chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+    return chain, leaf.private_key_pem.bytes()
+
+
+def client_context(ca: trustme.CA, **kwargs: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(ctx)
+    for key, value in kwargs.items():
+        setattr(ctx, key, value)
+    return ctx
+
+
+def peer_sans(der: bytes) -> list[str]:
+    cert = x509.load_der_x509_certificate(der)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1024):
+            writer.write(b"pong:" + data)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+class Server:
+    def __init__(self, server: asyncio.Server) -> None:
+        self.server = server
+        self.port: int = server.sockets[0].getsockname()[1]
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    started: list[asyncio.Server] = []
+
+    async def start(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> Server:
+        server = await asyncio.start_server(echo, host, 0, ssl=ctx)
+        started.append(server)
+        return Server(server)
+
+    yield start
+    for server in started:
+        server.close()
+        await server.wait_closed()
+
+
+async def handshake(
+    port: int,
+    ctx: ssl.SSLContext,
+    server_hostname: str | None,
+    host: str = "127.0.0.1",
+) -> tuple[list[str], str | None, str | None]:
+    """Connect, exchange one message; return (peer SANs, TLS version, ALPN protocol)."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=ctx, server_hostname=server_hostname),
+        TIMEOUT_S,
+    )
+    try:
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(9), TIMEOUT_S) == b"pong:ping"
+        ssl_obj = writer.get_extra_info("ssl_object")
+        der = ssl_obj.getpeercert(binary_form=True)
+        return peer_sans(der), ssl_obj.version(), ssl_obj.selected_alpn_protocol()
+    finally:
+        writer.close()
+
+
+async def s_client(port: int, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def s_client_leaf_sans(output: str) -> list[str]:
+    match = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", output, re.S)
+    assert match, output
+    cert = x509.load_pem_x509_certificate(match.group(0).encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(v) for v in san.get_values_for_type(x509.DNSName)]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def store(ca: trustme.CA) -> CertificateStore:
+    store = CertificateStore()
+    for names in (("a.example.test",), ("b.example.test",), ("*.wild.example.test",)):
+        store.add_pem(*pem_pair(ca, *names))
+    return store
+
+
+# ---- several names on one port ----------------------------------------------------------------
+
+
+async def test_each_name_gets_its_own_certificate(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    srv = await start_server(SNISelector(store).server_context())
+    ctx = client_context(ca)
+    for name in ("a.example.test", "b.example.test", "x.wild.example.test"):
+        sans, version, _alpn = await handshake(srv.port, ctx, name)
+        assert sans == ([name] if "wild" not in name else ["*.wild.example.test"])
+        assert version in ("TLSv1.2", "TLSv1.3")
+    # SNI is case-insensitive (RFC 6066 §3 host names)
+    sans, _, _ = await handshake(srv.port, ctx, "A.Example.TEST")
+    assert sans == ["a.example.test"]
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL, reason="openssl not installed")
+async def test_openssl_s_client_sees_the_right_certificate(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer, tmp_path: Path
+) -> None:
+    srv = await start_server(SNISelector(store).server_context())
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    for name in ("a.example.test", "b.example.test"):
+        code, out = await s_client(
+            srv.port, "-servername", name, "-CAfile", str(ca_file), "-verify_return_error"
+        )
+        assert code == 0, out
+        assert "Verify return code: 0 (ok)" in out
+        assert s_client_leaf_sans(out) == [name]
+
+
+async def test_wildcard_covers_one_label_only(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    srv = await start_server(SNISelector(store).server_context())
+    ctx = client_context(ca, check_hostname=False)
+    sans, _, _ = await handshake(srv.port, ctx, "deep.wild.example.test")
+    assert sans == ["*.wild.example.test"]
+    with pytest.raises(ssl.SSLError, match=r"INTERNAL_ERROR|internal error"):
+        await handshake(srv.port, ctx, "two.deep.wild.example.test")
+    with pytest.raises(ssl.SSLError, match=r"INTERNAL_ERROR|internal error"):
+        await handshake(srv.port, ctx, "wild.example.test")
+
+
+# ---- unknown SNI, default_sni, fallback_sni ---------------------------------------------------
+
+
+async def test_unknown_sni_fails_with_alert_80(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    srv = await start_server(SNISelector(store).server_context())
+    ctx = client_context(ca, check_hostname=False)
+    with pytest.raises(ssl.SSLError) as info:
+        await handshake(srv.port, ctx, "unknown.example.test")
+    assert info.value.reason == "TLSV1_ALERT_INTERNAL_ERROR"
+    with pytest.raises(ssl.SSLError) as info:
+        await handshake(srv.port, ctx, None)  # no SNI and no default_sni
+    assert info.value.reason == "TLSV1_ALERT_INTERNAL_ERROR"
+    # the listener keeps serving known names afterwards
+    assert (await handshake(srv.port, client_context(ca), "a.example.test"))[0] == [
+        "a.example.test"
+    ]
+
+
+def test_unknown_sni_alert_under_uvloop(ca: trustme.CA, store: CertificateStore) -> None:
+    """uvloop's own SSL transport must deliver the alert too (not a bare reset)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(
+            echo, "127.0.0.1", 0, ssl=SNISelector(store).server_context()
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(ssl.SSLError) as info:
+                await handshake(port, client_context(ca, check_hostname=False), "nope.test")
+            assert info.value.reason == "TLSV1_ALERT_INTERNAL_ERROR"
+            sans, _, _ = await handshake(port, client_context(ca), "a.example.test")
+            assert sans == ["a.example.test"]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+@pytest.mark.skipif(not HAVE_OPENSSL, reason="openssl not installed")
+async def test_unknown_sni_alert_seen_by_openssl(
+    store: CertificateStore, start_server: StartServer
+) -> None:
+    srv = await start_server(SNISelector(store).server_context())
+    code, out = await s_client(srv.port, "-servername", "nope.example.test")
+    assert code != 0
+    assert "alert internal error" in out and "alert number 80" in out, out
+
+
+async def test_default_sni_serves_clients_without_sni(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    selector = SNISelector(store, [{"default_sni": "b.example.test"}])
+    srv = await start_server(selector.server_context())
+    ctx = client_context(ca, check_hostname=False)
+    assert (await handshake(srv.port, ctx, None))[0] == ["b.example.test"]
+    # default_sni applies only to an empty SNI: an unknown name still fails
+    with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
+        await handshake(srv.port, ctx, "unknown.example.test")
+
+
+async def test_fallback_sni_serves_unknown_names(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    selector = SNISelector(store, [{"fallback_sni": "a.example.test"}])
+    srv = await start_server(selector.server_context())
+    ctx = client_context(ca, check_hostname=False)
+    assert (await handshake(srv.port, ctx, "cdn-sent.example.test"))[0] == ["a.example.test"]
+    assert (await handshake(srv.port, ctx, None))[0] == ["a.example.test"]
+    assert (await handshake(srv.port, ctx, "b.example.test"))[0] == ["b.example.test"]
+
+
+async def test_ip_certificate_for_clients_without_sni(
+    ca: trustme.CA, start_server: StartServer
+) -> None:
+    store = CertificateStore()
+    assert store.add_pem(*pem_pair(ca, "127.0.0.1")) == ("127.0.0.1",)
+    store.add_pem(*pem_pair(ca, "named.example.test"))
+    srv = await start_server(SNISelector(store).server_context(local_ip="127.0.0.1"))
+    # Python sends no SNI for an IP but verifies the IP SAN
+    sans, _, _ = await handshake(srv.port, client_context(ca), "127.0.0.1")
+    assert sans == ["127.0.0.1"]
+    # a wildcard listener does not know its local address: the only IP certificate is served
+    wildcard = await start_server(SNISelector(store).server_context())
+    assert (await handshake(wildcard.port, client_context(ca), "127.0.0.1"))[0] == ["127.0.0.1"]
+    # ...but with two IP certificates it would be a guess, so the handshake fails like Caddy's
+    store.add_pem(*pem_pair(ca, "127.0.0.2"))
+    with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
+        await handshake(wildcard.port, client_context(ca), "127.0.0.1")
+    assert (await handshake(srv.port, client_context(ca), "127.0.0.1"))[0] == ["127.0.0.1"]
+
+
+async def test_ipv6_loopback_listener(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    try:
+        srv = await start_server(SNISelector(store).server_context(), host="::1")
+    except OSError:
+        pytest.skip("::1 cannot be bound here")
+    sans, _, _ = await handshake(srv.port, client_context(ca), "b.example.test", host="::1")
+    assert sans == ["b.example.test"]
+
+
+# ---- policies ---------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+async def test_tls_1_1_refused_by_default(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    srv = await start_server(SNISelector(store).server_context())
+    old = client_context(ca)
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 clients refuse TLS 1.1 otherwise
+    with pytest.raises(ssl.SSLError) as info:
+        await handshake(srv.port, old, "a.example.test")
+    assert info.value.reason in ("TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL")
+    tls12 = client_context(ca)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert (await handshake(srv.port, tls12, "a.example.test"))[1] == "TLSv1.2"
+    assert (await handshake(srv.port, client_context(ca), "a.example.test"))[1] == "TLSv1.3"
+
+
+async def test_protocol_min_tls13_refuses_tls12(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    selector = SNISelector(store, [{"protocol_min": "tls1.3"}])
+    srv = await start_server(selector.server_context())
+    tls12 = client_context(ca)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        await handshake(srv.port, tls12, "a.example.test")
+    assert (await handshake(srv.port, client_context(ca), "a.example.test"))[1] == "TLSv1.3"
+
+
+async def test_alpn_offers_http11_only(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    # even when the policy lists h2, it is not offered until the engine speaks it
+    selector = SNISelector(store, [{"alpn": ["h2", "http/1.1"]}])
+    srv = await start_server(selector.server_context())
+    ctx = client_context(ca)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    assert (await handshake(srv.port, ctx, "a.example.test"))[2] == "http/1.1"
+
+
+async def test_cipher_suites_restrict_tls12(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    # trustme issues ECDSA keys, so an ECDSA suite; listing one suite pins TLS 1.2 to it
+    policy = {"cipher_suites": ["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"]}
+    srv = await start_server(SNISelector(store, [policy]).server_context())
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    _reader, writer = await asyncio.open_connection(
+        "127.0.0.1", srv.port, ssl=ctx, server_hostname="a.example.test"
+    )
+    try:
+        cipher = writer.get_extra_info("cipher")
+        assert cipher[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
+    finally:
+        writer.close()
+
+
+async def test_sni_matched_policies_and_drop(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    policies: list[dict[str, Any]] = [
+        {"match": {"sni": ["b.example.test"]}, "drop": True},
+        {"match": {"sni": ["*.wild.example.test"]}, "protocol_min": "tls1.3"},
+        {},
+    ]
+    srv = await start_server(SNISelector(store, policies).server_context())
+    ctx = client_context(ca)
+    assert (await handshake(srv.port, ctx, "a.example.test"))[0] == ["a.example.test"]
+    with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
+        await handshake(srv.port, ctx, "b.example.test")
+    assert (await handshake(srv.port, ctx, "x.wild.example.test"))[0] == ["*.wild.example.test"]
+
+
+def test_policy_parsing() -> None:
+    (default,) = parse_connection_policies(None)
+    assert default.protocol_min == ssl.TLSVersion.TLSv1_2
+    assert default.protocol_max == ssl.TLSVersion.TLSv1_3
+    assert default.alpn == ("http/1.1",) and default.ciphers == DEFAULT_CIPHERS
+    policy = ConnectionPolicy.from_json(
+        {
+            "match": {"sni": ["Example.COM"]},
+            "protocol_min": "tls1.2",
+            "protocol_max": "tls1.2",
+            "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"],
+            "curves": ["x25519", "secp256r1"],
+            "default_sni": "Example.com",
+        }
+    )
+    assert policy.sni == ("example.com",) and policy.default_sni == "example.com"
+    assert policy.ciphers == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert policy.curves == ("X25519", "prime256v1")
+    assert policy.matches("example.com") and not policy.matches("other.com")
+    for bad, message in (
+        ({"protocol_min": "tls1.3", "protocol_max": "tls1.2"}, "greater than"),
+        ({"protocol_min": "ssl3"}, "unsupported protocol"),
+        ({"cipher_suites": ["TLS_BOGUS"]}, "unsupported cipher suite"),
+        ({"curves": ["x448"]}, "unsupported curve"),
+    ):
+        with pytest.raises(TLSConfigError, match=message):
+            ConnectionPolicy.from_json(bad)
+
+
+# ---- certificate errors -----------------------------------------------------------------------
+
+
+def test_mismatched_key_is_rejected_and_old_certificate_stays(
+    ca: trustme.CA, store: CertificateStore
+) -> None:
+    before = store.get("a.example.test")
+    cert_pem, _ = pem_pair(ca, "a.example.test")
+    _, other_key = pem_pair(ca, "a.example.test")
+    with pytest.raises(CertificateError, match="does not match"):
+        store.replace("a.example.test", cert_pem, other_key)
+    assert store.get("a.example.test") is before
+
+
+def test_files_and_remove(ca: trustme.CA, tmp_path: Path) -> None:
+    cert_pem, key_pem = pem_pair(ca, "files.example.test", "alt.example.test")
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    store = CertificateStore()
+    assert store.add_files(tmp_path / "c.pem", tmp_path / "k.pem") == (
+        "files.example.test",
+        "alt.example.test",
+    )
+    assert store.covers("alt.example.test")
+    assert store.remove("alt.example.test") and not store.covers("alt.example.test")
+    assert not store.remove("alt.example.test")
+    with pytest.raises(CertificateError, match=r"missing\.pem"):
+        store.add_files(tmp_path / "missing.pem", tmp_path / "k.pem")
+
+
+# ---- hot swap ---------------------------------------------------------------------------------
+
+
+async def test_hot_swap_under_continuous_handshakes(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    """Handshakes run continuously while another thread swaps the certificate: none fails,
+    both certificates are seen, and a connection opened before the swaps keeps working."""
+    name = "a.example.test"
+    pairs = [pem_pair(ca, name) for _ in range(2)]
+    serials = set()
+    for cert_pem, _ in pairs:
+        serials.add(x509.load_pem_x509_certificate(cert_pem).serial_number)
+    original = store.get(name)
+    assert original is not None
+    srv = await start_server(SNISelector(store).server_context())
+    ctx = client_context(ca)
+
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", srv.port, ssl=ctx, server_hostname=name
+    )
+    stop = threading.Event()
+    swaps = 0
+
+    def swapper() -> None:
+        nonlocal swaps
+        while not stop.is_set():
+            store.replace(name, *pairs[swaps % 2])
+            swaps += 1
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    seen: set[int] = set()
+    failures: list[BaseException] = []
+
+    async def client(n: int) -> None:
+        for _ in range(n):
+            try:
+                r, w = await asyncio.open_connection(
+                    "127.0.0.1", srv.port, ssl=ctx, server_hostname=name
+                )
+                w.write(b"x")
+                assert await asyncio.wait_for(r.readexactly(6), TIMEOUT_S) == b"pong:x"
+                der = w.get_extra_info("ssl_object").getpeercert(binary_form=True)
+                seen.add(x509.load_der_x509_certificate(der).serial_number)
+                w.close()
+            except Exception as exc:
+                failures.append(exc)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client(50) for _ in range(4))), 120)
+    finally:
+        stop.set()
+        thread.join(TIMEOUT_S)
+    assert failures == []
+    assert swaps > 10
+    assert seen <= serials | {original.leaf.serial_number}
+    assert serials <= seen, "both swapped certificates were served"
+    # the connection made before any swap still works
+    writer.write(b"late")
+    assert await asyncio.wait_for(reader.readexactly(9), TIMEOUT_S) == b"pong:late"
+    writer.close()
+
+
+# ---- session resumption -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_session_resumption(
+    ca: trustme.CA,
+    store: CertificateStore,
+    start_server: StartServer,
+    version: ssl.TLSVersion,
+) -> None:
+    srv = await start_server(SNISelector(store).server_context())
+    ctx = client_context(ca)
+    ctx.maximum_version = version
+
+    def connect(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+        with (
+            socket.create_connection(("127.0.0.1", srv.port), TIMEOUT_S) as raw,
+            ctx.wrap_socket(raw, server_hostname="b.example.test", session=session) as tls,
+        ):
+            tls.sendall(b"hi")
+            assert tls.recv(16) == b"pong:hi"  # TLS 1.3 tickets arrive after the handshake
+            return tls.session, bool(tls.session_reused)
+
+    session, reused = await asyncio.to_thread(connect, None)
+    assert not reused and session is not None
+    _, reused = await asyncio.to_thread(connect, session)
+    assert reused
+
+
+# ---- policies from the Caddyfile adapter ------------------------------------------------------
+
+
+async def test_adapter_policies_and_per_site_protocols(
+    ca: trustme.CA, store: CertificateStore
+) -> None:
+    """`tls { protocols tls1.3 }` on one site: the listener admits TLS 1.2 for the others, and
+    handshake_allowed() tells the engine to close a TLS 1.2 connection to that site."""
+    caddyfile = (
+        "a.example.test {\n\trespond a\n}\n"
+        "b.example.test {\n\ttls {\n\t\tprotocols tls1.3\n\t\tcurves x25519\n\t}\n"
+        "\trespond b\n}\n"
+    )
+    config, _ = adapt_caddyfile(caddyfile, "Caddyfile")
+    plan = plan_automatic_https(config)
+    (srv_name,) = plan.https_servers
+    server_json = plan.config["apps"]["http"]["servers"][srv_name]
+    selector = selector_for_server(store, server_json, srv_name)
+    assert selector is not None and len(selector.policies) == 2
+
+    async def judge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        allowed = selector.handshake_allowed(writer.get_extra_info("ssl_object"))
+        writer.write(b"ok" if allowed else b"no")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(judge, "127.0.0.1", 0, ssl=selector.server_context())
+    port = server.sockets[0].getsockname()[1]
+
+    async def verdict(name: str, max_version: ssl.TLSVersion) -> bytes:
+        ctx = client_context(ca)
+        ctx.maximum_version = max_version
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname=name
+        )
+        try:
+            return await asyncio.wait_for(reader.read(2), TIMEOUT_S)
+        finally:
+            writer.close()
+
+    try:
+        assert await verdict("a.example.test", ssl.TLSVersion.TLSv1_2) == b"ok"
+        assert await verdict("b.example.test", ssl.TLSVersion.TLSv1_3) == b"ok"
+        assert await verdict("b.example.test", ssl.TLSVersion.TLSv1_2) == b"no"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_plain_http_server_has_no_selector(store: CertificateStore) -> None:
+    assert selector_for_server(store, {"listen": [":80"]}) is None
+
+
+# ---- the redirect plan served by the engine ---------------------------------------------------
+
+
+def _curl_head(url: str, host: str) -> str:
+    cmd = ["curl", "-s", "-g", "-D", "-", "-o", "/dev/null", "-H", f"Host: {host}", url]
+    out = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, check=False)
+    return out.stdout.decode(errors="replace")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_redirect_plan_served_by_engine_on_every_bind_address(
+    run_proxy: Callable[..., Any],
+) -> None:
+    """The planned redirect server (plain Caddy JSON) runs in the engine as is: 308 with the
+    right Location and `Connection: close` on 127.0.0.1 *and* ::1 (Caddy 2.6.2 served only one)."""
+    http_port, https_port = free_port(), free_port()
+    caddyfile = (
+        f"{{\n\thttp_port {http_port}\n\thttps_port {https_port}\n}}\n"
+        "example.test {\n\tbind 127.0.0.1 ::1\n\trespond hi\n}\n"
+    )
+    config, _ = adapt_caddyfile(caddyfile, "Caddyfile")
+    plan = plan_automatic_https(config)
+    servers = plan.config["apps"]["http"]["servers"]
+    # Only the redirect server: TLS listeners are wired into the engine separately.
+    for name in plan.https_servers:
+        del servers[name]
+    assert list(servers) == ["remaining_auto_https_redirects"]
+    hosts = ["127.0.0.1"]
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+            hosts.append("::1")
+        except OSError:
+            servers["remaining_auto_https_redirects"]["listen"] = [f"127.0.0.1:{http_port}"]
+    run_proxy(plan.config, http_port, wait_hosts=tuple(hosts))
+    for ip in hosts:
+        url_host = f"[{ip}]" if ":" in ip else ip
+        head = _curl_head(f"http://{url_host}:{http_port}/a/b?c=d", "example.test")
+        assert head.startswith("HTTP/1.1 308"), head
+        assert "location: https://example.test/a/b?c=d\r\n" in head.lower(), head
+        assert "connection: close\r\n" in head.lower(), head
+        # an unknown Host still gets the catch-all redirect
+        other = _curl_head(f"http://{url_host}:{http_port}/", "other.test")
+        assert "location: https://other.test/\r\n" in other.lower(), other
+
+
+async def test_session_tickets_disabled_by_tls_app(
+    ca: trustme.CA, start_server: StartServer
+) -> None:
+    store = CertificateStore.from_tls_app({"session_tickets": {"disabled": True}})
+    store.add_pem(*pem_pair(ca, "b.example.test"))
+    srv = await start_server(SNISelector(store).server_context())
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def connect() -> bool:
+        with (
+            socket.create_connection(("127.0.0.1", srv.port), TIMEOUT_S) as raw,
+            ctx.wrap_socket(raw, server_hostname="b.example.test") as tls,
+        ):
+            tls.sendall(b"hi")
+            assert tls.recv(16) == b"pong:hi"
+            session = tls.session
+            return session is not None and session.has_ticket
+
+    assert not await asyncio.to_thread(connect)
+    assert CertificateStore.from_tls_app(None).session_tickets
+
+
+def test_loading_without_memfd_uses_a_private_temp_dir(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    store = CertificateStore()
+    assert store.add_pem(*pem_pair(ca, "tmp.example.test")) == ("tmp.example.test",)
+    assert list(tmp_path.iterdir()) == []  # key material removed right after loading
