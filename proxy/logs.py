@@ -23,6 +23,8 @@ REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-coo
 def _headers_dict(headers: list[tuple[str, str]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for k, v in headers:
+        if k.lower() == "host":
+            continue  # Go keeps Host out of the header map; Caddy logs it as request.host
         name = "-".join(p[:1].upper() + p[1:].lower() for p in k.split("-"))
         if name.lower() in REDACTED:
             v = "REDACTED"

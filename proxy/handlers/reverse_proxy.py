@@ -153,6 +153,15 @@ class ReverseProxy:
         self.ssl = build_ssl_context(tls) if tls is not None else None
         self.server_name = tls.server_name if tls is not None and tls.server_name else None
         self.header_up = compile_ops(cfg.headers_request)
+        if tls is not None:
+            # Current Caddy: an HTTPS transport sets Host to the upstream's host:port by default
+            # (HTTPTransport.RequestHeaderOps), applied before the user's header_up ops.
+            host_op = compile_ops({"set": {"Host": ["{http.reverse_proxy.upstream.hostport}"]}})
+            user_op = self.header_up
+            if host_op is not None and user_op is not None:
+                self.header_up = lambda h, r, a=host_op, b=user_op: b(a(h, r), r)
+            else:
+                self.header_up = host_op or user_op
         self.header_down = compile_ops(cfg.headers_response)
         self.up_vars: dict[str, dict[str, str]] = {}
         self.needs_clock = self.retry.enabled or self.passive is not None
@@ -360,7 +369,7 @@ class ProxyCall:
         pool = self.pool
         assert pool is not None
         try:
-            conn = await pool.connect()
+            conn = await pool.obtain()
         except DialTimeout as exc:
             self._dial_task = None
             self._dial_failed(504, str(exc))

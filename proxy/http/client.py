@@ -60,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         "client",
         "closed",
         "conn_tokens",
+        "counted",
         "got_bytes",
         "has_date",
         "head_only",
@@ -79,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.call: ResponseSink | None = None
         self.tunnel: Any = None
         self.closed = False
+        self.counted = False  # included in the pool's open-connection count
         self.got_bytes = False
         self.head_only = False
         self.idle_since = 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -167,5 +168,5 @@ class ServerRuntime:
         status = ex.status
         if client_gone and not ex.head_sent:
             status = 499
-        duration = self.loop.time() - req.start_time
+        duration = time.monotonic() - req.start_time
         al.write(logger, access_entry(ex, duration, status, logger))

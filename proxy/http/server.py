@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from http import HTTPStatus
 from typing import Any
@@ -81,6 +82,7 @@ class HTTP1Connection(asyncio.Protocol):
         "_pending",
         "_raw_head",
         "_reading_paused",
+        "_tls",
         "_tunnel",
         "_upgrade_buf",
         "_url",
@@ -121,6 +123,7 @@ class HTTP1Connection(asyncio.Protocol):
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._tunnel: Any = None
+        self._tls: dict[str, Any] | None = None
         self._upgrade_buf: list[bytes] | None = None
         self.remote_ip = ""
         self.remote_port = 0
@@ -137,6 +140,17 @@ class HTTP1Connection(asyncio.Protocol):
                 self.remote_ip = self.remote_ip[7:]  # IPv4-mapped on a dual-stack socket
         self.runtime.connections.add(self)
         self._set_deadline(self.runtime.timeouts.idle_s)
+        sslobj = transport.get_extra_info("ssl_object") if self.scheme == "https" else None
+        if sslobj is not None:
+            # What `{http.request.tls.*}` placeholders and logs read (placeholders.py convention).
+            cipher = sslobj.cipher()
+            self._tls = {
+                "version": sslobj.version() or "",
+                "cipher_suite": cipher[0] if cipher else "",
+                "proto": sslobj.selected_alpn_protocol() or "",
+                "server_name": sslobj.server_hostname or "",
+                "resumed": bool(sslobj.session_reused),
+            }
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -158,6 +172,9 @@ class HTTP1Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self.runtime.timeouts.write_s:
+            # write_timeout: a client that stops reading our response for that long is dropped.
+            self._set_deadline(self.runtime.timeouts.write_s)
         ex = self._cur
         if ex is not None and ex.flow is not None:
             ex.flow.client_pause()
@@ -166,6 +183,8 @@ class HTTP1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.runtime.timeouts.write_s and self.state not in (IDLE, HEAD, BODY):
+            self._deadline = 0.0
         ex = self._cur
         if ex is not None and ex.flow is not None:
             ex.flow.client_resume()
@@ -283,8 +302,11 @@ class HTTP1Connection(asyncio.Protocol):
         )
         req._conn = self
         req.keep_alive = parser.should_keep_alive()
+        if self._tls is not None:
+            req.vars["tls"] = self._tls
         if self.runtime.access_log is not None:
-            req.start_time = self.runtime.loop.time()
+            # Not loop.time(): uvloop caches it per iteration, durations would read 0.
+            req.start_time = time.monotonic()
         host = self._host
         if host is None:
             if ver == "1.1":
@@ -505,6 +527,8 @@ class HTTP1Connection(asyncio.Protocol):
         if self._cur is ex:
             self._cur = None
         self.runtime.log_exchange(ex)
+        # Earlier pipelined responses in this batch were complete: send them, then drop.
+        self.flush()
         self._batch = None
         self.close()
 

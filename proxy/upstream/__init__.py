@@ -1,0 +1,1 @@
+"""Upstreams of reverse_proxy: keepalive pools, runtime state, selection, health, retries, DNS."""

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections import deque
 from typing import Any
 
 from proxy.http.client import UpstreamConnection
@@ -38,6 +39,7 @@ class ConnectionPool:
         "active",
         "clock",
         "dial_timeout_s",
+        "dialing",
         "host",
         "idle",
         "idle_timeout_s",
@@ -48,6 +50,7 @@ class ConnectionPool:
         "resolver",
         "server_hostname",
         "ssl",
+        "waiters",
     )
 
     def __init__(
@@ -76,7 +79,11 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.max_conns = max_conns
         self.idle: list[UpstreamConnection] = []
-        self.active = 0
+        self.active = 0  # open connections (idle or carrying a request)
+        self.dialing = 0
+        # Requests waiting for a connection while max_conns are open (Go's MaxConnsPerHost):
+        # each gets a released connection, or None meaning "a slot is free, dial".
+        self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self.clock: Any = clock if clock is not None else _LoopClock(loop)
 
     def acquire_idle(self) -> UpstreamConnection | None:
@@ -87,6 +94,37 @@ class ConnectionPool:
             if conn.usable:
                 return conn
         return None
+
+    async def obtain(self) -> UpstreamConnection:
+        """A connection when none was idle: dial one, or wait while `max_conns` are open."""
+        while self.max_conns > 0 and self.active + self.dialing >= self.max_conns:
+            fut: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
+            self.waiters.append(fut)
+            try:
+                conn = await fut
+            except asyncio.CancelledError:
+                # Handed a connection just as we were cancelled: don't leak it.
+                if fut.done() and not fut.cancelled() and (got := fut.result()) is not None:
+                    self.release(got)
+                raise
+            if conn is not None:
+                if conn.usable:
+                    return conn
+                self.forget(conn)
+        self.dialing += 1
+        try:
+            return await self.connect()
+        finally:
+            self.dialing -= 1
+            self._wake(None)
+
+    def _wake(self, conn: UpstreamConnection | None) -> bool:
+        while self.waiters:
+            w = self.waiters.popleft()
+            if not w.done():
+                w.set_result(conn)
+                return True
+        return False
 
     async def connect(self) -> UpstreamConnection:
         """Dial a new connection (raises DialError / DialTimeout)."""
@@ -124,6 +162,7 @@ class ConnectionPool:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.active += 1
+            proto.counted = True
             return proto
         if not is_ip_literal(host):
             self.resolver.invalidate(host)
@@ -135,6 +174,8 @@ class ConnectionPool:
         """Return a connection after a complete exchange; keep it if there is room."""
         if not conn.usable:
             return
+        if self.waiters and self._wake(conn):
+            return  # handed straight to a request waiting for a connection
         # An event loop releases connections in bursts (many responses in one iteration), so a
         # strict max_idle would close and redial connections the very next requests need.
         # Allow a bounded overshoot here; the sweeper trims the pool back to max_idle.
@@ -146,8 +187,12 @@ class ConnectionPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Called when a connection closed."""
-        if self.active > 0:
-            self.active -= 1
+        if conn.counted:
+            conn.counted = False
+            if self.active > 0:
+                self.active -= 1
+            if self.waiters:
+                self._wake(None)  # a slot is free: a waiter may dial
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
 

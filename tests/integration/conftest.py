@@ -106,6 +106,19 @@ class ThreadedOrigin:
                 await ws.send_bytes(msg.data)
         return ws
 
+    async def big(self, request: web.Request) -> web.StreamResponse:
+        """n bytes of b"x", streamed in 1 MiB writes (each waits for the socket to drain)."""
+        self._note(request)
+        n = int(request.match_info["n"])
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = n
+        await resp.prepare(request)
+        chunk = b"x" * (1024 * 1024)
+        while n > 0:
+            await resp.write(chunk[: min(n, len(chunk))])
+            n -= len(chunk)
+        return resp
+
     async def slow(self, request: web.Request) -> web.StreamResponse:
         self._note(request)
         await asyncio.sleep(float(request.query.get("s", "5")))
@@ -128,6 +141,7 @@ class ThreadedOrigin:
         app.router.add_get("/sse", self.sse)
         app.router.add_get("/ws", self.ws)
         app.router.add_get("/slow", self.slow)
+        app.router.add_get("/big/{n}", self.big)
         app.router.add_route("*", "/{tail:.*}", self.headers)
         self._runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(self._runner.setup())
@@ -161,9 +175,13 @@ class RawOrigin:
     """
 
     def __init__(
-        self, script: Callable[[int, int, bytes], bytes | None], idle_close_s: float = 15.0
+        self,
+        script: Callable[[int, int, bytes], bytes | None],
+        idle_close_s: float = 15.0,
+        read_when_stalled: bool = True,
     ) -> None:
         self.idle_close_s = idle_close_s
+        self.read_when_stalled = read_when_stalled
         self.port = free_port()
         self.script = script
         self.connections = 0
@@ -210,6 +228,11 @@ class RawOrigin:
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 answer = self.script(idx, n, head)
                 n += 1
+                if answer is None and not self.read_when_stalled:
+                    # Stall without reading: the peer's writes back up (flow control test).
+                    while not self._stop:
+                        time.sleep(0.05)
+                    return
                 if answer is None:
                     # Stall until the peer goes away or we are stopped.
                     while not self._stop:

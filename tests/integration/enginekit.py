@@ -25,11 +25,11 @@ def payload(n: int) -> bytes:
 
 
 def proxy_config(port: int, routes: list[dict[str, Any]], **server: Any) -> dict[str, Any]:
-    return {
-        "apps": {
-            "http": {"servers": {"srv0": {"listen": [f":{port}"], "routes": routes, **server}}}
-        }
-    }
+    """A one-server plain-HTTP config. Automatic HTTPS is disabled (as Caddy would otherwise
+    serve TLS for host-matched routes and add a :80 redirect server)."""
+    srv = {"listen": [f":{port}"], "routes": routes, "automatic_https": {"disable": True}}
+    srv.update(server)
+    return {"apps": {"http": {"servers": {"srv0": srv}}}}
 
 
 def rp_route(dial: str | list[str], **handler: Any) -> dict[str, Any]:

@@ -443,8 +443,9 @@ def test_https_upstream_with_ca_and_insecure(run_proxy: Any, tmp_path: Any) -> N
         run_proxy(proxy_config(port, routes), port)
         status, _, body = _get(port, "/ca")
         assert (status, body) == (200, f"tls ok host=127.0.0.1:{up}".encode())
+        # An HTTPS upstream gets its own host:port as Host by default (current Caddy).
         status, _, body = _get(port, "/other", headers={"Host": "site.test"})
-        assert (status, body) == (200, b"tls ok host=site.test")
+        assert (status, body) == (200, f"tls ok host=127.0.0.1:{up}".encode())
     finally:
         srv.shutdown()
 
@@ -578,3 +579,124 @@ def test_non_deferred_header_kept_on_fast_path(origin: Any, run_proxy: Any) -> N
     run_proxy(proxy_config(port, routes), port)
     status, headers, _ = _get(port, "/bytes/10")
     assert status == 200 and headers["x-site"] == "a"
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_download_back_pressure_bounds_proxy_memory(origin: Any, run_proxy: Any) -> None:
+    port = free_port()
+    proc = run_proxy(proxy_config(port, [rp_route(f"127.0.0.1:{origin.port}")]), port)
+    pid = proc.proc.pid
+    _get(port, "/bytes/10")  # warm up imports and the pool
+    baseline = _rss_kib(pid)
+    size = 96 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(f"GET /big/{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        head, _, body_start = buf.partition(b"\r\n\r\n")
+        assert f"Content-Length: {size}".encode() in head
+        got = len(body_start)
+        while got < 1024 * 1024:
+            got += len(s.recv(65536))
+        # The client stops reading: the proxy must stop reading the upstream too, instead of
+        # buffering the ~95 MiB still to come.
+        time.sleep(1.5)
+        assert _rss_kib(pid) - baseline < 32 * 1024
+        while got < size:
+            chunk = s.recv(1024 * 1024)
+            assert chunk
+            got += len(chunk)
+    assert got == size
+
+
+def test_upload_back_pressure_bounds_proxy_memory(raw_origin: Any, run_proxy: Any) -> None:
+    # The upstream reads the request head and then nothing: the proxy must stop reading the
+    # client instead of buffering the whole upload.
+    o = raw_origin(lambda c, n, head: None, read_when_stalled=False)
+    port = free_port()
+    proc = run_proxy(proxy_config(port, [rp_route(f"127.0.0.1:{o.port}")]), port)
+    pid = proc.proc.pid
+    baseline = _rss_kib(pid)
+    size = 256 * 1024 * 1024
+    chunk = b"u" * (256 * 1024)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
+        s.setblocking(False)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and sent < size:
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert sent < size  # the client was pushed back
+        assert _rss_kib(pid) - baseline < 48 * 1024
+
+
+def test_max_conns_per_host_queues_requests(raw_origin: Any, run_proxy: Any) -> None:
+    import threading
+
+    def slow_ok(c: int, n: int, head: bytes) -> bytes:
+        time.sleep(0.2)  # keep the single connection busy so requests overlap
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    o = raw_origin(slow_ok)
+    port = free_port()
+    tr = {"protocol": "http", "max_conns_per_host": 1}
+    run_proxy(proxy_config(port, [rp_route(f"127.0.0.1:{o.port}", transport=tr)]), port)
+    results: list[int] = []
+
+    def client() -> None:
+        results.append(_get(port, "/")[0])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert results == [200] * 4
+    assert o.connections == 1
+
+
+def test_active_health_check_takes_failing_upstream_out(raw_origin: Any, run_proxy: Any) -> None:
+    def upstream(name: bytes, healthy: bool) -> Any:
+        def script(c: int, n: int, head: bytes) -> bytes:
+            if head.startswith(b"GET /health "):
+                status = b"200 OK" if healthy else b"503 Service Unavailable"
+                return b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n"
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + name
+
+        return script
+
+    good, bad = raw_origin(upstream(b"g", True)), raw_origin(upstream(b"b", False))
+    port = free_port()
+    hc = {"active": {"uri": "/health", "interval": "200ms", "timeout": "1s"}}
+    lb = {"selection_policy": {"policy": "round_robin"}}
+    run_proxy(
+        proxy_config(
+            port,
+            [
+                rp_route(
+                    [f"127.0.0.1:{good.port}", f"127.0.0.1:{bad.port}"],
+                    health_checks=hc,
+                    load_balancing=lb,
+                )
+            ],
+        ),
+        port,
+    )
+    # Wait (bounded) for the first probe round, then every request goes to the healthy one.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and bad.connections == 0:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert {_get(port, "/")[2] for _ in range(6)} == {b"g"}

@@ -59,6 +59,10 @@ def make_conn(
     routes = [
         {"match": [{"path": ["/hello"]}], "handle": [{"handler": "static_response", "body": "hi"}]},
         {
+            "match": [{"path": ["/abort"]}],
+            "handle": [{"handler": "static_response", "abort": True}],
+        },
+        {
             "match": [{"path": ["/json"]}],
             "handle": [{"handler": "static_response", "body": '{"a": 1}', "close": True}],
         },
@@ -149,4 +153,14 @@ def test_idle_timeout_closes(loop: asyncio.AbstractEventLoop) -> None:
     conn.check_timeout(conn.runtime.now + 0.5)
     assert not t.closed
     conn.check_timeout(conn.runtime.now + 1.5)
+    assert t.closed
+
+
+def test_abort_after_pipelined_response_still_sends_it(loop: asyncio.AbstractEventLoop) -> None:
+    conn, t = make_conn(loop)
+    conn.data_received(
+        b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nGET /abort HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert t.data.startswith(b"HTTP/1.1 200 OK\r\n") and t.data.endswith(b"hi")
+    assert t.data.count(b"HTTP/1.1") == 1
     assert t.closed

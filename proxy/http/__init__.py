@@ -1,0 +1,1 @@
+"""HTTP/1.1 wire protocol: server connections, upstream connections, exchanges, runtime."""
