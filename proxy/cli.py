@@ -240,6 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     admin_client.add_environ_arguments(p)
     p.set_defaults(func=admin_client.environ_command)
 
+    from proxy import trust_cli
+
+    p = sub.add_parser("trust", help="print the local CA root's path; --install trusts it")
+    trust_cli.add_trust_arguments(p)
+    p.set_defaults(func=trust_cli.trust_command)
+
+    p = sub.add_parser("untrust", help="remove the local CA root from the system trust store")
+    trust_cli.add_untrust_arguments(p)
+    p.set_defaults(func=trust_cli.untrust_command)
+
+    p = sub.add_parser("certs", help="list managed certificates: issuer, expiry, next renewal")
+    trust_cli.add_certs_arguments(p)
+    p.set_defaults(func=trust_cli.certs_command)
+
     try:
         from proxy.app import add_run_arguments, cmd_run
     except ImportError:

@@ -62,10 +62,16 @@ def _bind_any(port: int, reuse_port: bool) -> list[socket.socket]:
 
 
 def open_listeners(
-    addrs: Iterable[NetworkAddress], reuse_port: bool = False
+    addrs: Iterable[NetworkAddress],
+    reuse_port: bool = False,
+    v4_any_ports: set[int] | None = None,
 ) -> list[socket.socket]:
+    """`v4_any_ports`: ports some other address of the same config binds on 0.0.0.0 (when
+    addresses are opened one at a time, as a reload does), so `[::]` there is made V6ONLY."""
     addrs = list(addrs)
-    v4_any_ports = {p for a in addrs if not a.is_unix and a.host == "0.0.0.0" for p in a.ports()}
+    v4_any_ports = set(v4_any_ports or ()) | {
+        p for a in addrs if not a.is_unix and a.host == "0.0.0.0" for p in a.ports()
+    }
     socks: list[socket.socket] = []
     seen: set[tuple[str, str, int]] = set()
     try:

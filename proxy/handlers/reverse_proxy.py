@@ -237,11 +237,14 @@ class ReverseProxy:
 class Tunnel:
     """Bytes both ways after 101 Switching Protocols, with back-pressure each way."""
 
-    __slots__ = ("client", "upstream")
+    __slots__ = ("client", "handler", "upstream")
 
     def __init__(self, client: Any, upstream: UpstreamConnection) -> None:
         self.client = client
         self.upstream = upstream
+        # The ReverseProxyHandler model that opened it: a reload keeps the tunnel open when the
+        # new config has the same handler (proxy.worker).
+        self.handler: Any = None
 
     def from_client(self, data: bytes) -> None:
         self.upstream.write(data)
@@ -633,6 +636,7 @@ class ProxyCall:
         self._uncount()
         client = self.ex.conn
         tunnel = Tunnel(client, conn)
+        tunnel.handler = self.rp.cfg
         conn.tunnel = tunnel
         conn.call = None
         client.flush()

@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +20,7 @@ from proxy.handlers import BuildContext, build_handler
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.server import HTTP1Connection
 from proxy.logs import AccessLog, access_entry
+from proxy.metrics import HandlerMetrics, ProxyMetrics
 from proxy.route import RouteList
 
 log = logging.getLogger("pyproxy.server")
@@ -27,16 +29,30 @@ SWEEP_INTERVAL_S = 1.0
 
 
 class ServerRuntime:
-    def __init__(self, server: Server, ctx: BuildContext, access_log: AccessLog | None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        ctx: BuildContext,
+        access_log: AccessLog | None,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
         self.server = server
         self.loop = ctx.loop
         self.timeouts = server.timeouts
         self.max_header_bytes = server.max_header_bytes
         self.accepting = True
         self.connections: set[HTTP1Connection] = set()
+        # After a reload: the runtime serving the same listeners under the new config. A
+        # connection moves there when it is between requests (see HTTP1Connection.adopt).
+        self.successor: ServerRuntime | None = None
 
         def build(h: Any) -> Any:
-            return build_handler(h, ctx)
+            handler = build_handler(h, ctx)
+            if metrics is not None:
+                # Counted once per request, under the first top-level handler it enters (for a
+                # Caddyfile site that is the site's `subroute`, a series Caddy exports too).
+                handler = _Instrumented(handler, metrics.handler(server.name, h.name))
+            return handler
 
         self.routes = RouteList(server.routes, build)
         self.errors = RouteList(server.errors, build) if server.errors else None
@@ -59,6 +75,51 @@ class ServerRuntime:
         for conn in list(self.connections):
             conn.check_timeout(now)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def latest(self) -> ServerRuntime:
+        rt = self
+        while rt.successor is not None:
+            rt = rt.successor
+        return rt
+
+    async def retire(
+        self, grace_s: float | None, keep_tunnel: Callable[[Any], bool] | None = None
+    ) -> None:
+        """Leave service after a reload. Connections move to `successor` when there is one
+        (idle ones now, busy ones after their response); in-flight requests finish here, up
+        to `grace_s`. Upgraded connections whose `reverse_proxy` handler is unchanged in the
+        new config (`keep_tunnel`) stay open; others close after `stream_close_delay`."""
+        self.accepting = False
+        succ = self.successor
+        for conn in list(self.connections):
+            tunnel = conn.tunnel
+            if tunnel is not None:
+                handler = getattr(tunnel, "handler", None)
+                if keep_tunnel is not None and keep_tunnel(handler):
+                    if succ is not None:
+                        conn.adopt(succ.latest())
+                    continue
+                delay = float(getattr(handler, "stream_close_delay_s", 0.0) or 0.0)
+                if delay > 0:
+                    self.loop.call_later(delay, conn.close)
+                    self.connections.discard(conn)
+                else:
+                    conn.close()
+            elif succ is not None and not conn.busy:
+                conn.adopt(succ.latest())
+            elif succ is None:
+                conn.shutdown()
+        deadline = self.loop.time() + (grace_s if grace_s else 1e9)
+        while (
+            any(c.busy for c in self.connections if c.tunnel is None)
+            and self.loop.time() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.tunnel is None or succ is None:
+                conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
     async def shutdown(self, grace_s: float | None) -> None:
         """Stop accepting, let in-flight requests finish (up to `grace_s`), then close."""
@@ -148,6 +209,19 @@ class ServerRuntime:
         ex.respond(err.status, None)
 
     def log_exchange(self, ex: Exchange, client_gone: bool = False) -> None:
+        hm = ex.req.vars.pop("_metrics", None)
+        if hm is not None:
+            req = ex.req
+            status = 499 if client_gone and not ex.head_sent else ex.status
+            hm.finish(
+                req.method,
+                status,
+                time.monotonic() - req.start_time,
+                req.body_received,
+                ex.bytes_written,
+                None,
+                "_handler_error" in req.vars,
+            )
         al = self.access_log
         if al is None:
             return
@@ -170,3 +244,22 @@ class ServerRuntime:
             status = 499
         duration = time.monotonic() - req.start_time
         al.write(logger, access_entry(ex, duration, status, logger))
+
+
+class _Instrumented:
+    """A top-level handler that starts the request's `caddy_http_*` record; `log_exchange`
+    finishes it when the exchange is over, however it ends."""
+
+    __slots__ = ("hm", "inner")
+
+    def __init__(self, inner: Any, hm: HandlerMetrics) -> None:
+        self.inner = inner
+        self.hm = hm
+
+    def serve(self, ex: Exchange) -> bool:
+        v = ex.req.vars
+        if "_metrics" not in v:
+            v["_metrics"] = self.hm
+            self.hm.start()
+        handled: bool = self.inner.serve(ex)
+        return handled

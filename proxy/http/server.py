@@ -133,6 +133,9 @@ class HTTP1Connection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if self.runtime.successor is not None:
+            # Accepted by a listener of a config that was replaced before this callback ran.
+            self.runtime = self.runtime.latest()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.remote_ip, self.remote_port = str(peer[0]), int(peer[1])
@@ -450,7 +453,10 @@ class HTTP1Connection(asyncio.Protocol):
         add Date and the framing fields (RFC 9112 §6) and decide on keepalive."""
         req = ex.req
         tail = "" if has_date else f"Date: {http_date()}\r\n"
-        keep = req.keep_alive and not self._close_after and self.runtime.accepting
+        rt = self.runtime
+        keep = (
+            req.keep_alive and not self._close_after and (rt.accepting or rt.successor is not None)
+        )
         if status == 101:
             pass
         elif status < 200 or status in (204, 304):
@@ -507,6 +513,10 @@ class HTTP1Connection(asyncio.Protocol):
         self._cur = None
         req = ex.req
         self.runtime.log_exchange(ex)
+        if self.runtime.successor is not None:
+            # A reload replaced this server while the request was in flight: the next request
+            # on this connection is served by the new config.
+            self.adopt(self.runtime.latest())
         if self._close_after or self.state == CLOSED:
             self._close_soon()
             return
@@ -594,3 +604,18 @@ class HTTP1Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._cur is not None or self._tunnel is not None
+
+    @property
+    def tunnel(self) -> Any:
+        return self._tunnel
+
+    def adopt(self, runtime: Any) -> None:
+        """Move to `runtime` (the same listeners under a new config), between requests."""
+        self.runtime.connections.discard(self)
+        self.runtime = runtime
+        if self.state == CLOSED:
+            return
+        runtime.connections.add(self)
+        if not runtime.accepting:
+            # Its new home is being retired too, with nowhere further to go.
+            self._close_after = True

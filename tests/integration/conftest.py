@@ -328,6 +328,10 @@ def run_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
         log_path = tmp_path / f"proxy{n}.log"
         logf = open(log_path, "wb")  # noqa: SIM115 (closed with the process)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # Never the default admin address (localhost:2019): tests run in parallel, and a config
+        # without an `admin` object gets this free port instead; autosaves stay in tmp_path.
+        env.setdefault("CADDY_ADMIN", f"127.0.0.1:{_free_port()}")
+        env.setdefault("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
         proc = subprocess.Popen(
             [
                 *PYPROXY,
@@ -352,3 +356,9 @@ def run_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     yield start
     for p in procs:
         p.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

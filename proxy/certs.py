@@ -1,0 +1,746 @@
+"""The certificate runtime of one worker process: what Caddy's TLS app does beside the servers.
+
+Design: every worker process is an independent certificate runtime over one shared storage
+folder, exactly like several Caddy instances in a cluster (certmagic's design). Storage locks
+guarantee one order per name across workers and nodes; the others load what the winner stored.
+So no supervisor event loop, no IPC: each worker
+
+- serves manually loaded certificates (`apps.tls.certificates.load_files` / `load_pem`), and
+  reloads `load_files` certificates when their files change on disk (a half-written or
+  mismatched pair keeps the old certificate in service until the pair is complete);
+- gets local-CA leaves for internal names (`tls internal`, `localhost`, IPs, ...) and renews
+  them when a third of their 12 h lifetime remains (another worker may already have: the CA's
+  `obtain` reuses a fresh stored leaf);
+- serves stored ACME certificates at once and runs a `CertificateManager` for ACME names (its
+  `on_certificate` swaps the certificate into the store);
+- polls storage for certificates another worker or node stored (a renewal elsewhere shows up
+  here without waiting for the manager's own renewal check);
+- answers HTTP-01 requests from the challenge tokens in storage (any instance sharing storage
+  answers, as certmagic does).
+
+`prepare_certificates(config)` runs once before the workers fork (file errors are startup errors
+naming the file) and yields the automatic-HTTPS plan whose adjusted config the engine serves;
+`CertRuntime(setup)` is then built inside each worker's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from acme_client.certificates import (
+    DEFAULT_RENEWAL_WINDOW_RATIO,
+    CertificateError,
+    LoadedCertificate,
+    find_stored_certificate,
+    load_pem_files,
+    normalize_host,
+    parse_pem_pair,
+    renewal_due,
+)
+from acme_client.http01 import answer_http01 as _answer_http01
+from acme_client.http01 import is_http01_path
+from acme_client.issuer import IssuerConfig, issuer_config_from_caddy
+from acme_client.local_ca import LocalCA
+from acme_client.manager import CertificateManager, CertStatus, stored_status
+from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
+from acme_client.storage import (
+    LOCAL_ISSUER_KEY,
+    FileStorage,
+    default_storage_root,
+    site_cert_key,
+)
+from config.auto_https import AutoHTTPSPlan, ManagedName, plan_automatic_https
+from config.errors import ConfigError
+from config.model import parse_duration
+from proxy.tls import CertificateStore, SNISelector, TLSConfigError, selector_for_server
+
+log = logging.getLogger("pyproxy.certs")
+
+# How often files, the local CA and storage are checked. Short enough that a certificate
+# replaced on disk is served within seconds; each check is a few stat() calls.
+MAINTENANCE_INTERVAL_S = 2.0
+# Local-CA leaves (12 h) and the intermediate (7 d) need no faster checks than this.
+LOCAL_CA_CHECK_INTERVAL_S = 60.0
+
+
+# ---- setup before forking -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ManualCertificate:
+    """A certificate from `load_files` (with its paths, so changes on disk are noticed) or
+    `load_pem` (paths None)."""
+
+    cert: LoadedCertificate
+    cert_path: str | None = None
+    key_path: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CertSetup:
+    """Everything decided once per config: the plan, the manual certificates, the storage."""
+
+    plan: AutoHTTPSPlan
+    manual: tuple[ManualCertificate, ...]
+    storage_root: Path
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config the engine serves (redirect servers and TLS policies added)."""
+        return self.plan.config
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def storage_root_from_config(config: Mapping[str, Any]) -> Path:
+    """The top-level `storage` (`{"module": "file_system", "root": ...}`), else Caddy's default."""
+    storage = config.get("storage")
+    if not storage:
+        return default_storage_root()
+    if not isinstance(storage, Mapping):
+        raise ConfigError("storage: expected an object")
+    module = storage.get("module")
+    if module != "file_system":
+        raise ConfigError(f"storage: module not supported: {module!r} (only file_system)")
+    root = storage.get("root")
+    if not root:
+        return default_storage_root()
+    if not isinstance(root, str):
+        raise ConfigError("storage.root: expected a string")
+    return Path(root)
+
+
+def load_manual_certificates(tls_app: Mapping[str, Any]) -> list[ManualCertificate]:
+    """`apps.tls.certificates.load_files` and `load_pem`; errors name the file (or entry)."""
+    certs = _obj(tls_app.get("certificates"))
+    out: list[ManualCertificate] = []
+    for i, entry in enumerate(_list(certs.get("load_files"))):
+        where = f"apps.tls.certificates.load_files[{i}]"
+        doc = _obj(entry)
+        cert_path, key_path = doc.get("certificate"), doc.get("key")
+        if not isinstance(cert_path, str) or not isinstance(key_path, str):
+            raise ConfigError(f"{where}: certificate and key file names are required")
+        fmt = doc.get("format") or "pem"
+        if fmt != "pem":
+            raise ConfigError(f"{where}.format: unrecognized certificate/key encoding: {fmt}")
+        tags = tuple(t for t in _list(doc.get("tags")) if isinstance(t, str))
+        out.append(
+            ManualCertificate(load_pem_files(cert_path, key_path), cert_path, key_path, tags)
+        )
+    for i, entry in enumerate(_list(certs.get("load_pem"))):
+        where = f"apps.tls.certificates.load_pem[{i}]"
+        doc = _obj(entry)
+        cert_pem, key_pem = doc.get("certificate"), doc.get("key")
+        if not isinstance(cert_pem, str) or not isinstance(key_pem, str):
+            raise ConfigError(f"{where}: certificate and key PEM are required")
+        tags = tuple(t for t in _list(doc.get("tags")) if isinstance(t, str))
+        cert = parse_pem_pair(
+            cert_pem.encode(), key_pem.encode(), cert_label=where, key_label=f"{where}.key"
+        )
+        out.append(ManualCertificate(cert, tags=tags))
+    return out
+
+
+def prepare_certificates(config: Mapping[str, Any]) -> CertSetup:
+    """Load manual certificates, then plan automatic HTTPS around the names they cover.
+
+    Raises ConfigError or CertificateError (both name the file or config path) for startup.
+    """
+    tls_app = _obj(_obj(config.get("apps")).get("tls"))
+    try:
+        manual = load_manual_certificates(tls_app)
+    except CertificateError as exc:
+        raise ConfigError(str(exc)) from exc
+    now = datetime.now(UTC)
+    for m in manual:
+        if m.cert.expired(now):
+            # Caddy serves it anyway (clients will reject it); say so loudly at startup.
+            log.warning(
+                "%s: certificate expired on %s; replace it", m.cert.source, m.cert.not_after
+            )
+    loaded_names = sorted({n for m in manual for n in m.cert.names})
+    plan = plan_automatic_https(config, loaded_names=loaded_names, env=os.environ)
+    for warning in plan.warnings:
+        log.warning("automatic HTTPS: %s", warning)
+    return CertSetup(plan=plan, manual=tuple(manual), storage_root=storage_root_from_config(config))
+
+
+# ---- issuers ----------------------------------------------------------------------------------
+
+
+def _issuer_group_key(managed: ManagedName) -> str:
+    return json.dumps([dict(i) for i in managed.issuers], sort_keys=True)
+
+
+def _policy(tls_app: Mapping[str, Any], index: int | None) -> dict[str, Any]:
+    policies = _list(_obj(tls_app.get("automation")).get("policies"))
+    if index is None or not 0 <= index < len(policies):
+        return {}
+    return _obj(policies[index])
+
+
+def acme_issuer_configs(
+    managed: ManagedName, tls_app: Mapping[str, Any]
+) -> tuple[IssuerConfig, ...]:
+    """The ACME issuers of a managed name (`zerossl` and others are skipped with a warning)."""
+    policy = _policy(tls_app, managed.policy_index)
+    key_type = policy.get("key_type") if isinstance(policy.get("key_type"), str) else None
+    configs: list[IssuerConfig] = []
+    for issuer in managed.issuers:
+        cfg = issuer_config_from_caddy(issuer, key_type=key_type)
+        if cfg is None:
+            if issuer.get("module") != "internal":
+                log.warning(
+                    "%s: issuer %r not supported; skipped", managed.name, issuer.get("module")
+                )
+            continue
+        configs.append(cfg)
+    return tuple(configs)
+
+
+def _renew_interval_s(tls_app: Mapping[str, Any]) -> float:
+    value = _obj(tls_app.get("automation")).get("renew_interval")
+    if value is None:
+        return DEFAULT_RENEW_INTERVAL_S
+    seconds = parse_duration(value, "apps.tls.automation.renew_interval")
+    return seconds if seconds > 0 else DEFAULT_RENEW_INTERVAL_S
+
+
+def _renewal_ratio(policy: Mapping[str, Any]) -> float:
+    value = policy.get("renewal_window_ratio")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1:
+        return float(value)
+    return DEFAULT_RENEWAL_WINDOW_RATIO
+
+
+# ---- the per-worker runtime -------------------------------------------------------------------
+
+
+def _file_signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(slots=True)
+class _WatchedFiles:
+    """A `load_files` certificate in service and the file state it was loaded from."""
+
+    cert_path: str
+    key_path: str
+    cert: LoadedCertificate
+    names: tuple[str, ...]
+    signature: tuple[Any, ...]
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class _AcmeGroup:
+    """Names sharing one issuer list: one CertificateManager."""
+
+    issuers: tuple[IssuerConfig, ...]
+    names: list[str]
+    renewal_ratio: float
+    manager: CertificateManager | None = None
+
+
+@dataclass(slots=True)
+class _InternalName:
+    name: str
+    ca: LocalCA
+    last_error: str | None = None
+
+
+def split_host_port(host: str) -> str:
+    """Host header without its port; IPv6 brackets removed (`[::1]:80` -> `::1`)."""
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+class CertRuntime:
+    """One worker's certificates; see the module docstring. Call `start()` inside the loop.
+
+    `manager_options` are passed to every CertificateManager (tests shorten its intervals).
+    """
+
+    def __init__(
+        self,
+        setup: CertSetup,
+        *,
+        maintenance_interval_s: float = MAINTENANCE_INTERVAL_S,
+        local_ca_check_interval_s: float = LOCAL_CA_CHECK_INTERVAL_S,
+        manager_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.setup = setup
+        self.maintenance_interval_s = maintenance_interval_s
+        self.local_ca_check_interval_s = local_ca_check_interval_s
+        self.manager_options = dict(manager_options or {})
+        self.store = CertificateStore.from_tls_app(self.tls_app)
+        self.storage = FileStorage(setup.storage_root)
+        self.selectors: dict[str, SNISelector] = {}
+        self._watched: list[_WatchedFiles] = []
+        self._internal: list[_InternalName] = []
+        self._local_cas: dict[str, LocalCA] = {}
+        self._acme: list[_AcmeGroup] = []
+        self._acme_unsupported: dict[str, str] = {}
+        self._stored_sigs: dict[str, tuple[Any, ...]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last_local_check = 0.0
+
+    @property
+    def tls_app(self) -> dict[str, Any]:
+        return _obj(_obj(self.setup.config.get("apps")).get("tls"))
+
+    @property
+    def plan(self) -> AutoHTTPSPlan:
+        return self.setup.plan
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fill the store (manual, local CA, stored ACME), start ACME management and upkeep.
+
+        Returns once every certificate that can be had without a CA is in the store; ACME
+        certificates not yet in storage arrive later (the other names serve meanwhile).
+        """
+        self._install_manual()
+        await asyncio.to_thread(self._install_internal)
+        self._plan_acme()
+        await asyncio.to_thread(self._install_stored_acme)
+        for group in self._acme:
+            group.manager = CertificateManager(
+                self.storage,
+                group.issuers,
+                on_certificate=self._on_certificate,
+                renewal_window_ratio=group.renewal_ratio,
+                renew_interval_s=_renew_interval_s(self.tls_app),
+                **self.manager_options,
+            )
+            await group.manager.start(group.names)
+        self._last_local_check = asyncio.get_running_loop().time()
+        self._task = asyncio.create_task(self._maintain_forever(), name="cert-maintenance")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for group in self._acme:
+            if group.manager is not None:
+                await group.manager.stop()
+
+    # -- the engine's seams ---------------------------------------------------------------------
+
+    def tls_provider(self, name: str, _server: Any = None) -> Any:
+        """`proxy.app`'s seam: the listener SSLContext of server `name`, None for plain HTTP."""
+        servers = _obj(_obj(_obj(self.setup.config.get("apps")).get("http")).get("servers"))
+        server_json = _obj(servers.get(name))
+        try:
+            selector = selector_for_server(self.store, server_json, name)
+        except TLSConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        if selector is None:
+            return None
+        self.selectors[name] = selector
+        return selector.server_context()
+
+    def handshake_check(self, name: str) -> Callable[[Any], bool] | None:
+        """For server `name`: the post-handshake check of the chosen policy's protocol range,
+        or None when the server's policies share one range (then it always passes)."""
+        selector = self.selectors.get(name)
+        # With one protocol range the check always passes: skip the per-connection wrapper.
+        if selector is None or selector._uniform_protocols:
+            return None
+        return selector.handshake_allowed
+
+    def wrap_dispatch(self, dispatch: Callable[[Any], None]) -> Callable[[Any], None]:
+        """A plain-HTTP server's dispatch with HTTP-01 answered before any route (Caddy's
+        HandleHTTPChallenge); challenges that are not ours fall through to the routes."""
+        answer = self.answer_http01
+
+        def dispatch_with_http01(ex: Any) -> None:
+            req = ex.req
+            if req.method == "GET" and is_http01_path(req.path):
+                body = answer(req.host, req.path)
+                if body is not None:
+                    ex.respond(200, [("Content-Type", "text/plain")], body)
+                    return
+            dispatch(ex)
+
+        return dispatch_with_http01
+
+    def answer_http01(self, host: str, path: str) -> bytes | None:
+        """The key authorization for `/.well-known/acme-challenge/<token>`, or None."""
+        if not is_http01_path(path):
+            return None
+        try:
+            return _answer_http01(self.storage, split_host_port(host), path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: answering HTTP-01 challenge: %s", host, exc)
+            return None
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every certificate this worker manages or serves, for the operator."""
+        out: list[dict[str, Any]] = []
+        for group in self._acme:
+            if group.manager is not None:
+                out += [s.to_json() for s in group.manager.status()]
+        for name, error in sorted(self._acme_unsupported.items()):
+            out.append(CertStatus(name=name, state="failed", last_error=error).to_json())
+        for item in self._internal:
+            cert = self.store.get(item.name)
+            st = CertStatus(name=item.name, issuer=item.ca.issuer_key)
+            if cert is not None:
+                st.state, st.not_after = "valid", cert.not_after
+                st.next_renewal = _renewal_moment(cert, DEFAULT_RENEWAL_WINDOW_RATIO)
+            else:
+                st.state = "failed" if item.last_error else "pending"
+            st.last_error = item.last_error
+            out.append(st.to_json())
+        for watched in self._watched:
+            for name in watched.names:
+                out.append(
+                    {
+                        "name": name,
+                        "issuer": "file",
+                        "state": "valid",
+                        "not_after": watched.cert.not_after.isoformat(),
+                        "source": watched.cert_path,
+                        "last_error": watched.last_error,
+                    }
+                )
+        return out
+
+    # -- filling the store ----------------------------------------------------------------------
+
+    def _install_manual(self) -> None:
+        for manual in self.setup.manual:
+            names = self.store.add(manual.cert)
+            if manual.cert_path is not None and manual.key_path is not None:
+                self._watched.append(
+                    _WatchedFiles(
+                        manual.cert_path,
+                        manual.key_path,
+                        manual.cert,
+                        names,
+                        self._pair_signature(manual.cert_path, manual.key_path),
+                    )
+                )
+
+    @staticmethod
+    def _pair_signature(cert_path: str, key_path: str) -> tuple[Any, ...]:
+        return (_file_signature(cert_path), _file_signature(key_path))
+
+    def _local_ca(self, issuer: Mapping[str, Any]) -> LocalCA:
+        ca_id = _ca_id(issuer)
+        ca = self._local_cas.get(ca_id)
+        if ca is None:
+            kwargs: dict[str, Any] = {}
+            lifetime = issuer.get("lifetime")
+            if lifetime is not None:
+                seconds = parse_duration(lifetime, "internal issuer lifetime")
+                if seconds > 0:
+                    kwargs["leaf_lifetime"] = timedelta(seconds=seconds)
+            ca = LocalCA(self.storage, ca_id=ca_id, **kwargs)
+            ca.provision()
+            self._local_cas[ca_id] = ca
+        return ca
+
+    def _install_internal(self) -> None:
+        """Blocking (storage, locks, key generation): run in a thread."""
+        for managed in self.plan.managed:
+            if not managed.internal:
+                continue
+            issuer = next((i for i in managed.issuers if i.get("module") == "internal"), {})
+            try:
+                item = _InternalName(managed.name, self._local_ca(issuer))
+            except Exception as exc:  # a broken CA must not stop the other names
+                log.error("%s: local CA: %s", managed.name, exc)
+                continue
+            self._internal.append(item)
+            self._obtain_internal(item)
+
+    def _obtain_internal(self, item: _InternalName) -> None:
+        try:
+            cert = item.ca.obtain([item.name])
+            current = self.store.get(item.name)
+            if current is None or current.certificate_pem != cert.certificate_pem:
+                self.store.add(cert, [item.name])
+                log.info(
+                    "%s: local CA certificate in service (expires %s)",
+                    item.name,
+                    cert.not_after.isoformat(),
+                )
+            item.last_error = None
+        except Exception as exc:
+            item.last_error = f"obtaining certificate: {exc}"
+            log.error("%s: %s", item.name, item.last_error)
+
+    def _plan_acme(self) -> None:
+        groups: dict[str, _AcmeGroup] = {}
+        for managed in self.plan.managed:
+            if managed.internal:
+                continue
+            issuers = acme_issuer_configs(managed, self.tls_app)
+            if not issuers:
+                self._acme_unsupported[managed.name] = "no supported ACME issuer"
+                log.error("%s: obtaining certificate: no supported ACME issuer", managed.name)
+                continue
+            key = _issuer_group_key(managed)
+            group = groups.get(key)
+            if group is None:
+                policy = _policy(self.tls_app, managed.policy_index)
+                group = groups[key] = _AcmeGroup(issuers, [], _renewal_ratio(policy))
+            group.names.append(managed.name)
+        self._acme = list(groups.values())
+
+    def _install_stored_acme(self) -> None:
+        """Serve stored ACME certificates before listening (the manager re-installs them)."""
+        now = datetime.now(UTC)
+        for group in self._acme:
+            keys = [c.issuer_key for c in group.issuers]
+            for name in group.names:
+                self._stored_sigs[name] = self._stored_signature(name, keys)
+                try:
+                    cert = find_stored_certificate(self.storage, name, keys)
+                except CertificateError as exc:
+                    log.error("%s: stored certificate unusable: %s", name, exc)
+                    continue
+                if cert is not None and not cert.expired(now):
+                    self._add_quietly(name, cert)
+
+    def _add_quietly(self, name: str, cert: LoadedCertificate) -> None:
+        current = self.store.get(name)
+        if current is not None and current.certificate_pem == cert.certificate_pem:
+            return
+        try:
+            self.store.add(cert, [name])
+        except CertificateError as exc:
+            log.error("%s: %s", name, exc)
+
+    def _on_certificate(self, name: str, cert_pem: bytes, key_pem: bytes) -> None:
+        current = self.store.get(name)
+        if current is not None and current.certificate_pem == cert_pem:
+            return
+        self.store.replace(name, cert_pem, key_pem)
+
+    # -- upkeep ---------------------------------------------------------------------------------
+
+    async def _maintain_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.maintenance_interval_s)
+            try:
+                self._check_files()
+                await asyncio.to_thread(self._poll_storage)
+                if loop.time() - self._last_local_check >= self.local_ca_check_interval_s:
+                    self._last_local_check = loop.time()
+                    await asyncio.to_thread(self._maintain_local)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("certificate maintenance failed")
+
+    def maintain_now(self) -> None:
+        """One blocking maintenance round (tests; the loop runs this in steps)."""
+        self._check_files()
+        self._poll_storage()
+        self._maintain_local()
+
+    def _check_files(self) -> None:
+        """Reload `tls cert key` files that changed; keep the old pair while the new is bad."""
+        for watched in self._watched:
+            signature = self._pair_signature(watched.cert_path, watched.key_path)
+            if signature == watched.signature:
+                continue
+            try:
+                cert = load_pem_files(watched.cert_path, watched.key_path)
+                names = self.store.add(cert)
+            except CertificateError as exc:
+                # Often a swap in progress (certificate written, key not yet): retry next round.
+                if watched.last_error != str(exc):
+                    log.warning("%s; keeping the certificate in service", exc)
+                watched.last_error = str(exc)
+                continue
+            for stale in set(watched.names) - set(names):
+                if self.store.get(stale) is watched.cert:
+                    self.store.remove(stale)
+            watched.cert, watched.names, watched.signature = cert, names, signature
+            watched.last_error = None
+            log.info("%s: certificate reloaded from disk (%s)", watched.cert_path, ", ".join(names))
+
+    def _stored_signature(self, name: str, issuer_keys: Sequence[str]) -> tuple[Any, ...]:
+        host = normalize_host(name)
+        return tuple(
+            _file_signature(str(self.storage.filename(site_cert_key(k, host)))) for k in issuer_keys
+        )
+
+    def _poll_storage(self) -> None:
+        """Install ACME certificates another worker or node stored since we last looked."""
+        now = datetime.now(UTC)
+        for group in self._acme:
+            keys = [c.issuer_key for c in group.issuers]
+            for name in group.names:
+                signature = self._stored_signature(name, keys)
+                if signature == self._stored_sigs.get(name):
+                    continue
+                self._stored_sigs[name] = signature
+                try:
+                    cert = find_stored_certificate(self.storage, name, keys)
+                except CertificateError as exc:
+                    log.warning("%s: stored certificate unusable: %s", name, exc)
+                    continue
+                if cert is None or cert.expired(now):
+                    continue
+                current = self.store.get(name)
+                # The newest wins (certmagic); never go back to an older stored certificate.
+                if current is None or (cert.not_before, cert.not_after) >= (
+                    current.not_before,
+                    current.not_after,
+                ):
+                    self._add_quietly(name, cert)
+                    log.info("%s: certificate from storage in service", name)
+
+    def _maintain_local(self) -> None:
+        """Renew the local CA's intermediate and leaves in their renewal window."""
+        for ca in self._local_cas.values():
+            try:
+                ca.maintain()
+            except Exception as exc:
+                log.error("local CA %s: maintenance: %s", ca.ca_id, exc)
+        now = datetime.now(UTC)
+        for item in self._internal:
+            cert = self.store.get(item.name)
+            if cert is None or renewal_due(cert.leaf, now) or not item.ca.chains_to_root(cert):
+                self._obtain_internal(item)
+
+
+def _ca_id(issuer: Mapping[str, Any]) -> str:
+    """The local CA an `internal` issuer uses (Caddy's default CA id is `local`)."""
+    ca = issuer.get("ca")
+    return ca if isinstance(ca, str) and ca else LOCAL_ISSUER_KEY
+
+
+def _renewal_moment(cert: LoadedCertificate, ratio: float) -> datetime:
+    lifetime = cert.not_after - cert.not_before
+    return cert.not_after - lifetime * ratio
+
+
+# ---- closing connections that fail the policy check --------------------------------------------
+
+
+class _HandshakeGate(asyncio.Protocol):
+    """Wraps a connection protocol: after the TLS handshake, connections whose negotiated
+    version the chosen policy does not allow are closed before the protocol sees them."""
+
+    __slots__ = ("_check", "_inner", "_passed")
+
+    def __init__(self, inner: asyncio.Protocol, check: Callable[[Any], bool]) -> None:
+        self._inner = inner
+        self._check = check
+        self._passed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_obj = transport.get_extra_info("ssl_object")
+        if ssl_obj is not None and not self._check(ssl_obj):
+            log.debug("closing connection: TLS version not allowed by the site's policy")
+            # abort: nothing to flush, the client must not get an HTTP exchange.
+            abort = getattr(transport, "abort", None) or transport.close
+            abort()
+            return
+        self._passed = True
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._passed:
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+def gate_protocol_factory(
+    factory: Callable[[], asyncio.Protocol], check: Callable[[Any], bool] | None
+) -> Callable[[], asyncio.Protocol]:
+    """`factory` unchanged when there is nothing to check, else gated by `check`."""
+    if check is None:
+        return factory
+    return lambda: _HandshakeGate(factory(), check)
+
+
+# ---- storage-only status (`pyproxy certs`) ------------------------------------------------------
+
+
+def certificate_status(setup: CertSetup) -> list[CertStatus]:
+    """Managed names with issuer, expiry, next renewal (from storage alone, no CA contact)."""
+    storage = FileStorage(setup.storage_root)
+    tls_app = _obj(_obj(setup.config.get("apps")).get("tls"))
+    interval_s = _renew_interval_s(tls_app)
+    out: list[CertStatus] = []
+    for managed in setup.plan.managed:
+        ratio = _renewal_ratio(_policy(tls_app, managed.policy_index))
+        if not managed.internal:
+            issuers = acme_issuer_configs(managed, tls_app)
+            if not issuers:
+                out.append(
+                    CertStatus(managed.name, state="failed", last_error="no supported issuer")
+                )
+                continue
+            for status in stored_status(
+                storage,
+                [managed.name],
+                issuers,
+                renew_interval_s=interval_s,
+                renewal_window_ratio=ratio,
+            ):
+                # Nothing stored yet: name the issuer that will be asked.
+                status.issuer = status.issuer or issuers[0].issuer_key
+                out.append(status)
+            continue
+        issuer = next((i for i in managed.issuers if i.get("module") == "internal"), {})
+        ca_id = _ca_id(issuer)
+        status = CertStatus(normalize_host(managed.name), issuer=ca_id, state="missing")
+        try:
+            cert = find_stored_certificate(storage, managed.name, [ca_id])
+        except CertificateError as exc:
+            status.state, status.last_error = "unusable", str(exc)
+            cert = None
+        if cert is not None:
+            status.not_after = cert.not_after
+            status.state = "expired" if cert.expired(datetime.now(UTC)) else "valid"
+            status.next_renewal = _renewal_moment(cert, ratio)
+        out.append(status)
+    return out
