@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from config.envfile import load_envfile
 from config.errors import ConfigError
 from proxy import __version__
 
@@ -124,7 +125,7 @@ def environ_command(args: argparse.Namespace) -> int:
     for path in getattr(args, "envfile", None) or []:
         try:
             load_envfile(path)
-        except (OSError, ValueError) as exc:
+        except ConfigError as exc:
             return _fail(f"loading environment file {path}: {exc}")
     sys.stdout.write(environment_text())
     sys.stdout.flush()
@@ -234,26 +235,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running, with the admin API on?)"
     return str(exc) or type(exc).__name__
-
-
-def load_envfile(path: str) -> None:
-    """KEY=VALUE lines into os.environ (blank lines and `#` comments skipped, optional
-    `export ` prefix and matching quotes), like Caddy's --envfile."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("export "):
-                line = line[len("export ") :].lstrip()
-            key, sep, value = line.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise ValueError(f"line {lineno}: expected KEY=VALUE")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                value = value[1:-1]
-            os.environ[key] = value
 
 
 _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}

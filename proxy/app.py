@@ -2,8 +2,7 @@
 
 Arguments, the env file and the worker count are handled here; the lifecycle — load and
 validate, fork the workers, reload (admin API, SIGUSR1, `--watch`), graceful stop — is
-proxy.supervisor's, and serving with zero-downtime config switches is proxy.worker's. `load`
-is kept for callers that want the model of a config file without running it.
+proxy.supervisor's, and serving with zero-downtime config switches is proxy.worker's.
 """
 
 from __future__ import annotations
@@ -11,13 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import ssl
 import sys
-from collections.abc import Callable
-from typing import Any
 
+from config.envfile import load_envfile
 from config.errors import ConfigError
-from config.model import Config
 
 log = logging.getLogger("pyproxy")
 
@@ -63,38 +59,6 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def load_envfile(path: str) -> None:
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("export "):
-                line = line[7:].lstrip()
-            key, sep, value = line.partition("=")
-            if not sep:
-                raise ConfigError(f"{path}: malformed line (expected KEY=VALUE): {raw.strip()}")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                value = value[1:-1]
-            os.environ[key.strip()] = value
-
-
-def load(args: argparse.Namespace) -> Config:
-    from config.model import load_model
-    from config.source import load_config
-    from proxy.certs import prepare_certificates
-
-    global cert_setup
-    config, warnings = load_config(args.config, args.adapter)
-    for w in warnings:
-        print(f"WARN {getattr(w, 'message', w)}", file=sys.stderr)
-    # Automatic HTTPS before the model: its redirect servers and TLS policies are served too.
-    # Manual certificate files are read here, so a bad one is a startup error naming the file.
-    cert_setup = prepare_certificates(config)
-    return load_model(cert_setup.config)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -113,12 +77,3 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The lifecycle (config loading, workers, reloads, admin API, signals) lives in
     # proxy.supervisor; serving and config switching in proxy.worker.
     return supervisor.run(args, workers)
-
-
-# Seam for TLS termination: given a server's name and model, return the listener SSL context
-# (None for plain HTTP). The certificate side (proxy.tls, automatic HTTPS) plugs in here.
-TLSProvider = Callable[[str, Any], "ssl.SSLContext | None"]
-tls_provider: TLSProvider | None = None
-# What `load` decided about certificates (proxy.certs.CertSetup); each worker builds its own
-# certificate runtime from it (workers share storage like a cluster of Caddy instances).
-cert_setup: Any = None
