@@ -294,7 +294,8 @@ def redirect_location(to_port: int, http_port: int, https_port: int) -> str:
     Caddy omits `https_port` too: that setting describes the internal port (behind a port
     forward), not the one clients use.
     """
-    location = "https://{http.request.host}"
+    # Not Caddy's {http.request.host}: that drops the brackets of an IPv6 literal host.
+    location = "https://{pyproxy.request.url_host}"
     if to_port not in (http_port, https_port, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT):
         location += f":{to_port}"
     return location + "{http.request.uri}"

@@ -325,6 +325,16 @@ def _host_only(req: RequestView, _resp: ResponseHeaderSource | None = None) -> s
     return req.host if split is None else split[0]
 
 
+def _url_host(req: RequestView, _resp: ResponseHeaderSource | None = None) -> str:
+    """The host as it must appear in a URL: an IPv6 literal goes back into brackets.
+
+    Caddy's HTTP->HTTPS redirect uses {http.request.host}, which yields `https://::1/` for
+    `Host: [::1]:80` (an invalid URL); our automatic-HTTPS redirects use this instead.
+    """
+    host = _host_only(req)
+    return f"[{host}]" if ":" in host else host
+
+
 def _port_only(req: RequestView, _resp: ResponseHeaderSource | None = None) -> str:
     split = split_host_port(req.host)
     if split is None:
@@ -375,6 +385,7 @@ _SIMPLE: dict[str, _DirectGetter] = {
         else ("HTTP/3" if r.proto.startswith("HTTP/3") else r.proto)
     ),
     "http.request.host": _host_only,
+    "pyproxy.request.url_host": _url_host,
     "http.request.port": _port_only,
     "http.request.hostport": lambda r, _: r.host,
     "http.request.remote": _remote,

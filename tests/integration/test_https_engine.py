@@ -223,6 +223,13 @@ def test_redirects_to_https_on_ipv4_and_ipv6(run_proxy: Any, tmp_path: Path) -> 
             host, http_port, b"POST /form HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n"
         )
         assert (status, headers["location"]) == (308, "https://a.test/form")
+    if v6:
+        # The catch-all redirect keeps an IPv6 literal host in brackets (Caddy writes
+        # `https://::1/r`, an invalid URL).
+        status, headers = raw_http(
+            "::1", http_port, f"GET /r HTTP/1.1\r\nHost: [::1]:{http_port}\r\n\r\n".encode()
+        )
+        assert (status, headers["location"]) == (308, "https://[::1]/r")
 
 
 # ---- hot swap under load ------------------------------------------------------------------------

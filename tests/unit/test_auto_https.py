@@ -27,7 +27,7 @@ v3a.ocaml.org, v3b.ocaml.org, v3.ocaml.org, ocaml.org, www.ocaml.org {
 }
 """
 SEED_NAMES = ("ocaml.org", "v3.ocaml.org", "v3a.ocaml.org", "v3b.ocaml.org", "www.ocaml.org")
-PLAIN = "https://{http.request.host}{http.request.uri}"
+PLAIN = "https://{pyproxy.request.url_host}{http.request.uri}"
 
 
 def adapt(text: str) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def test_site_port_other_than_https_port_is_kept_in_location() -> None:
     plan = plan_for("example.com:9443 {\n\trespond x\n}\n")
     redirect = servers(plan)[REDIRECT_SERVER_NAME]
     assert redirect_summary(redirect["routes"]) == [
-        (("example.com",), "https://{http.request.host}:9443{http.request.uri}"),
+        (("example.com",), "https://{pyproxy.request.url_host}:9443{http.request.uri}"),
         ((), PLAIN),
     ]
     # :9443 is not the HTTPS port, so TLS comes from the qualifying name, not the port
@@ -210,7 +210,7 @@ def test_site_port_other_than_https_port_is_kept_in_location() -> None:
 
 def test_redirect_location_rule() -> None:
     assert redirect_location(443, 80, 443) == PLAIN
-    assert redirect_location(8443, 80, 443) == "https://{http.request.host}:8443{http.request.uri}"
+    assert redirect_location(8443, 80, 443) == "https://{pyproxy.request.url_host}:8443{http.request.uri}"
     assert redirect_location(8443, 8080, 8443) == PLAIN
     assert redirect_location(80, 8080, 8443) == PLAIN
 

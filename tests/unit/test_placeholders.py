@@ -289,3 +289,9 @@ def test_templates_never_raise(text: str) -> None:
     assert isinstance(result, str)
     if "{" not in text and "}" not in text:
         assert result == text
+
+
+def test_url_host_brackets_ipv6_literals() -> None:
+    assert render("{pyproxy.request.url_host}", req(host="[::1]:8080")) == "[::1]"
+    assert render("{pyproxy.request.url_host}", req(host="[2001:db8::1]")) == "[2001:db8::1]"
+    assert render("{pyproxy.request.url_host}", req(host="example.com:80")) == "example.com"
