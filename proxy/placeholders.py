@@ -332,7 +332,8 @@ def _url_host(req: RequestView, _resp: ResponseHeaderSource | None = None) -> st
     `Host: [::1]:80` (an invalid URL); our automatic-HTTPS redirects use this instead.
     """
     host = _host_only(req)
-    return f"[{host}]" if ":" in host else host
+    # A Host without a port keeps its brackets through _host_only (as Go's SplitHostPort fails).
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _port_only(req: RequestView, _resp: ResponseHeaderSource | None = None) -> str:
