@@ -5,7 +5,9 @@ This module owns
   one, stop, list upstreams, render metrics),
 - the HTTP surface: `POST /load` (JSON, or a Caddyfile with `Content-Type: text/caddyfile`),
   `POST /adapt`, `GET|POST|PUT|PATCH|DELETE /config/<path>`, `/id/<id>/<path>`, `POST /stop`,
-  `GET /metrics`, `GET /reverse_proxy/upstreams`, with Caddy's error shape (`{"error": "…"}`)
+  `GET /metrics`, `GET /reverse_proxy/upstreams`, and pyproxy's own `GET /pyproxy/certificates`
+  (managed certificates, when the controller implements `CertificateReporter`), with Caddy's
+  error shape (`{"error": "…"}`)
   and Caddy's Host/Origin protections,
 - the admin listener's lifecycle from the config's `admin` object (`disabled`, `listen`,
   `enforce_origin`, `origins`, `config.persist`): `start_admin_server` and
@@ -87,6 +89,16 @@ class AdminController(Protocol):
 
     async def metrics_text(self) -> str:
         """Prometheus text for `/metrics`, summed across workers (see proxy.metrics)."""
+        ...
+
+
+class CertificateReporter(Protocol):
+    """Optional part of an AdminController: engines that manage certificates also answer
+    `GET /pyproxy/certificates` (controllers without it answer 404 there, as before)."""
+
+    async def certificates(self) -> list[dict[str, Any]]:
+        """One entry per managed name: `name`, `issuer`, `state`, `not_after`, `next_renewal`,
+        `next_attempt`, `last_error`, `failures` (times as ISO 8601 strings or null)."""
         ...
 
 
@@ -574,7 +586,14 @@ class AdminState:
 _STATE_KEY: web.AppKey[AdminState] = web.AppKey("pyproxy_admin_state", AdminState)
 
 # Route patterns, as Caddy registers them on its mux; also the `path` label of admin metrics.
-_EXACT_ROUTES = ("/load", "/adapt", "/stop", "/metrics", "/reverse_proxy/upstreams")
+_EXACT_ROUTES = (
+    "/load",
+    "/adapt",
+    "/stop",
+    "/metrics",
+    "/reverse_proxy/upstreams",
+    "/pyproxy/certificates",
+)
 
 
 def build_admin_app(
@@ -680,6 +699,14 @@ async def _route(
             raise APIError(405, "method not allowed")
         upstreams = await state.controller.upstreams()
         return web.Response(body=go_json(upstreams), content_type="application/json")
+    reporter = getattr(state.controller, "certificates", None)
+    if path == "/pyproxy/certificates" and reporter is not None:
+        # Not a Caddy endpoint (Caddy has none for this): pyproxy's own namespace, so it can
+        # never collide with a Caddy route added later.
+        if request.method != "GET":
+            raise APIError(405, "method not allowed")
+        certificates = await reporter()
+        return web.Response(body=go_json(certificates), content_type="application/json")
     return web.Response(status=404, text="404 page not found\n")
 
 

@@ -408,7 +408,14 @@ class CertRuntime:
         out: list[dict[str, Any]] = []
         for group in self._acme:
             if group.manager is not None:
-                out += [s.to_json() for s in group.manager.status()]
+                for st in group.manager.status():
+                    entry = st.to_json()
+                    # The manager learns the issuer when a certificate is stored; before that
+                    # (or while every order fails) the operator still wants to see which CA
+                    # is being tried: the first in the list, as the storage-only view shows.
+                    if not entry["issuer"] and group.issuers:
+                        entry["issuer"] = group.issuers[0].issuer_key
+                    out.append(entry)
         for name, error in sorted(self._acme_unsupported.items()):
             out.append(CertStatus(name=name, state="failed", last_error=error).to_json())
         for item in self._internal:

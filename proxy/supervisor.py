@@ -93,6 +93,47 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _stamp(value: Any) -> str:
+    # ISO-8601 UTC strings of one format compare in time order; missing sorts first.
+    return value if isinstance(value, str) else ""
+
+
+def merge_certificate_status(per_worker: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One entry per name from every worker's `CertRuntime.status()`.
+
+    Each worker runs its own manager for the same names (they coordinate through storage
+    locks), so a worker that lost the lock race may still say `pending` while another holds a
+    fresh certificate, and only the worker whose order failed knows the error. The merged entry
+    is the one with the latest `not_after` (a valid certificate beats none), completed with the
+    most recent error any worker saw and the highest failure count.
+    """
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for entries in per_worker:
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                by_name.setdefault(entry["name"], []).append(entry)
+    merged: list[dict[str, Any]] = []
+    for name in sorted(by_name):
+        entries = by_name[name]
+        freshest = max(
+            entries, key=lambda e: (_stamp(e.get("not_after")), e.get("state") == "valid")
+        )
+        best: dict[str, Any] = dict(freshest)
+        failed = [e for e in entries if e.get("last_error")]
+        if failed and not best.get("last_error"):
+            latest = max(failed, key=lambda e: _stamp(e.get("last_error_at")))
+            best["last_error"] = latest["last_error"]
+            best["last_error_at"] = latest.get("last_error_at")
+            best["next_attempt"] = latest.get("next_attempt")
+            if not best.get("not_after"):
+                best["state"] = latest.get("state", best.get("state"))
+        failures = [int(e.get("failures") or 0) for e in entries]
+        if "failures" in best or any(failures):
+            best["failures"] = max(failures)
+        merged.append(best)
+    return merged
+
+
 class WorkerHandle:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
@@ -166,6 +207,12 @@ class Supervisor:
             *(w.request("metrics", WORKER_QUERY_TIMEOUT_S) for w in self.workers)
         )
         return render_snapshots([self.metrics.snapshot(), *(a["snapshot"] for a in answers)])
+
+    async def certificates(self) -> list[dict[str, Any]]:
+        answers = await asyncio.gather(
+            *(w.request("certificates", WORKER_QUERY_TIMEOUT_S) for w in self.workers)
+        )
+        return merge_certificate_status([a.get("certificates", []) for a in answers])
 
     # -- config changes -----------------------------------------------------------------------
 

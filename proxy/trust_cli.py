@@ -5,8 +5,10 @@
   root into the system trust store (`/usr/local/share/ca-certificates/`, then
   `update-ca-certificates` when present), which is what Caddy's `trust` does on Debian.
 - `untrust` removes that copy again.
-- `certs` lists every managed name of a config with issuer, expiry, next renewal and state, read
-  from storage alone (no CA is contacted; a running server may know more, e.g. retry errors).
+- `certs` lists every managed name of a config with issuer, expiry, next renewal, state and the
+  last error. It asks the running instance first (`GET /pyproxy/certificates` on its admin API:
+  `--address`, else the config's `admin.listen`, else the default), since only it knows retry
+  state; when none answers it reads storage alone (no CA is contacted) and says so.
 
 The storage folder is the config's `storage` option when `--config` is given, else Caddy's
 default (`$XDG_DATA_HOME/caddy`).
@@ -20,8 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from acme_client.certificates import CertificateError
 from acme_client.local_ca import LocalCA
@@ -72,6 +76,12 @@ def add_certs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=None, help="config file (default ./Caddyfile)")
     parser.add_argument("--adapter", "-a", default=None, help="caddyfile or json (by file name)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="admin API of the running instance (default: the config's admin.listen, "
+        "else localhost:2019)",
+    )
 
 
 def _update_trust_store(ca_dir: Path) -> str | None:
@@ -144,17 +154,67 @@ def _fmt_time(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment is not None else "-"
 
 
-def certs_command(args: argparse.Namespace) -> int:
-    from config.source import load_config
-    from proxy.certs import certificate_status, prepare_certificates
+# A running instance answers from memory at once; anything slower is not worth blocking on.
+LIVE_STATUS_TIMEOUT_S = 5.0
+CERT_COLUMNS = ("name", "issuer", "state", "expires", "next_renewal", "next_attempt", "last_error")
 
+
+def _fmt_iso(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        return "-"
     try:
-        config, _warnings = load_config(args.config, args.adapter)
-        setup = prepare_certificates(config)
-        statuses = certificate_status(setup)
-    except (ConfigError, CertificateError, OSError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+        return _fmt_time(datetime.fromisoformat(value).astimezone(UTC))
+    except ValueError:
+        return value
+
+
+def live_certificates(
+    address: str | None, config: Mapping[str, Any] | None
+) -> tuple[list[dict[str, Any]] | None, str]:
+    """Ask a running instance's admin API for `GET /pyproxy/certificates`.
+
+    Returns (entries, where) on success, else (None, why not). Only a running instance knows
+    retry state (last error, next attempt), so this is tried before reading storage.
+    """
+    from proxy.admin_client import AdminRequestError, admin_request, determine_admin_address
+
+    admin = config.get("admin") if config else None
+    if not address and isinstance(admin, Mapping) and admin.get("disabled"):
+        return None, "the config disables the admin API"
+    where = determine_admin_address(address, config)
+    try:
+        _status, body = admin_request(
+            where, "GET", "/pyproxy/certificates", {}, None, timeout=LIVE_STATUS_TIMEOUT_S
+        )
+        entries = json.loads(body)
+    except AdminRequestError as exc:
+        return None, f"no running instance answered at {where}: {exc}"
+    except ValueError as exc:
+        return None, f"{where} answered with invalid JSON: {exc}"
+    if not isinstance(entries, list):
+        return None, f"{where} answered with something other than a list"
+    return [e for e in entries if isinstance(e, dict)], where
+
+
+def _live_rows(entries: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [
+        {
+            "name": str(e.get("name", "")),
+            "issuer": str(e.get("issuer") or "-"),
+            "state": str(e.get("state") or "-"),
+            "expires": _fmt_iso(e.get("not_after")),
+            "next_renewal": _fmt_iso(e.get("next_renewal")),
+            "next_attempt": _fmt_iso(e.get("next_attempt")),
+            "last_error": str(e.get("last_error") or ""),
+            "failures": str(int(e.get("failures") or 0)),
+        }
+        for e in entries
+    ]
+
+
+def _storage_rows(setup: Any) -> list[dict[str, str]]:
+    from proxy.certs import certificate_status
+
     rows: list[dict[str, str]] = [
         {
             "name": s.name,
@@ -162,9 +222,11 @@ def certs_command(args: argparse.Namespace) -> int:
             "state": s.state,
             "expires": _fmt_time(s.not_after),
             "next_renewal": _fmt_time(s.next_renewal),
+            "next_attempt": "-",
             "last_error": s.last_error or "",
+            "failures": str(s.failures),
         }
-        for s in statuses
+        for s in certificate_status(setup)
     ]
     for manual in setup.manual:
         for name in manual.cert.names:
@@ -175,19 +237,61 @@ def certs_command(args: argparse.Namespace) -> int:
                     "state": "manual",
                     "expires": _fmt_time(manual.cert.not_after),
                     "next_renewal": "-",
+                    "next_attempt": "-",
                     "last_error": "",
+                    "failures": "0",
                 }
             )
+    return rows
+
+
+def certs_command(args: argparse.Namespace) -> int:
+    from config.source import load_config
+    from proxy.certs import prepare_certificates
+
+    address: str | None = getattr(args, "address", None)
+    config: dict[str, Any] | None = None
+    config_error: Exception | None = None
+    try:
+        loaded, _warnings = load_config(args.config, args.adapter)
+        config = dict(loaded)
+    except (ConfigError, OSError) as exc:
+        # With --address the running instance can still be asked; storage needs the config.
+        config_error = exc
+        if not address:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+    entries, where = live_certificates(address, config)
+    storage_root = ""
+    if entries is not None:
+        source = f"running instance (admin API at {where})"
+        rows = _live_rows(entries)
+    else:
+        if config is None:
+            print(f"Error: {where}; and no config for storage: {config_error}", file=sys.stderr)
+            return 1
+        source = f"storage only ({where}; retry state unknown)"
+        try:
+            setup = prepare_certificates(config)
+            rows = _storage_rows(setup)
+        except (ConfigError, CertificateError, OSError) as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        storage_root = str(setup.storage_root)
     if args.json:
-        print(json.dumps({"storage": str(setup.storage_root), "certificates": rows}, indent=2))
+        doc: dict[str, Any] = {"source": source, "certificates": rows}
+        if storage_root:
+            doc["storage"] = storage_root
+        print(json.dumps(doc, indent=2))
         return 0
-    print(f"storage: {setup.storage_root}")
+    print(f"source: {source}")
+    if storage_root:
+        print(f"storage: {storage_root}")
     if not rows:
         print("no managed certificates")
         return 0
-    columns = ("name", "issuer", "state", "expires", "next_renewal", "last_error")
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in CERT_COLUMNS}
+    print("  ".join(c.upper().ljust(widths[c]) for c in CERT_COLUMNS).rstrip())
     for row in rows:
-        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+        print("  ".join(row[c].ljust(widths[c]) for c in CERT_COLUMNS).rstrip())
     return 0

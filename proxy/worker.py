@@ -4,7 +4,7 @@ connection.
 The supervisor (proxy.supervisor) forks the workers and talks to each over a control channel
 (proxy.control). A worker never reads config files and never decides anything about reloads: it
 is told `prepare` (build config N beside config N-1), then `commit` or `abort`, and answers
-`metrics`, `upstreams` and `stop`.
+`metrics`, `upstreams`, `certificates` and `stop`.
 
 Zero-downtime switching, per worker:
 - Listening sockets are owned by the worker, keyed by their `NetworkAddress`. An address in both
@@ -241,6 +241,11 @@ class Worker:
         if op == "metrics":
             self._record_upstream_health()
             return {"snapshot": self.metrics.snapshot()}
+        if op == "certificates":
+            # The generation in service is the one whose managers run (a prepared one that was
+            # not committed yet has not started ordering anything worth reporting).
+            certs = self.current.certs if self.current is not None else None
+            return {"certificates": certs.status() if certs is not None else []}
         if op == "upstreams":
             now = self.loop.time()
             hosts = self.registry._hosts

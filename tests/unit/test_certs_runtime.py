@@ -280,7 +280,10 @@ def test_trust_untrust_and_certs_commands(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config_path = tmp_path / "caddy.json"
-    config_path.write_text(json.dumps(https_config(tmp_path / "data", ["localhost"])))
+    # `admin` disabled: `certs` then reads storage without asking any admin API (no sockets).
+    config_path.write_text(
+        json.dumps({**https_config(tmp_path / "data", ["localhost"]), "admin": {"disabled": True}})
+    )
     ca_dir = tmp_path / "trust"
     args = argparse.Namespace(
         config=str(config_path), adapter="json", ca="local", install=True, ca_dir=str(ca_dir)
