@@ -12,22 +12,28 @@ exactly as Caddy shares a pointer) and is turned into JSON at the very end.
 from __future__ import annotations
 
 import copy
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 from config.adapt.addresses import (
-    AddressError,
     Pairing,
     http_ports,
     listeners_use_any_port_other_than,
-    split_host_port,
 )
 from config.adapt.directive_order import go_stable_sort
 from config.adapt.global_options import parse_duration
 from config.adapt.helper import JSONDict
 from config.caddyfile.dispenser import Dispenser
 from config.errors import ConfigError
+from config.subjects import (
+    match_wildcard,
+    subject_is_internal,
+    subject_is_ip,
+    subject_qualifies_for_cert,
+)
+from config.subjects import (
+    subject_qualifies_for_public_cert as certmagic_subject_qualifies_for_public_cert,
+)
 
 ZEROSSL_PRODUCTION_CA = "https://acme.zerossl.com/v2/DV90"
 INTERNAL_ISSUER: JSONDict = {"module": "internal"}
@@ -365,102 +371,12 @@ def new_base_automation_policy(options: dict[str, Any], always: bool) -> Automat
     return ap
 
 
-def match_wildcard(subject: str, wildcard: str) -> bool:
-    """certmagic.MatchWildcard: labels are replaced by `*` one more at a time, left to right."""
-    subject, wildcard = subject.lower(), wildcard.lower()
-    if subject == wildcard:
-        return True
-    if "*" not in wildcard:
-        return False
-    labels = subject.split(".")
-    for i, label in enumerate(labels):
-        if not label:
-            continue
-        labels[i] = "*"
-        if ".".join(labels) == wildcard:
-            return True
-    return False
-
-
-def subject_is_ip(subject: str) -> bool:
-    try:
-        ipaddress.ip_address(subject)
-    except ValueError:
-        return False
-    return True
-
-
-# certmagic's private/loopback/link-local ranges: such IPs count as internal names
-_INTERNAL_NETWORKS = tuple(
-    ipaddress.ip_network(n, strict=False)
-    for n in (
-        "127.0.0.0/8",
-        "0.0.0.0/16",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "169.254.0.0/16",
-        "::1/7",
-        "fe80::/10",
-        "fc00::/7",
-    )
-)
-
-
-def _host_only(hostport: str) -> str:
-    try:
-        host, _ = split_host_port(hostport)
-    except AddressError:
-        return hostport
-    return host
-
-
-def subject_is_internal(subject: str) -> bool:
-    """certmagic.SubjectIsInternal: localhost & co, .local/.internal/.home.arpa, private IPs."""
-    s = _host_only(subject).removesuffix(".").lower()
-    if s == "localhost" or s.endswith((".localhost", ".local", ".internal", ".home.arpa")):
-        return True
-    try:
-        ip = ipaddress.ip_address(s)
-    except ValueError:
-        return False
-    return any(ip.version == net.version and ip in net for net in _INTERNAL_NETWORKS)
-
-
-def subject_qualifies_for_cert(subject: str) -> bool:
-    """certmagic.SubjectQualifiesForCert: a name that can have a certificate at all."""
-    s = subject
-    return (
-        s.strip() != ""
-        and not s.startswith(".")
-        and not s.endswith(".")
-        and ("*" not in s or s.startswith("*.") or s == "*")
-        and not any(c in s for c in "()[]{}<> \t\n\"\\!@#$%^&|;'+=")
-    )
-
-
 def subject_qualifies_for_public_cert(ap: AutomationPolicy, subject: str) -> bool:
     """Caddy's lenient variant: IPs and internal names never; `*.*.` only on demand."""
     return (
         not subject_is_ip(subject)
         and not subject_is_internal(subject)
         and (subject.count("*.") < 2 or ap.on_demand)
-    )
-
-
-def certmagic_qualifies_for_public_cert(subject: str) -> bool:
-    return (
-        subject_qualifies_for_cert(subject)
-        and not subject_is_internal(subject)
-        and (
-            "*" not in subject
-            or (
-                subject.count("*") == 1
-                and subject.count(".") > 1
-                and len(subject) > 2
-                and subject.startswith("*.")
-            )
-        )
     )
 
 
@@ -716,7 +632,7 @@ def build_tls_app(pairings: list[Pairing], options: dict[str, Any]) -> JSONDict:
     if "off" not in auto_https and "disable_certs" not in auto_https:
         for host in hosts_shared_with_hostless:
             automate.append(host)
-            if not certmagic_qualifies_for_public_cert(host):
+            if not certmagic_subject_qualifies_for_public_cert(host):
                 internal_ap.subjects.append(host)
     for name in forced_automated:
         if name not in automate:
