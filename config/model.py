@@ -98,11 +98,12 @@ KNOWN_MATCHERS = frozenset(
     }
 )
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 _DURATION_UNITS_S = {
     "ns": 1e-9,
     "us": 1e-6,
-    "µs": 1e-6,
+    "µs": 1e-6,  # MICRO SIGN
+    "μs": 1e-6,  # GREEK SMALL LETTER MU: Go accepts both
     "ms": 1e-3,
     "s": 1.0,
     "m": 60.0,

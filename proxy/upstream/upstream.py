@@ -21,10 +21,12 @@ any monotonic clock the caller chooses), so the decisions here are pure.
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from config.errors import ConfigError
+from config.model import parse_duration
 
 if TYPE_CHECKING:
     from proxy.upstream.health import PassiveHealth
@@ -40,51 +42,19 @@ __all__ = [
 
 DEFAULT_PORT = 80
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
-_UNIT_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-
 
 def duration_seconds(value: object, field: str = "duration") -> float:
-    """A Caddy JSON duration in seconds.
+    """A Caddy JSON duration in seconds (``None`` means 0); ValueError when it is malformed.
 
-    Caddy's ``caddy.Duration`` unmarshals from an integer (nanoseconds, what ``caddy adapt``
-    emits) or a Go duration string (``"1m30s"``, ``"250ms"``, plus Caddy's ``"d"`` for days).
-    ``None`` means 0.
+    Same rules as the config model's (integer nanoseconds, or a Go duration string plus
+    Caddy's ``d``), which this delegates to.
     """
     if value is None:
         return 0.0
-    if isinstance(value, bool):
-        raise ValueError(f"{field}: invalid duration {value!r}")
-    if isinstance(value, int | float):
-        return float(value) / 1e9
-    if isinstance(value, str):
-        text = value.strip()
-        sign = 1.0
-        if text[:1] in "+-" and text:
-            sign = -1.0 if text[0] == "-" else 1.0
-            text = text[1:]
-        if text == "0":
-            return 0.0
-        pos = 0
-        total = 0.0
-        for match in _DURATION_PART.finditer(text):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _UNIT_S[match.group(2)]
-            pos = match.end()
-        if pos == len(text) and pos > 0:
-            return sign * total
-    raise ValueError(f"{field}: invalid duration {value!r}")
+    try:
+        return parse_duration(value, field)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def parse_dial(dial: str) -> tuple[str, str, int]:
