@@ -80,6 +80,14 @@ _SPECIAL_REQUEST_FIELDS = HOP_BY_HOP | _XF | {"host", "expect", "content-length"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Keep a copy of up to this much request body so a failed attempt can be replayed.
 REPLAY_BODY_BYTES = 64 * 1024
+# Caddy's -1 (unlimited) request/response buffering, capped: never hold an unbounded body.
+MAX_BUFFER_BYTES = 16 * 1024 * 1024
+# A positive flush_interval coalesces response writes, but never more than this much.
+COALESCE_BYTES = 64 * 1024
+
+
+def _buffer_limit(n: int) -> int:
+    return MAX_BUFFER_BYTES if n < 0 else min(n, MAX_BUFFER_BYTES)
 
 
 def build_ssl_context(tls: Any) -> ssl.SSLContext:
@@ -108,12 +116,16 @@ class ReverseProxy:
         "ctx",
         "dynamic",
         "fast_response",
+        "flush_s",
         "header_down",
+        "header_timeout_s",
         "header_up",
         "loop",
         "needs_clock",
         "passive",
         "policy",
+        "req_buffers",
+        "resp_buffers",
         "retry",
         "retry_match",
         "server_name",
@@ -164,6 +176,12 @@ class ReverseProxy:
                 self.header_up = host_op or user_op
         self.header_down = compile_ops(cfg.headers_response)
         self.up_vars: dict[str, dict[str, str]] = {}
+        self.req_buffers = _buffer_limit(cfg.request_buffers)
+        self.resp_buffers = _buffer_limit(cfg.response_buffers)
+        # flush_interval: 0 and -1 both write every upstream read through at once (Caddy's
+        # default buffers up to Go's 4 KiB writer; ours is never later than that).
+        self.flush_s = cfg.flush_interval_s if cfg.flush_interval_s > 0 else 0.0
+        self.header_timeout_s = cfg.transport.response_header_timeout_s
         self.needs_clock = self.retry.enabled or self.passive is not None
         nets = [*ctx.server_trusted, *cfg.trusted_proxies]
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in nets]
@@ -284,6 +302,10 @@ class ProxyCall:
         "body_copy_bytes",
         "body_done",
         "body_mode",
+        "buffering",
+        "cl_override",
+        "coalesce",
+        "coalesce_bytes",
         "conn",
         "counted",
         "ex",
@@ -292,7 +314,11 @@ class ProxyCall:
         "head",
         "head_time",
         "pool",
+        "prebuf",
         "req",
+        "resp_buf",
+        "resp_buf_bytes",
+        "resp_head",
         "resp_started",
         "retries",
         "rp",
@@ -328,6 +354,17 @@ class ProxyCall:
         self.fresh_retry_used = False
         self.counted = False
         self.upstream_paused = False
+        # request_buffers: body bytes held until the upstream connection gets the head.
+        self.prebuf: list[bytes] | None = None
+        self.buffering = False  # still collecting (raw, unframed) up to request_buffers
+        self.cl_override: int | None = None  # Content-Length of a fully buffered body
+        # response_buffers: the held head (status, length) and body.
+        self.resp_buf: list[bytes] | None = None
+        self.resp_buf_bytes = 0
+        self.resp_head: tuple[int, int | None] | None = None
+        # flush_interval > 0: response body bytes waiting for the interval to pass.
+        self.coalesce: list[bytes] | None = None
+        self.coalesce_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._dial_task: asyncio.Task[None] | None = None
         ex.flow = self
@@ -336,6 +373,33 @@ class ProxyCall:
     # -- attempts ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.body_mode and self.rp.req_buffers:
+            # Caddy's request_buffers: read up to N body bytes before contacting the upstream,
+            # so a body that fits is sent with a Content-Length instead of chunked.
+            self.prebuf = []
+            self.buffering = True
+            self.body_attached = True
+            self.req.attach_body(self)  # on_body / on_body_end call _request_buffered
+            return
+        self._attempt()
+
+    def _request_buffered(self, complete: bool) -> None:
+        raw = self.prebuf or []
+        self.buffering = False
+        data = b"".join(raw)
+        if complete:
+            self.body_mode = 1
+            self.cl_override = len(data)
+        elif self.body_mode == 2:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        framed = [data] if data else []
+        self.prebuf = framed
+        self.body_copy_bytes = len(data)
+        self.body_copy = list(framed) if len(data) <= REPLAY_BODY_BYTES else None
+        if not complete:
+            # The rest streams once the upstream connection is ready; until then hold at most
+            # one more read (the client is paused).
+            self.req.pause_body()
         self._attempt()
 
     def _attempt(self) -> None:
@@ -414,6 +478,12 @@ class ProxyCall:
             head = self.head = self._build_head()
         if not self.body_mode:
             conn.write(head)
+        elif self.prebuf is not None:
+            # First send after request_buffers: the buffered body goes with the head.
+            pre, self.prebuf = self.prebuf, None
+            conn.write(head + b"".join(pre))
+            if not self.body_done:
+                self.req.resume_body()
         elif self.body_attached:
             # A retry: replay the body received so far, the rest keeps streaming in.
             copy = self.body_copy or []
@@ -422,13 +492,41 @@ class ProxyCall:
             conn.write(head)
             self.body_attached = True
             req.attach_body(self)
-        t = self.rp.cfg.transport.response_header_timeout_s
+        t = self.rp.header_timeout_s
         if t:
             self._timer = self.rp.loop.call_later(t, self._header_timeout)
 
     def _build_head(self) -> bytes:
         req = self.req
         rp = self.rp
+        raw = req._raw
+        if raw is not None and req._headers is None and not req._odd and rp.header_up is None:
+            # Fast path: the fields are as the client sent them and none is hop-by-hop or
+            # X-Forwarded-* (so trusted or not, nothing is kept from the client): forward the
+            # serialized block as it is and add ours around it.
+            if self.body_mode == 1:
+                cl = req.content_length if self.cl_override is None else self.cl_override
+                framing = f"Content-Length: {cl}\r\n\r\n"
+            elif self.body_mode == 2:
+                framing = "Transfer-Encoding: chunked\r\n\r\n"
+            else:
+                framing = "\r\n"
+            host = req.host
+            query = req.query
+            return b"".join(
+                (
+                    (
+                        f"{req.method} {req.raw_path}{'?' if query else ''}{query} HTTP/1.1\r\n"
+                        f"Host: {host or req.vars['http.reverse_proxy.upstream.hostport']}\r\n"
+                    ).encode("latin-1"),
+                    raw,
+                    (
+                        f"X-Forwarded-For: {req.remote_ip}\r\n"
+                        f"X-Forwarded-Proto: {req.scheme}\r\n"
+                        f"X-Forwarded-Host: {host}\r\n{framing}"
+                    ).encode("latin-1"),
+                )
+            )
         headers = req.headers
         if rp.header_up is not None:
             # header_up acts on the outgoing copy (Caddy clones the request).
@@ -487,7 +585,8 @@ class ProxyCall:
             if up_value:
                 parts.append(f"Connection: Upgrade\r\nUpgrade: {up_value}\r\n")
         if self.body_mode == 1:
-            parts.append(f"Content-Length: {req.content_length}\r\n")
+            cl = req.content_length if self.cl_override is None else self.cl_override
+            parts.append(f"Content-Length: {cl}\r\n")
         elif self.body_mode == 2:
             parts.append("Transfer-Encoding: chunked\r\n")
         parts.append("\r\n")
@@ -496,6 +595,14 @@ class ProxyCall:
     # -- request body (BodySink) -------------------------------------------------------------
 
     def on_body(self, data: bytes) -> None:
+        if self.buffering:
+            pre = self.prebuf
+            assert pre is not None
+            pre.append(data)
+            self.body_copy_bytes += len(data)
+            if self.body_copy_bytes >= self.rp.req_buffers:
+                self._request_buffered(False)
+            return
         if self.body_mode == 2:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         copy = self.body_copy
@@ -508,8 +615,14 @@ class ProxyCall:
         conn = self.conn
         if conn is not None:
             conn.write(data)
+        elif self.prebuf is not None:
+            self.prebuf.append(data)
 
     def on_body_end(self) -> None:
+        if self.buffering:
+            self.body_done = True
+            self._request_buffered(True)
+            return
         if self.body_mode == 2:
             self.on_body_raw(b"0\r\n\r\n")
         self.body_done = True
@@ -519,6 +632,8 @@ class ProxyCall:
             self.body_copy.append(data)
         if self.conn is not None:
             self.conn.write(data)
+        elif self.prebuf is not None:
+            self.prebuf.append(data)
 
     # -- flow control ------------------------------------------------------------------------
 
@@ -557,6 +672,58 @@ class ProxyCall:
         if rp.passive is not None and up is not None:
             now = rp.loop.time()
             rp.passive.record_response(up, status, now - self.start_time, now)
+        if rp.flush_s and length and self.req.method != "HEAD" and not self._is_event_stream():
+            # Caddy's flushInterval: SSE and unknown-length responses are written at once.
+            self.coalesce = []
+        if rp.resp_buffers and status != 101:
+            # Caddy's response_buffers: hold up to N bytes before answering the client.
+            self.resp_head = (status, length)
+            self.resp_buf = []
+            return
+        self._emit_head(status, length)
+
+    def _is_event_stream(self) -> bool:
+        conn = self.conn
+        if conn is None:
+            return False
+        for k, v in conn.headers():
+            if k.lower() == b"content-type":
+                return v.split(b";")[0].strip().lower() == b"text/event-stream"
+        return False
+
+    def _flush_coalesced(self) -> None:
+        buf = self.coalesce
+        if buf:
+            self.coalesce = []
+            self.coalesce_bytes = 0
+            self.ex.send_body(b"".join(buf))
+
+    def _flush_tick(self) -> None:
+        self._timer = None
+        if self.finished:
+            return
+        client = self.ex.conn
+        owned = client.begin_batch()
+        try:
+            self._flush_coalesced()
+        finally:
+            if owned:
+                client.end_batch()
+
+    def _flush_response(self, complete: bool) -> None:
+        head, self.resp_head = self.resp_head, None
+        buf, self.resp_buf = self.resp_buf, None
+        assert head is not None and buf is not None
+        status, length = head
+        if complete and length is None and self.req.method != "HEAD" and status >= 200:
+            length = self.resp_buf_bytes  # the whole body is here: frame it with a length
+        self._emit_head(status, length)
+        if buf:
+            self.ex.send_body(b"".join(buf))
+
+    def _emit_head(self, status: int, length: int | None) -> None:
+        rp = self.rp
+        up = self.upstream
         ex = self.ex
         conn = self.conn
         if (
@@ -606,11 +773,35 @@ class ProxyCall:
         self.ex.send_head(status, headers, length)
 
     def on_response_body(self, data: bytes) -> None:
+        buf = self.resp_buf
+        if buf is not None:
+            buf.append(data)
+            self.resp_buf_bytes += len(data)
+            if self.resp_buf_bytes >= self.rp.resp_buffers:
+                self._flush_response(False)
+            return
+        co = self.coalesce
+        if co is not None:
+            co.append(data)
+            self.coalesce_bytes += len(data)
+            if self.coalesce_bytes >= COALESCE_BYTES:
+                self._flush_coalesced()
+            elif self._timer is None:
+                self._timer = self.rp.loop.call_later(self.rp.flush_s, self._flush_tick)
+            return
         self.ex.send_body(data)
 
     def on_response_end(self, keep_alive: bool) -> None:
         if self.finished:
             return
+        if self.resp_buf is not None:
+            self._flush_response(True)  # while the upstream connection still holds the head
+        if self.coalesce is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._flush_coalesced()
+            self.coalesce = None
         self.finished = True
         self._detach()
         self._uncount()

@@ -31,6 +31,8 @@ HOP_BY_HOP_B = frozenset(
 # Fields on_header looks at; Content-Length framing is the proxy's to write.
 _SPECIAL = HOP_BY_HOP_B | {b"content-length", b"date"}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Most field names miss on length alone, which saves lowercasing them.
+_SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL)
 
 
 class ResponseSink(Protocol):
@@ -129,6 +131,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.head_only = head_only
         self.requests += 1
+        self._reset_head()
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -207,7 +210,9 @@ class UpstreamConnection(asyncio.Protocol):
             if owned:
                 client.end_batch()
 
-    def on_message_begin(self) -> None:
+    def _reset_head(self) -> None:
+        # Not httptools' on_message_begin: one callback less per response. Called when a
+        # request starts and after an interim (1xx) head.
         self._headers = []
         self.lines = []
         self.has_date = False
@@ -217,6 +222,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_body = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) not in _SPECIAL_LENGTHS:
+            self.lines.extend((name, b": ", value, b"\r\n"))
+            return
         lname = name.lower()
         if lname in _SPECIAL:
             if lname != b"date":
@@ -245,6 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._informational = True
+            self._reset_head()
             return
         self._informational = False
         call = self.call

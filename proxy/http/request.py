@@ -17,10 +17,17 @@ class BodySink(Protocol):
     def on_body_end(self) -> None: ...
 
 
+_NO_FIELDS: list[tuple[bytes, bytes]] = []
+
+
 class Request:
     __slots__ = (
         "_body_queue",
         "_conn",
+        "_headers",
+        "_odd",
+        "_raw",
+        "_special",
         "body_done",
         "body_received",
         "body_sink",
@@ -28,7 +35,6 @@ class Request:
         "client_ip",
         "content_length",
         "expect_continue",
-        "headers",
         "host",
         "keep_alive",
         "method",
@@ -52,7 +58,7 @@ class Request:
         method: str,
         uri: str,
         proto: str,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[str, str]] | None,
         remote_ip: str,
         remote_port: int,
         scheme: str,
@@ -61,7 +67,15 @@ class Request:
         self.orig_method = method
         self.orig_uri = uri
         self.proto = proto
-        self.headers = headers
+        # Header fields as the server parsed them, kept as bytes until something reads
+        # `headers`: `_raw` is the serialized block of ordinary fields (b"Name: value\r\n"...),
+        # `_special` the fields the server or the proxy single out (Host, framing, hop-by-hop,
+        # X-Forwarded-*); `_odd` says some of those need the proxy's attention. The proxy's fast
+        # path forwards `_raw` as it is while `headers` has never been decoded.
+        self._headers: list[tuple[str, str]] | None = headers
+        self._raw: bytes | None = None
+        self._special: list[tuple[bytes, bytes]] = _NO_FIELDS  # shared, never mutated
+        self._odd = False
         self.remote_ip = remote_ip
         self.remote_port = remote_port
         self.client_ip = remote_ip
@@ -82,6 +96,30 @@ class Request:
         self.set_uri(uri)
 
     # -- RequestView -------------------------------------------------------------------------
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        h = self._headers
+        if h is None:
+            h = self._headers = self._decode_headers()
+        return h
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        self._headers = value
+        self._raw = None  # no longer what the client sent: the proxy serializes `headers`
+
+    def _decode_headers(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        raw = self._raw
+        if raw:
+            for line in raw.decode("latin-1").split("\r\n"):
+                if line:
+                    k, _sep, v = line.partition(":")
+                    out.append((k, v[1:]))
+        for k_b, v_b in self._special:
+            out.append((k_b.decode("latin-1"), v_b.decode("latin-1")))
+        return out
 
     def set_uri(self, uri: str) -> None:
         """Set the request-target and derive path/raw_path/query (used by rewrite too)."""

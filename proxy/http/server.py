@@ -37,6 +37,24 @@ MAX_PIPELINED = 16
 MAX_QUEUED_BODY_BYTES = 256 * 1024
 # Slack over max_header_bytes before we give up on a head still incomplete (like Go's 4096).
 HEAD_SLACK_BYTES = 4096
+# Request fields the server or the proxy single out; all others stay serialized bytes
+# (Request._raw). Checked by length first: most field names miss on that.
+_SERVER_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect"})
+_SPECIAL_FIELDS = _SERVER_FIELDS | {
+    b"connection",
+    b"proxy-connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"alt-svc",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+_SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL_FIELDS)
 
 
 def status_line(status: int) -> str:
@@ -75,13 +93,15 @@ class HTTP1Connection(asyncio.Protocol):
         "_deadline",
         "_expect",
         "_head_bytes",
-        "_headers",
         "_host",
         "_length",
+        "_lines",
+        "_odd",
         "_paused_by",
         "_pending",
         "_raw_head",
         "_reading_paused",
+        "_special",
         "_tls",
         "_tunnel",
         "_upgrade_buf",
@@ -106,7 +126,9 @@ class HTTP1Connection(asyncio.Protocol):
         self.parsing: Request | None = None  # request whose head/body is being parsed
         self._cur: Exchange | None = None  # exchange being answered
         self._pending: deque[Request] = deque()  # pipelined, parsed heads waiting
-        self._headers: list[tuple[str, str]] = []
+        self._lines: list[bytes] = []  # ordinary fields, as b"Name", b": ", b"value", b"\r\n"
+        self._special: list[tuple[bytes, bytes]] = []
+        self._odd = False
         self._url: list[bytes] = []
         self._host: str | None = None
         self._length: int | None = None
@@ -245,7 +267,9 @@ class HTTP1Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._headers = []
+        self._lines = []
+        self._special = []
+        self._odd = False
         self._url = []
         self._head_bytes = 0
         self._host = None
@@ -270,16 +294,22 @@ class HTTP1Connection(asyncio.Protocol):
             # A trailer field after a chunked body (RFC 9112 §7.1.2): dropped, like the
             # proxy drops trailers (still bounded by the head limit above).
             return
-        v = value.decode("latin-1")
-        self._headers.append((name.decode("latin-1"), v))
-        n = len(name)
-        # Only a few fields matter to the server itself; test the length first (cheap).
-        if n == 4 or n == 6 or n == 14 or n == 17:
-            lname = name.lower()
+        # Only a few fields matter to the server or the proxy; test the length first (cheap).
+        if len(name) not in _SPECIAL_LENGTHS:
+            self._lines.extend((name, b": ", value, b"\r\n"))
+            return
+        lname = name.lower()
+        if lname not in _SPECIAL_FIELDS:
+            self._lines.extend((name, b": ", value, b"\r\n"))
+            return
+        self._special.append((name, value))
+        if lname not in _SERVER_FIELDS:
+            self._odd = True  # hop-by-hop or X-Forwarded-*: the proxy's slow path
+        else:
             if lname == b"host":
                 if self._host is not None:
                     raise _Reject(400)  # RFC 9112 §3.2: more than one Host field
-                self._host = v
+                self._host = value.decode("latin-1")
             elif lname == b"content-length":
                 self._length = int(value)
             elif lname == b"transfer-encoding":
@@ -298,12 +328,15 @@ class HTTP1Connection(asyncio.Protocol):
             parser.get_method().decode("ascii"),
             url.decode("latin-1"),
             "HTTP/1.1" if ver == "1.1" else f"HTTP/{ver}",
-            self._headers,
+            None,
             self.remote_ip,
             self.remote_port,
             self.scheme,
         )
         req._conn = self
+        req._raw = b"".join(self._lines)
+        req._special = self._special
+        req._odd = self._odd
         req.keep_alive = parser.should_keep_alive()
         if self._tls is not None:
             req.vars["tls"] = self._tls

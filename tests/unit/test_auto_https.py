@@ -210,7 +210,10 @@ def test_site_port_other_than_https_port_is_kept_in_location() -> None:
 
 def test_redirect_location_rule() -> None:
     assert redirect_location(443, 80, 443) == PLAIN
-    assert redirect_location(8443, 80, 443) == "https://{pyproxy.request.url_host}:8443{http.request.uri}"
+    assert (
+        redirect_location(8443, 80, 443)
+        == "https://{pyproxy.request.url_host}:8443{http.request.uri}"
+    )
     assert redirect_location(8443, 8080, 8443) == PLAIN
     assert redirect_location(80, 8080, 8443) == PLAIN
 
