@@ -57,11 +57,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _print_warnings(warnings)
         load_model(config)
     except ConfigError as exc:
-        where = f"{exc.location}: " if exc.location and exc.location not in str(exc) else ""
-        print(f"Error: {where}{exc}", file=sys.stderr)
+        for error in _all_caddyfile_errors(args, exc):
+            where = (
+                f"{error.location}: " if error.location and error.location not in str(error) else ""
+            )
+            print(f"Error: {where}{error}", file=sys.stderr)
         return 1
     print("Valid configuration")
     return 0
+
+
+def _all_caddyfile_errors(args: argparse.Namespace, first: ConfigError) -> list[ConfigError]:
+    """For a Caddyfile, every site block's error (not just the first); else just `first`."""
+    from config.source import DEFAULT_CONFIG_FILE, guess_adapter, read_config_text
+
+    path = args.config or DEFAULT_CONFIG_FILE
+    if (args.adapter or guess_adapter(path)) != "caddyfile":
+        return [first]
+    from config.adapt import caddyfile_errors
+
+    try:
+        errors = caddyfile_errors(read_config_text(path), path)
+    except ConfigError:
+        return [first]
+    # The first error may come from a later stage (the model) that adapting alone does not see.
+    return errors or [first]
 
 
 def _fmt_decode(data: bytes) -> str:

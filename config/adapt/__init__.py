@@ -15,6 +15,7 @@ from config.adapt import global_options as _global_options  # noqa: F401  (regis
 from config.adapt.helper import Warning
 from config.adapt.http_app import adapt_server_blocks
 from config.caddyfile.parser import parse
+from config.errors import ConfigError
 
 # Directive modules written alongside this package; tolerated missing while in progress.
 for _module in ("reverse_proxy", "headers", "encode"):
@@ -61,4 +62,31 @@ def adapt_caddyfile(text: str, filename: str) -> tuple[dict[str, Any], list[Warn
     return config, warnings
 
 
-__all__ = ["Warning", "adapt_caddyfile"]
+def caddyfile_errors(text: str, filename: str) -> list[ConfigError]:
+    """Every error `pyproxy check` can report for a Caddyfile, in file order ([] when valid).
+
+    Adapting stops at the first error. Site blocks adapt independently of each other, so after a
+    failure each site block is adapted again on its own (with the global options) to find the
+    errors of the other blocks too. A parse error stops there: past it the structure is unknown.
+    """
+    try:
+        blocks = parse(filename or "Caddyfile", text)
+    except ConfigError as exc:
+        return [exc]
+    try:
+        adapt_server_blocks(blocks)
+    except ConfigError as exc:
+        errors = [exc]
+    else:
+        return []
+    global_blocks = [b for b in blocks[:1] if not b.keys]
+    for block in blocks[len(global_blocks) :]:
+        try:
+            adapt_server_blocks([*global_blocks, block])
+        except ConfigError as exc:
+            if all(str(exc) != str(seen) for seen in errors):
+                errors.append(exc)
+    return sorted(errors, key=lambda e: (e.file or "", e.line or 0))
+
+
+__all__ = ["Warning", "adapt_caddyfile", "caddyfile_errors"]
