@@ -98,6 +98,22 @@ KNOWN_MATCHERS = frozenset(
     }
 )
 
+# Caddy's http.reverse_proxy.selection_policies modules (proxy.upstream.selection implements them).
+SELECTION_POLICIES = (
+    "random",
+    "random_choose",
+    "round_robin",
+    "weighted_round_robin",
+    "least_conn",
+    "first",
+    "ip_hash",
+    "client_ip_hash",
+    "uri_hash",
+    "query",
+    "header",
+    "cookie",
+)
+
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 _DURATION_UNITS_S = {
     "ns": 1e-9,
@@ -859,21 +875,7 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
     policy = _obj(lb.get("selection_policy"), f"{where}.load_balancing.selection_policy") or None
     if policy is not None:
         pname = _str(policy.get("policy"), f"{where}.load_balancing.selection_policy.policy")
-        known = {
-            "random",
-            "round_robin",
-            "weighted_round_robin",
-            "least_conn",
-            "first",
-            "ip_hash",
-            "client_ip_hash",
-            "uri_hash",
-            "query",
-            "header",
-            "cookie",
-            "random_choose",
-        }
-        if pname not in known:
+        if pname not in SELECTION_POLICIES:
             raise ConfigError(
                 f"{where}.load_balancing.selection_policy.policy: unknown module: "
                 f"http.reverse_proxy.selection_policies.{pname}"

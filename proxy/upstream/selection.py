@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+from config.model import SELECTION_POLICIES
 from proxy.request_view import RequestView
 from proxy.upstream.upstream import Upstream, duration_seconds
 
@@ -376,20 +377,8 @@ def _forwarded_https(req: RequestView) -> bool:
 
 # -- factory ---------------------------------------------------------------------------------
 
-POLICIES = (
-    "random",
-    "random_choose",
-    "round_robin",
-    "weighted_round_robin",
-    "least_conn",
-    "first",
-    "ip_hash",
-    "client_ip_hash",
-    "uri_hash",
-    "query",
-    "header",
-    "cookie",
-)
+# One list for the config model (validation) and this factory.
+POLICIES = SELECTION_POLICIES
 
 
 def make_selection_policy(
