@@ -9,7 +9,9 @@
 # storage drivers drop). A derived image may add a user and `setcap cap_net_bind_service=+ep`
 # on the interpreter if its volumes are fresh.
 ARG BASE=python:3.11-slim-bookworm
-FROM ${BASE}
+
+# ---- build stage: the venv, with the request path compiled by mypyc (proxy/native.py) ---------
+FROM ${BASE} AS build
 
 # Package-index settings for the build only (never stored in the image's ENV). Empty values are
 # ignored by pip, so a plain `docker build .` uses pip's defaults.
@@ -18,16 +20,21 @@ ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_TRUSTED_HOST=
 ARG PIP_CERT=
 ARG PIP_DEFAULT_TIMEOUT=
+ENV PYTHONDONTWRITEBYTECODE=1
 
-ENV XDG_CONFIG_HOME=/config \
-    XDG_DATA_HOME=/data \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PATH=/opt/pyproxy/bin:$PATH
+# A C compiler and Python's headers, in this stage only (the final image gets neither).
+RUN has_headers() { python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; } \
+ && if ! command -v gcc >/dev/null || ! has_headers; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends gcc libc6-dev \
+      && { has_headers || apt-get install -y --no-install-recommends python3-dev; } \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 # Dependencies first, from pyproject.toml alone (empty packages stand in for the sources), so
 # editing the code does not reinstall them. The stubs and setuptools' build/ go afterwards:
-# build/ would keep the stubs, which are newer than the real files copied next.
+# build/ would keep the stubs, which are newer than the real files copied next. mypy (mypyc)
+# goes into a separate venv that stays in this stage.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir -p config acme_client proxy \
@@ -35,14 +42,33 @@ RUN mkdir -p config acme_client proxy \
  && python3 -m venv /opt/pyproxy \
  && /opt/pyproxy/bin/pip install --no-cache-dir --disable-pip-version-check . \
  && /opt/pyproxy/bin/pip uninstall -y pyproxy \
- && rm -rf build *.egg-info config acme_client proxy
+ && rm -rf build *.egg-info config acme_client proxy \
+ && python3 -m venv /opt/native-tools \
+ && /opt/native-tools/bin/pip install --no-cache-dir --disable-pip-version-check "mypy>=1.10" "setuptools>=68"
 
 COPY config ./config
 COPY acme_client ./acme_client
 COPY proxy ./proxy
+# The native build runs with the image's interpreter on the installed package; mypy is borrowed
+# from the tools venv. A failed build leaves pyproxy interpreted (`pyproxy version` says so).
 RUN /opt/pyproxy/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
  && cd / && rm -rf /src \
+ && tools=$(/opt/native-tools/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+ && { PYTHONPATH=$tools /opt/pyproxy/bin/python -m proxy.native_build --quiet \
+      || echo "native build failed: the image runs pyproxy interpreted" >&2; } \
  && /opt/pyproxy/bin/pyproxy version
+
+# ---- the image ---------------------------------------------------------------------------------
+FROM ${BASE}
+
+ENV XDG_CONFIG_HOME=/config \
+    XDG_DATA_HOME=/data \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/pyproxy/bin:$PATH
+
+COPY --from=build /opt/pyproxy /opt/pyproxy
+RUN /opt/pyproxy/bin/pyproxy version
 
 # /usr/bin/caddy is where the caddy image has its binary, so absolute paths keep working too.
 COPY docker/caddy /usr/bin/caddy

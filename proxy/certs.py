@@ -377,21 +377,17 @@ class CertRuntime:
             return None
         return selector.handshake_allowed
 
-    def wrap_dispatch(self, dispatch: Callable[[Any], None]) -> Callable[[Any], None]:
-        """A plain-HTTP server's dispatch with HTTP-01 answered before any route (Caddy's
-        HandleHTTPChallenge); challenges that are not ours fall through to the routes."""
-        answer = self.answer_http01
-
-        def dispatch_with_http01(ex: Any) -> None:
-            req = ex.req
-            if req.method == "GET" and is_http01_path(req.path):
-                body = answer(req.host, req.path)
-                if body is not None:
-                    ex.respond(200, [("Content-Type", "text/plain")], body)
-                    return
-            dispatch(ex)
-
-        return dispatch_with_http01
+    def intercept_http01(self, ex: Any) -> bool:
+        """Answer an HTTP-01 challenge on a plain-HTTP server before any route (Caddy's
+        HandleHTTPChallenge); True when answered. Challenges that are not ours fall through to
+        the routes (ServerRuntime.intercept)."""
+        req = ex.req
+        if req.method == "GET" and is_http01_path(req.path):
+            body = self.answer_http01(req.host, req.path)
+            if body is not None:
+                ex.respond(200, [("Content-Type", "text/plain")], body)
+                return True
+        return False
 
     def answer_http01(self, host: str, path: str) -> bytes | None:
         """The key authorization for `/.well-known/acme-challenge/<token>`, or None."""

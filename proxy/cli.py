@@ -214,7 +214,10 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
+    from proxy import native
+
     print(f"pyproxy v{__version__} (Python {sys.version.split()[0]})")
+    print(f"native build: {native.STATUS.describe()}")
     return 0
 
 

@@ -75,9 +75,13 @@ class Headers:
         key = name.lower()
         return [value for lname, _, value in self._items if lname == key]
 
-    # RequestView-style aliases, so an engine request object can delegate to its Headers.
-    header = get
-    header_values = getall
+    # RequestView-style names, so an engine request object can delegate to its Headers.
+    # (Methods, not class-level aliases: mypyc compiles this class, see proxy/native.py.)
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.get(name, default)
+
+    def header_values(self, name: str) -> list[str]:
+        return self.getall(name)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):

@@ -38,6 +38,7 @@ from typing import Any
 
 from config.errors import ConfigError
 from config.model import Config
+from proxy import native
 from proxy.admin import AdminServer, ReloadError, start_admin_server, strip_meta_fields
 from proxy.control import Channel, ControlError
 from proxy.metrics import ProxyMetrics, render_snapshots
@@ -325,7 +326,11 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGQUIT, self._force)
         if self.args.watch:
             self._spawn(self._watch())
-        log.info("serving with %d worker(s)", len(self.workers))
+        log.info(
+            "serving with %d worker(s); native build: %s",
+            len(self.workers),
+            native.STATUS.describe(),
+        )
         await self._stop.wait()
         log.info("shutting down")
         if self.admin is not None:

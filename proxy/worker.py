@@ -136,7 +136,7 @@ class Generation:
                 from proxy.certs import gate_protocol_factory
 
                 if ssl_ctx is None:  # HTTP-01 on every plain-HTTP listener, before any route
-                    rt.dispatch = certs.wrap_dispatch(rt.dispatch)  # type: ignore[method-assign,assignment]
+                    rt.intercept = certs.intercept_http01
                 factory = gate_protocol_factory(factory, certs.handshake_check(name))
             for addr in srv.listen:
                 for sock in sockets_for(addr):

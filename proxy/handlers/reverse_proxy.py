@@ -34,8 +34,9 @@ from proxy.http.request import Request
 from proxy.http.server import status_line
 from proxy.placeholders import compile_template
 from proxy.route import compile_match
+from proxy.upstream.errors import DialError, DialTimeout
 from proxy.upstream.health import ActiveHealthChecker, PassiveHealth
-from proxy.upstream.pool import ConnectionPool, DialError, DialTimeout
+from proxy.upstream.pool import ConnectionPool
 from proxy.upstream.retry import FailureKind, RetryPolicy
 from proxy.upstream.selection import SelectionPolicy, make_selection_policy
 from proxy.upstream.upstream import Upstream

@@ -45,6 +45,9 @@ class ServerRuntime:
         # After a reload: the runtime serving the same listeners under the new config. A
         # connection moves there when it is between requests (see HTTP1Connection.adopt).
         self.successor: ServerRuntime | None = None
+        # Answers some requests before any route (HTTP-01 challenges on plain-HTTP servers):
+        # True when it did. Set by the worker.
+        self.intercept: Callable[[Exchange], bool] | None = None
 
         def build(h: Any) -> Any:
             handler = build_handler(h, ctx)
@@ -137,6 +140,9 @@ class ServerRuntime:
     # -- requests ----------------------------------------------------------------------------
 
     def dispatch(self, ex: Exchange) -> None:
+        intercept = self.intercept
+        if intercept is not None and intercept(ex):
+            return
         req = ex.req
         if self.trusted:
             self._resolve_client_ip(req)
@@ -157,7 +163,7 @@ class ServerRuntime:
             values = req.header_values(name)
             if not values:
                 continue
-            ips = [p.strip() for v in values for p in v.split(",") if p.strip()]
+            ips: list[str] = [p.strip() for v in values for p in v.split(",") if p.strip()]
             if not ips:
                 continue
             if self.server.trusted_proxies_strict:

@@ -18,20 +18,13 @@ from collections import deque
 from typing import Any
 
 from proxy.http.client import UpstreamConnection
+from proxy.upstream.errors import DialError, DialTimeout
 from proxy.upstream.resolve import Resolver, is_ip_literal
 
 log = logging.getLogger("pyproxy.upstream")
 
 SWEEP_INTERVAL_S = 1.0
 IDLE_BURST_FACTOR = 4
-
-
-class DialError(OSError):
-    """Could not connect (refused, unreachable, resolve failure, TLS handshake)."""
-
-
-class DialTimeout(DialError, TimeoutError):
-    """The dial did not complete within dial_timeout."""
 
 
 class ConnectionPool:

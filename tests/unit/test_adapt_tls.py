@@ -11,10 +11,9 @@ from config.adapt.tls_app import (
     ZEROSSL_PRODUCTION_CA,
     AutomationPolicy,
     consolidate_automation_policies,
-    match_wildcard,
-    subject_is_internal,
 )
 from config.errors import ConfigError
+from config.subjects import match_wildcard, subject_is_internal
 
 
 def adapt(text: str) -> dict[str, Any]:

@@ -11,15 +11,17 @@ from config.adapt import adapt_caddyfile
 from config.auto_https import (
     REDIRECT_SERVER_NAME,
     AutoHTTPSPlan,
-    match_wildcard,
     plan_automatic_https,
     redirect_location,
+)
+from config.errors import ConfigError
+from config.model import load_model
+from config.subjects import (
+    match_wildcard,
     subject_is_internal,
     subject_qualifies_for_cert,
     subject_qualifies_for_public_cert,
 )
-from config.errors import ConfigError
-from config.model import load_model
 
 SEED = """\
 v3a.ocaml.org, v3b.ocaml.org, v3.ocaml.org, ocaml.org, www.ocaml.org {
