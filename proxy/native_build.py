@@ -33,6 +33,9 @@ from proxy.native import (
     source_path,
 )
 
+# The top-level packages of this project (the compiled modules import from all three).
+PROJECT_PACKAGES = ("config", "acme_client", "proxy")
+
 
 @contextlib.contextmanager
 def _cwd(path: Path) -> Iterator[None]:
@@ -59,13 +62,26 @@ def build(jobs: int | None = None, quiet: bool = False) -> dict[str, object]:
     digests = {m: source_digest(source_path(m, package_parent)) for m in NATIVE_MODULES}
     with tempfile.TemporaryDirectory(prefix="pyproxy-native-") as tmp_name:
         tmp = Path(tmp_name)
+        # Compile a copy of the project's packages: in an installed package's site-packages,
+        # mypy would otherwise analyse every neighbouring distribution too (and trip on them).
+        src = tmp / "src"
+        for package in PROJECT_PACKAGES:
+            shutil.copytree(
+                package_parent / package,
+                src / package,
+                ignore=shutil.ignore_patterns("__pycache__", "_native", "_native.new"),
+            )
         out = io.StringIO()
         redirect = contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext()
-        # mypyc names modules after the paths relative to the working directory.
+        # mypyc names modules after the paths relative to the working directory. Untyped
+        # third-party modules (httptools, uvloop) are plain Python objects to it.
         try:
-            with _cwd(package_parent), redirect:
+            with _cwd(src), redirect:
                 extensions = mypycify(
-                    rel_paths, opt_level="3", multi_file=True, target_dir=str(tmp / "c")
+                    ["--ignore-missing-imports", *rel_paths],
+                    opt_level="3",
+                    multi_file=True,
+                    target_dir=str(tmp / "c"),
                 )
                 dist = Distribution({"name": "pyproxy-native", "ext_modules": extensions})
                 cmd = dist.get_command_obj("build_ext")

@@ -165,6 +165,11 @@ def main() -> int:
             print(f"missing {tool}", file=sys.stderr)
             return 1
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    sys.path.insert(0, str(ROOT))
+    from proxy.native import check_manifest
+
+    # "pyproxy" rows use the compiled build when it is current; "pyproxy-interp" never does.
+    print(f"pyproxy native build: {check_manifest().describe()}", flush=True)
     d = Path(tempfile.mkdtemp(prefix="pyproxy-bench-"))
     d.chmod(0o755)  # nginx workers run as nobody
     (d / "www").mkdir()
@@ -217,7 +222,7 @@ def main() -> int:
             ), port
 
         def cand_pyproxy(
-            workers: int, cpu: str, uvloop: bool = True
+            workers: int, cpu: str, uvloop: bool = True, native: bool = True
         ) -> tuple[subprocess.Popen[bytes], int]:
             port = free_port()
             cfg = d / f"pyproxy{workers}.json"
@@ -265,7 +270,7 @@ def main() -> int:
                     *extra,
                 ],
                 d,
-                dict(os.environ, PYTHONPATH=str(ROOT)),
+                dict(os.environ, PYTHONPATH=str(ROOT), PYPROXY_NATIVE="1" if native else "0"),
             ), port
 
         candidates = [
@@ -273,6 +278,7 @@ def main() -> int:
             ("nginx", lambda: cand_nginx(1, "1"), "0"),
             ("caddy", cand_caddy, "0"),
             ("pyproxy", lambda: cand_pyproxy(1, "1"), "0"),
+            ("pyproxy-interp", lambda: cand_pyproxy(1, "1", native=False), "0"),
             ("pyproxy-asyncio", lambda: cand_pyproxy(1, "1", uvloop=False), "0"),
             ("nginx-2w", lambda: cand_nginx(2, "0,1"), "0,1"),
             ("pyproxy-2w", lambda: cand_pyproxy(2, "0,1"), "0,1"),

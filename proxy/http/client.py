@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 import httptools
 
+# Go's http.Transport default for MaxResponseHeaderBytes (Caddy's max_response_header_size).
+MAX_RESPONSE_HEAD_BYTES = 10 << 20
+
 # Caddy's hop-by-hop fields (reverseproxy.go hopHeaders), removed from responses.
 HOP_BY_HOP_B = frozenset(
     {
@@ -53,6 +56,7 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
+        "_head_bytes",
         "_headers",
         "_in_body",
         "_informational",
@@ -100,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_body = False
         self._status = 0
         self._informational = False
+        self._head_bytes = 0  # bytes received while waiting for the current head
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -189,6 +194,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if not self._in_body:
+            # httptools keeps an unfinished head without limit: bound it like Go's transport.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                call.upstream_bad_response("response head too large")
+                return
         client = self.client
         # Coalesce everything this read produces for the client into one write.
         owned = client is not None and client._batch is None
@@ -220,6 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._length = None
         self._chunked = False
         self._in_body = False
+        self._head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) not in _SPECIAL_LENGTHS:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import socket
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -304,6 +306,38 @@ def test_504_on_stalled_upstream(raw_origin: Any, run_proxy: Any) -> None:
     run_proxy(cfg, port)
     status, _, _ = _get(port, "/")
     assert status == 504
+
+
+def test_endless_response_head_is_cut_off_with_502(run_proxy: Any) -> None:
+    # An origin that never ends its head: the proxy must stop reading at Go's 10 MiB response
+    # head limit and answer 502, not buffer whatever the origin sends.
+    limit = 64 * 1024 * 1024  # what the origin would send at most before giving up itself
+    sent = 0
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+
+    def endless_origin() -> None:
+        nonlocal sent
+        with contextlib.suppress(OSError), listener.accept()[0] as conn:
+            conn.settimeout(30)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            field = b"X-Filler: " + b"a" * 4000 + b"\r\n"
+            while sent < limit:
+                conn.sendall(field * 16)
+                sent += len(field) * 16
+
+    origin = threading.Thread(target=endless_origin, daemon=True)
+    origin.start()
+    port = free_port()
+    run_proxy(proxy_config(port, [rp_route(f"127.0.0.1:{listener.getsockname()[1]}")]), port)
+    try:
+        status, _, _ = _get(port, "/")
+        origin.join(30)
+    finally:
+        listener.close()
+    assert status == 502
+    assert sent < limit  # the proxy closed the connection; the origin did not finish
 
 
 def test_retry_when_upstream_closed_reused_connection(raw_origin: Any, run_proxy: Any) -> None:
