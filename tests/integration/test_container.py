@@ -293,6 +293,18 @@ def test_caddy_validate_default_caddyfile(container: str) -> None:
 
 
 @in_container
+def test_image_runs_the_compiled_request_path(container: str) -> None:
+    # The build stage compiles the hot path with mypyc (proxy/native.py); the image carries the
+    # result but no compiler. (The Dockerfile falls back to interpreted if a build fails; on
+    # this test's base the build must succeed.)
+    proc = run_in(container, "pyproxy", "version")
+    assert proc.returncode == 0, proc.stderr
+    assert "native build: on" in proc.stdout, proc.stdout
+    gcc = run_in(container, "sh", "-c", "command -v gcc || echo none")
+    assert gcc.stdout.strip() == "none"
+
+
+@in_container
 def test_caddy_command_maps_verbs(container: str) -> None:
     version = run_in(container, "caddy", "version")
     assert version.returncode == 0, version.stderr
