@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from proxy.matchers import ResponseMatcher, compile_go_regexp, compile_response_matcher
 from proxy.placeholders import ResponseHeaderSource, Template, compile_template
@@ -185,7 +185,7 @@ class Headers:
 # Helpers
 # ------------------------------------------------------------------------------------------
 
-_TOKEN_CHARS = frozenset(
+_TOKEN_CHARS: Final = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 
@@ -245,7 +245,7 @@ def _name_predicate(pattern: str) -> Callable[[str], bool]:
 # Go's Regexp.Expand: "$1", "${1}", "$name", "${name}", "$$"; anything else after '$' is
 # literal. A piece is a literal str, or an int / name (in a 1-tuple) naming a group.
 _Expansion = tuple[str | tuple[int | str], ...]
-_NAME_CHARS = re.compile(r"[A-Za-z0-9_]+")
+_NAME_CHARS: Final = re.compile(r"[A-Za-z0-9_]+")
 
 
 @lru_cache(maxsize=512)

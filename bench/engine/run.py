@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--only", default="", help="comma list of candidates")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat all candidates, report medians")
+    ap.add_argument(
+        "--sizes", type=lambda v: v.split(","), default=["4k", "1m"], help="4k,1m (default both)"
+    )
     ap.add_argument("--json", default="", help="also write results here")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
@@ -284,15 +289,17 @@ def main() -> int:
             ("pyproxy-2w", lambda: cand_pyproxy(2, "0,1"), "0,1"),
         ]
         only = set(filter(None, args.only.split(",")))
-        for name, make, wrk_cpu in candidates:
-            if only and name not in only:
-                continue
+        sizes = [(f"/{label}.{'txt' if label == '4k' else 'bin'}", label) for label in args.sizes]
+        rounds = [
+            (rnd, c) for rnd in range(args.rounds) for c in candidates if not only or c[0] in only
+        ]
+        for rnd, (name, make, wrk_cpu) in rounds:
             proc, port = make()
             if proc is not None:
                 procs.append(proc)
             try:
                 wait_port(port)
-                for path, label in (("/4k.txt", "4k"), ("/1m.bin", "1m")):
+                for path, label in sizes:
                     url = f"http://127.0.0.1:{port}{path}"
                     wrk(url, args.warmup, args.conns, wrk_cpu)
                     pid = proc.pid if proc is not None else origin.pid
@@ -301,9 +308,10 @@ def main() -> int:
                     cpu = tree_cpu_s(pid) - cpu0
                     r["cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r["requests"] else 0.0
                     r["req_per_cpu_s"] = r["requests"] / cpu if cpu else 0.0
-                    results.append({"target": name, "size": label, **r})
+                    results.append({"target": name, "size": label, "round": rnd, **r})
                     print(
-                        f"{name:16} {label:3} {r['rps']:>10.0f} req/s  {r['mbs']:>8.1f} MB/s  "
+                        f"[{rnd + 1}] {name:16} {label:3} {r['rps']:>10.0f} req/s  "
+                        f"{r['mbs']:>8.1f} MB/s  "
                         f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
                         f"CPU {r['cpu_us_per_req']:.1f} µs/req  non2xx {r['non2xx']:.0f}",
                         flush=True,
@@ -317,30 +325,43 @@ def main() -> int:
             stop(p)
         shutil.rmtree(d, ignore_errors=True)
 
-    def find(target: str, size: str) -> dict[str, object] | None:
-        return next((r for r in results if r["target"] == target and r["size"] == size), None)
+    def per_cpu(target: str, size: str, rnd: int) -> float:
+        return next(
+            (
+                float(r["req_per_cpu_s"])  # type: ignore[arg-type]
+                for r in results
+                if (r["target"], r["size"], r["round"]) == (target, size, rnd)
+            ),
+            0.0,
+        )
 
+    # Medians over rounds; each ratio is taken against nginx/Caddy of the same round (measured
+    # minutes apart at most), then the median of those ratios is reported.
     print(
-        "\n| target | size | req/s | MB/s | p50 ms | p99 ms | CPU µs/req | req/CPU-s vs nginx |"
+        f"\nmedians over {args.rounds} round(s)\n"
+        "| target | size | req/s | MB/s | p50 ms | p99 ms | CPU µs/req | req/CPU-s vs nginx |"
         " vs caddy |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:  # type: ignore[assignment]
-        ng, cd = find("nginx", str(r["size"])), find("caddy", str(r["size"]))
-        rel_n = (
-            float(r["req_per_cpu_s"]) / float(ng["req_per_cpu_s"])  # type: ignore[arg-type]
-            if ng and ng["req_per_cpu_s"]
-            else 0.0
-        )
-        rel_c = (
-            float(r["req_per_cpu_s"]) / float(cd["req_per_cpu_s"])  # type: ignore[arg-type]
-            if cd and cd["req_per_cpu_s"]
-            else 0.0
-        )
+    keys = list(dict.fromkeys((str(r["target"]), str(r["size"])) for r in results))
+    for target, size in keys:
+        rows = [r for r in results if (r["target"], r["size"]) == (target, size)]
+
+        def med(field: str, rows: list[dict[str, object]] = rows) -> float:
+            return statistics.median(float(r[field]) for r in rows)  # type: ignore[arg-type]
+
+        def ratio(peer: str, rows: list[dict[str, object]] = rows, size: str = size) -> float:
+            values = [
+                float(r["req_per_cpu_s"]) / per_cpu(peer, size, int(r["round"]))  # type: ignore[arg-type, call-overload]
+                for r in rows
+                if per_cpu(peer, size, int(r["round"]))  # type: ignore[call-overload]
+            ]
+            return statistics.median(values) if values else 0.0
+
         print(
-            f"| {r['target']} | {r['size']} | {r['rps']:.0f} | {r['mbs']:.1f} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_req']:.1f} | "
-            f"{rel_n:.2f}x | {rel_c:.2f}x |"
+            f"| {target} | {size} | {med('rps'):.0f} | {med('mbs'):.1f} | "
+            f"{med('p50_ms'):.2f} | {med('p99_ms'):.2f} | {med('cpu_us_per_req'):.1f} | "
+            f"{ratio('nginx'):.2f}x | {ratio('caddy'):.2f}x |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -23,7 +23,7 @@ import base64
 import ipaddress
 import logging
 import ssl
-from typing import Any
+from typing import Any, Final
 
 from config.errors import ConfigError
 from config.model import ReverseProxyHandler
@@ -45,7 +45,7 @@ log = logging.getLogger("pyproxy.reverse_proxy")
 _base_response_cookie = SelectionPolicy.response_cookie
 
 # Caddy's hopHeaders (reverseproxy.go), compared lowercase.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         "alt-svc",
         "connection",
@@ -60,8 +60,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Content-Length is not hop-by-hop, but the framing of our response is ours to write.
-HOP_BY_HOP_B = frozenset({*(h.encode() for h in HOP_BY_HOP), b"content-length"})
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+HOP_BY_HOP_B: Final = frozenset({*(h.encode() for h in HOP_BY_HOP), b"content-length"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 def _STATUS_LINE_B(status: int) -> bytes:
@@ -71,20 +71,20 @@ def _STATUS_LINE_B(status: int) -> bytes:
     return line
 
 
-_STATUS_LINES_B: dict[int, bytes] = {}
-_DEFAULT_RESP_HEADERS = [("Server", "Caddy")]
-_XF = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
-_PLAIN_CONN_STR = frozenset({"keep-alive", "close", "upgrade", ""})
+_STATUS_LINES_B: Final[dict[int, bytes]] = {}
+_DEFAULT_RESP_HEADERS: Final = [("Server", "Caddy")]
+_XF: Final = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+_PLAIN_CONN_STR: Final = frozenset({"keep-alive", "close", "upgrade", ""})
 # Request fields the head builder must look at (all others are copied as they are).
-_SPECIAL_REQUEST_FIELDS = HOP_BY_HOP | _XF | {"host", "expect", "content-length"}
+_SPECIAL_REQUEST_FIELDS: Final = HOP_BY_HOP | _XF | {"host", "expect", "content-length"}
 # RFC 9110 §9.2.2: retrying these cannot change the outcome.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Keep a copy of up to this much request body so a failed attempt can be replayed.
-REPLAY_BODY_BYTES = 64 * 1024
+REPLAY_BODY_BYTES: Final = 64 * 1024
 # Caddy's -1 (unlimited) request/response buffering, capped: never hold an unbounded body.
-MAX_BUFFER_BYTES = 16 * 1024 * 1024
+MAX_BUFFER_BYTES: Final = 16 * 1024 * 1024
 # A positive flush_interval coalesces response writes, but never more than this much.
-COALESCE_BYTES = 64 * 1024
+COALESCE_BYTES: Final = 64 * 1024
 
 
 def _buffer_limit(n: int) -> int:

@@ -9,15 +9,15 @@ a response to HEAD ends at its head whatever its Content-Length says (RFC 9110 Â
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
 # Go's http.Transport default for MaxResponseHeaderBytes (Caddy's max_response_header_size).
-MAX_RESPONSE_HEAD_BYTES = 10 << 20
+MAX_RESPONSE_HEAD_BYTES: Final = 10 << 20
 
 # Caddy's hop-by-hop fields (reverseproxy.go hopHeaders), removed from responses.
-HOP_BY_HOP_B = frozenset(
+HOP_BY_HOP_B: Final = frozenset(
     {
         b"alt-svc",
         b"connection",
@@ -32,10 +32,10 @@ HOP_BY_HOP_B = frozenset(
     }
 )
 # Fields on_header looks at; Content-Length framing is the proxy's to write.
-_SPECIAL = HOP_BY_HOP_B | {b"content-length", b"date"}
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+_SPECIAL: Final = HOP_BY_HOP_B | {b"content-length", b"date"}
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 # Most field names miss on length alone, which saves lowercasing them.
-_SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL)
+_SPECIAL_LENGTHS: Final = frozenset(len(n) for n in _SPECIAL)
 
 
 class ResponseSink(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from proxy.http.request import Request
 
@@ -26,7 +26,7 @@ class BodyFilter(Protocol):
 
 HeadHook = Callable[["Exchange"], None]
 
-_DATE_CACHE: list[Any] = [0, ""]
+_DATE_CACHE: Final[list[Any]] = [0, ""]
 
 
 def http_date() -> str:

@@ -8,7 +8,7 @@ body arrives later, chunk by chunk; a handler that wants it attaches a `BodySink
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
 
@@ -17,7 +17,7 @@ class BodySink(Protocol):
     def on_body_end(self) -> None: ...
 
 
-_NO_FIELDS: list[tuple[bytes, bytes]] = []
+_NO_FIELDS: Final[list[tuple[bytes, bytes]]] = []
 
 
 class Request:
@@ -212,6 +212,6 @@ class _Discard:
         pass
 
 
-_DISCARD = _Discard()
+_DISCARD: Final = _Discard()
 
 HeaderHook = Callable[[Any], None]

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from config.model import Server
 from proxy.handlers import BuildContext, build_handler
@@ -25,7 +25,7 @@ from proxy.route import RouteList
 
 log = logging.getLogger("pyproxy.server")
 
-SWEEP_INTERVAL_S = 1.0
+SWEEP_INTERVAL_S: Final = 1.0
 
 
 class ServerRuntime:

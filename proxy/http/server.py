@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -23,24 +23,24 @@ from proxy.http.request import Request
 
 log = logging.getLogger("pyproxy.http")
 
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 _REASONS[499] = "Client Closed Request"
-_STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
+_STATUS_LINES: Final = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
 
 # Reading a body that nobody wants: Go's server discards up to 256 KiB to keep the connection
 # alive, and closes it beyond that (net/http maxPostHandlerReadBytes).
-MAX_DISCARD_BYTES = 256 * 1024
+MAX_DISCARD_BYTES: Final = 256 * 1024
 # Stop reading when this many pipelined requests wait (RFC 9112 §9.3.2 allows pipelining; we
 # bound the memory it can take).
-MAX_PIPELINED = 16
+MAX_PIPELINED: Final = 16
 # Pause reading the client when this much request body is queued before a handler wants it.
-MAX_QUEUED_BODY_BYTES = 256 * 1024
+MAX_QUEUED_BODY_BYTES: Final = 256 * 1024
 # Slack over max_header_bytes before we give up on a head still incomplete (like Go's 4096).
-HEAD_SLACK_BYTES = 4096
+HEAD_SLACK_BYTES: Final = 4096
 # Request fields the server or the proxy single out; all others stay serialized bytes
 # (Request._raw). Checked by length first: most field names miss on that.
-_SERVER_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect"})
-_SPECIAL_FIELDS = _SERVER_FIELDS | {
+_SERVER_FIELDS: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect"})
+_SPECIAL_FIELDS: Final = _SERVER_FIELDS | {
     b"connection",
     b"proxy-connection",
     b"keep-alive",
@@ -54,7 +54,7 @@ _SPECIAL_FIELDS = _SERVER_FIELDS | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
 }
-_SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL_FIELDS)
+_SPECIAL_LENGTHS: Final = frozenset(len(n) for n in _SPECIAL_FIELDS)
 
 
 def status_line(status: int) -> str:
@@ -80,7 +80,12 @@ class _Reject(Exception):
 
 
 # Connection states (also what the timeout sweeper looks at).
-IDLE, HEAD, BODY, ACTIVE, TUNNEL, CLOSED = range(6)
+IDLE: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
+ACTIVE: Final = 3
+TUNNEL: Final = 4
+CLOSED: Final = 5
 
 
 class HTTP1Connection(asyncio.Protocol):

@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from proxy.http.client import UpstreamConnection
 from proxy.upstream.errors import DialError, DialTimeout
@@ -23,8 +23,8 @@ from proxy.upstream.resolve import Resolver, is_ip_literal
 
 log = logging.getLogger("pyproxy.upstream")
 
-SWEEP_INTERVAL_S = 1.0
-IDLE_BURST_FACTOR = 4
+SWEEP_INTERVAL_S: Final = 1.0
+IDLE_BURST_FACTOR: Final = 4
 
 
 class ConnectionPool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from config.errors import ConfigError
 from config.model import parse_duration
@@ -40,7 +40,7 @@ __all__ = [
     "upstreams_from_handler",
 ]
 
-DEFAULT_PORT = 80
+DEFAULT_PORT: Final = 80
 
 
 def duration_seconds(value: object, field: str = "duration") -> float:
