@@ -544,6 +544,37 @@ async def test_session_resumption(
     assert reused
 
 
+async def test_one_tls13_ticket_per_handshake_like_go(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    # Go's server (Caddy) sends one NewSessionTicket; OpenSSL's default of two doubles the
+    # ticket work of every handshake for nothing a client uses.
+    srv = await start_server(SNISelector(store).server_context())
+    ctx = client_context(ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    tickets: list[int] = []
+
+    def on_message(
+        conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: Any
+    ) -> None:
+        if direction == "read" and msg_type == ssl._TLSMessageType.NEWSESSION_TICKET:  # type: ignore[attr-defined]
+            tickets.append(len(data))
+
+    ctx._msg_callback = on_message  # type: ignore[attr-defined]
+
+    def connect() -> None:
+        with (
+            socket.create_connection(("127.0.0.1", srv.port), TIMEOUT_S) as raw,
+            ctx.wrap_socket(raw, server_hostname="b.example.test") as tls,
+        ):
+            for _ in range(3):  # every read processes whatever post-handshake messages came
+                tls.sendall(b"hi")
+                assert tls.recv(16) == b"pong:hi"
+
+    await asyncio.to_thread(connect)
+    assert len(tickets) == 1
+
+
 # ---- policies from the Caddyfile adapter ------------------------------------------------------
 
 
