@@ -531,6 +531,10 @@ class AlertFlushingSSLObject(ssl.SSLObject):
     transport then flushes the outgoing buffer (the alert) and waits; the client, having got a
     fatal alert, closes, and any later handshake step raises the stored error. Works for both
     loops without patching them; only the handshake goes through this Python override.
+
+    It also binds `read`, `write` and `pending` straight to the C object: ssl.SSLObject's
+    versions are Python wrappers that only forward, and the loops' TLS transports call them for
+    every record (uvloop caches these attributes when it wraps the connection).
     """
 
     _pyproxy_outgoing: ssl.MemoryBIO | None = None
@@ -544,6 +548,10 @@ class AlertFlushingSSLObject(ssl.SSLObject):
         base: Any = super()
         obj: AlertFlushingSSLObject = base._create(incoming, outgoing, *args, **kwargs)
         obj._pyproxy_outgoing = outgoing
+        c_object = obj._sslobj  # type: ignore[attr-defined]
+        obj.read = c_object.read  # type: ignore[method-assign]
+        obj.write = c_object.write  # type: ignore[method-assign]
+        obj.pending = c_object.pending  # type: ignore[method-assign]
         return obj
 
     def do_handshake(self) -> None:

@@ -8,6 +8,7 @@ for the engine's listeners; clients are Python's ssl (verifying against a trustm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -542,6 +543,33 @@ async def test_session_resumption(
     assert not reused and session is not None
     _, reused = await asyncio.to_thread(connect, session)
     assert reused
+
+
+def test_record_io_goes_straight_to_the_c_object(ca: trustme.CA, store: CertificateStore) -> None:
+    # The server context's SSLObjects skip ssl.py's forwarding wrappers for read/write/pending,
+    # and still carry a whole exchange (what the loops' TLS transports do per record).
+    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = SNISelector(store).server_context().wrap_bio(server_in, server_out, server_side=True)
+    c_object = server._sslobj  # type: ignore[attr-defined]
+    for name in ("read", "write", "pending"):
+        assert getattr(getattr(server, name), "__self__", None) is c_object, name
+    client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(ca).wrap_bio(client_in, client_out, server_hostname="b.example.test")
+    for _ in range(10):  # the handshake, in memory
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+    client.write(b"ping")
+    server_in.write(client_out.read())
+    buf = bytearray(16)
+    count: Any = server.read(16, buf)  # with a buffer, the count read (typeshed says bytes)
+    assert count == 4 and bytes(buf[:4]) == b"ping"
+    assert server.pending() == 0
+    assert server.write(b"pong") == 4
+    client_in.write(server_out.read())
+    assert client.read(16) == b"pong"
 
 
 async def test_one_tls13_ticket_per_handshake_like_go(
