@@ -315,6 +315,7 @@ def run_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
         adapter: str | None = None,
         extra: list[str] | None = None,
         wait_hosts: tuple[str, ...] = ("127.0.0.1",),
+        env_extra: dict[str, str] | None = None,
     ) -> ProxyProcess:
         n = len(procs)
         if isinstance(config, dict):
@@ -327,7 +328,7 @@ def run_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
             adapter = adapter or "caddyfile"
         log_path = tmp_path / f"proxy{n}.log"
         logf = open(log_path, "wb")  # noqa: SIM115 (closed with the process)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
         # Never the default admin address (localhost:2019): tests run in parallel, and a config
         # without an `admin` object gets this free port instead; autosaves stay in tmp_path.
         env.setdefault("CADDY_ADMIN", f"127.0.0.1:{_free_port()}")

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from enginekit import free_port, payload, proxy_config, read_response, rp_route
 
+from proxy.native import check_manifest
+
 
 def _get(
     port: int,
@@ -59,6 +61,30 @@ def test_upload_byte_identical(proxied: Any, size: Any) -> None:
     assert status == 200
     assert headers["x-body-sha256"] == hashlib.sha256(data).hexdigest()
     assert body == data
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_compiled_and_interpreted_builds_answer_alike(
+    origin: Any, run_proxy: Any, native: str
+) -> None:
+    # CI runs the suite on the compiled build (proxy/native.py); the interpreted source is the
+    # fallback wherever no build exists, so it must carry the same traffic.
+    port = free_port()
+    proc = run_proxy(
+        proxy_config(port, [rp_route(f"127.0.0.1:{origin.port}")]),
+        port,
+        env_extra={"PYPROXY_NATIVE": native},
+    )
+    data = payload(300_000)
+    status, headers, body = _get(port, "/echo", method="POST", body=data)
+    assert (status, body) == (200, data)
+    assert headers["x-body-sha256"] == hashlib.sha256(data).hexdigest()
+    status, headers, body = _get(port, "/bytes/4096", method="HEAD")
+    assert (status, headers["content-length"], body) == (200, "4096", b"")
+    if native == "0":
+        assert "native build: off: disabled by PYPROXY_NATIVE" in proc.log
+    elif check_manifest().active:  # a build matching this tree exists (as in CI)
+        assert "native build: on" in proc.log
 
 
 @pytest.mark.slow
