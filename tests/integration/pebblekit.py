@@ -307,6 +307,29 @@ class Pebble:
         self._procs.clear()
 
 
+def pebble_global_options(
+    pebble: Pebble,
+    *,
+    http_port: int,
+    https_port: int,
+    storage: Path,
+    admin: str = "off",
+    extra: tuple[str, ...] = (),
+) -> str:
+    """The Caddyfile global options block that points pyproxy's ACME at this Pebble."""
+    lines = [
+        f"http_port {http_port}",
+        f"https_port {https_port}",
+        f"admin {admin}",
+        f"storage file_system {storage}",
+        f"acme_ca {pebble.directory_url}",
+        f"acme_ca_root {pebble.ca_pem}",
+        "email admin@example.com",
+        *extra,
+    ]
+    return "{\n" + "".join(f"\t{line}\n" for line in lines) + "}\n"
+
+
 class Http01Responder:
     """Answers HTTP-01 from shared storage on 127.0.0.1 and (when available) ::1."""
 

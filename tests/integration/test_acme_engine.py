@@ -21,7 +21,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 from enginekit import read_response
-from pebblekit import Pebble, free_port, ipv6_loopback_available, requires_pebble
+from pebblekit import (
+    Pebble,
+    free_port,
+    ipv6_loopback_available,
+    pebble_global_options,
+    requires_pebble,
+)
 
 pytestmark = requires_pebble
 
@@ -49,18 +55,10 @@ def start_pebble(tmp_path: Path, http_port: int, *, v6: bool | None = None) -> P
 
 
 def caddyfile(tmp_path: Path, pebble: Pebble, http_port: int, https_port: int, dial: str) -> str:
-    return (
-        "{\n"
-        f"\thttp_port {http_port}\n"
-        f"\thttps_port {https_port}\n"
-        f"\tstorage file_system {tmp_path / 'data'}\n"
-        f"\tacme_ca {pebble.directory_url}\n"
-        f"\tacme_ca_root {pebble.ca_pem}\n"
-        "\temail admin@example.com\n"
-        "\tadmin off\n"
-        "}\n"
-        f"{', '.join(NAMES)} {{\n\treverse_proxy {dial}\n}}\n"
+    options = pebble_global_options(
+        pebble, http_port=http_port, https_port=https_port, storage=tmp_path / "data"
     )
+    return options + f"{', '.join(NAMES)} {{\n\treverse_proxy {dial}\n}}\n"
 
 
 def https_get(

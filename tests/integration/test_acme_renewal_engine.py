@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pebblekit import Pebble, free_port, requires_pebble
+from pebblekit import Pebble, free_port, pebble_global_options, requires_pebble
 from test_acme_engine import https_get, wait_for_certificate
 
 pytestmark = requires_pebble
@@ -93,20 +93,14 @@ def test_certificate_renewed_and_swapped_in_while_requests_keep_succeeding(
     pebble.start()
     try:
         root_pem = pebble.root_pem().decode()
-        config_text = (
-            "{\n"
-            f"\thttp_port {http_port}\n"
-            f"\thttps_port {https_port}\n"
-            f"\tadmin 127.0.0.1:{admin_port}\n"
-            f"\tstorage file_system {tmp_path / 'data'}\n"
-            f"\tacme_ca {pebble.directory_url}\n"
-            f"\tacme_ca_root {pebble.ca_pem}\n"
-            "\temail admin@example.com\n"
-            "\trenew_interval 5s\n"
-            "\trenewal_window_ratio 0.8\n"
-            "}\n"
-            f'{NAME} {{\n\trespond "renewed ok"\n}}\n'
-        )
+        config_text = pebble_global_options(
+            pebble,
+            http_port=http_port,
+            https_port=https_port,
+            admin=f"127.0.0.1:{admin_port}",
+            storage=tmp_path / "data",
+            extra=("renew_interval 5s", "renewal_window_ratio 0.8"),
+        ) + (f'{NAME} {{\n\trespond "renewed ok"\n}}\n')
         proc = run_proxy(config_text, https_port)
         config = tmp_path / "Caddyfile0"  # where run_proxy wrote it
         first = wait_for_certificate(https_port, NAME, root_pem, proc)

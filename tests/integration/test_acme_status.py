@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pebblekit import Pebble, free_port, requires_pebble
+from pebblekit import Pebble, free_port, pebble_global_options, requires_pebble
 from test_acme_engine import https_get, wait_for_certificate
 from test_acme_renewal_engine import admin_get, certs_cli
 from test_admin_api import ADMIN_LOCAL, FakeEngine, make_config
@@ -73,17 +73,15 @@ def test_unreachable_ca_reported_while_other_names_serve(
     try:
         root_pem = pebble.root_pem().decode()
         config_text = (
-            "{\n"
-            f"\thttp_port {http_port}\n"
-            f"\thttps_port {https_port}\n"
-            f"\tadmin 127.0.0.1:{admin_port}\n"
-            f"\tstorage file_system {tmp_path / 'data'}\n"
-            f"\tacme_ca {pebble.directory_url}\n"
-            f"\tacme_ca_root {pebble.ca_pem}\n"
-            "\temail admin@example.com\n"
-            "}\n"
-            f'{GOOD} {{\n\trespond "good"\n}}\n'
-            f'{BAD} {{\n\ttls {{\n\t\tca {dead_ca}\n\t}}\n\trespond "bad"\n}}\n'
+            pebble_global_options(
+                pebble,
+                http_port=http_port,
+                https_port=https_port,
+                admin=f"127.0.0.1:{admin_port}",
+                storage=tmp_path / "data",
+            )
+            + f'{GOOD} {{\n\trespond "good"\n}}\n'
+            + f'{BAD} {{\n\ttls {{\n\t\tca {dead_ca}\n\t}}\n\trespond "bad"\n}}\n'
         )
         proc = run_proxy(config_text, https_port, extra=["--workers", str(workers)])
         config = tmp_path / "Caddyfile0"
