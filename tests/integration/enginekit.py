@@ -68,3 +68,20 @@ def read_response(f: Any) -> tuple[int, dict[str, str], bytes]:
     else:
         body = b""
     return status, headers, body
+
+
+def read_sse_event_by_event(port: int, origin: Any, events: int = 3) -> bytes:
+    """GET /sse through the proxy and wait for each event before the origin (the conftest's
+    test origin) sends the next: passes only if the proxy flushes every event on arrival.
+    Returns everything read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        for i in range(events):
+            want = f"data: event {i}\n\n".encode()
+            while want not in buf:
+                chunk = s.recv(65536)
+                assert chunk, buf
+                buf += chunk
+            origin.release_sse()
+        return buf

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from enginekit import free_port, payload, proxy_config, read_response, rp_route
+from enginekit import (
+    free_port,
+    payload,
+    proxy_config,
+    read_response,
+    read_sse_event_by_event,
+    rp_route,
+)
 
 
 def _post(port: int, body: bytes, chunked: bool) -> tuple[int, dict[str, str], bytes]:
@@ -163,16 +170,7 @@ def test_flush_interval_known_length_complete(coalescing: Any, size: int) -> Non
 
 def test_flush_interval_sse_is_immediate(coalescing: Any) -> None:
     port, origin = coalescing
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
-        buf = b""
-        for i in range(3):
-            want = f"data: event {i}\n\n".encode()
-            while want not in buf:
-                chunk = s.recv(65536)
-                assert chunk, buf
-                buf += chunk
-            origin.release_sse()
+    assert b"data: event 2" in read_sse_event_by_event(port, origin)
 
 
 def test_flush_interval_known_length_event_stream_is_immediate(

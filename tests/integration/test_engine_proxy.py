@@ -13,7 +13,14 @@ import time
 from typing import Any
 
 import pytest
-from enginekit import free_port, payload, proxy_config, read_response, rp_route
+from enginekit import (
+    free_port,
+    payload,
+    proxy_config,
+    read_response,
+    read_sse_event_by_event,
+    rp_route,
+)
 
 from proxy.native import check_manifest
 
@@ -294,18 +301,8 @@ def test_websocket_echo(proxied: Any) -> None:
 
 def test_sse_arrives_event_by_event(proxied: Any) -> None:
     port, origin, _ = proxied
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
-        buf = b""
-        for i in range(3):
-            want = f"data: event {i}\n\n".encode()
-            while want not in buf:
-                chunk = s.recv(65536)
-                assert chunk, buf
-                buf += chunk
-            # The origin sends the next event only after we got this one through the proxy.
-            origin.release_sse()
-        assert b"text/event-stream" in buf
+    # The origin sends the next event only after we got this one through the proxy.
+    assert b"text/event-stream" in read_sse_event_by_event(port, origin)
 
 
 def test_502_when_upstream_down(run_proxy: Any) -> None:
