@@ -826,23 +826,34 @@ def _dynamic_srv(d: Dispenser) -> JSONDict:
     while d.next_block(0):
         option = d.val()
         if option in ("service", "proto", "name"):
-            value = _string_arg(d)
-            if out.get(option):
-                raise d.err(f"srv {option} has already been specified")
-            out[option] = value
-        elif option == "refresh":
-            out["refresh"] = _refresh_arg(d)
-        elif option == "resolvers":
-            out["resolver"] = {"addresses": _resolvers(d)}
-        elif option == "dial_timeout":
-            out["dial_timeout"] = _duration_arg(d, "bad timeout value")
-        elif option == "dial_fallback_delay":
-            out["dial_fallback_delay"] = _duration_arg(d, "bad delay value")
+            _unique_string_option(d, out, option, "srv")
         elif option == "grace_period":
             out["grace_period"] = _duration_arg(d, "bad grace period value")
-        else:
+        elif not _dns_source_option(d, out, option):
             raise d.err(f"unrecognized srv option '{option}'")
     return {k: v for k, v in out.items() if v}
+
+
+def _unique_string_option(d: Dispenser, out: JSONDict, option: str, source: str) -> None:
+    value = _string_arg(d)
+    if out.get(option):
+        raise d.err(f"{source} {option} has already been specified")
+    out[option] = value
+
+
+def _dns_source_option(d: Dispenser, out: JSONDict, option: str) -> bool:
+    """The options `dynamic a` and `dynamic srv` share; False when `option` is not one."""
+    if option == "refresh":
+        out["refresh"] = _refresh_arg(d)
+    elif option == "resolvers":
+        out["resolver"] = {"addresses": _resolvers(d)}
+    elif option == "dial_timeout":
+        out["dial_timeout"] = _duration_arg(d, "bad timeout value")
+    elif option == "dial_fallback_delay":
+        out["dial_fallback_delay"] = _duration_arg(d, "bad delay value")
+    else:
+        return False
+    return True
 
 
 def _refresh_arg(d: Dispenser) -> int:
@@ -873,18 +884,9 @@ def _dynamic_a(d: Dispenser) -> JSONDict:
     while d.next_block(0):
         option = d.val()
         if option in ("name", "port"):
-            value = _string_arg(d)
-            if out.get(option):
-                raise d.err(f"a {option} has already been specified")
-            out[option] = value
-        elif option == "refresh":
-            out["refresh"] = _refresh_arg(d)
-        elif option == "resolvers":
-            out["resolver"] = {"addresses": _resolvers(d)}
-        elif option == "dial_timeout":
-            out["dial_timeout"] = _duration_arg(d, "bad timeout value")
-        elif option == "dial_fallback_delay":
-            out["dial_fallback_delay"] = _duration_arg(d, "bad delay value")
+            _unique_string_option(d, out, option, "a")
+        elif _dns_source_option(d, out, option):
+            pass
         elif option == "versions":
             versions = d.remaining_args()
             if not versions:
