@@ -49,13 +49,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from config.model import load_model
     from config.source import load_config
+    from proxy.supervisor import validate
 
     try:
         config, warnings = load_config(args.config, args.adapter)
         _print_warnings(warnings)
-        load_model(config)
+        # What `run` checks before binding (model, certificate files, TLS policies), like
+        # `caddy validate`, which provisions the config without starting it.
+        validate(config)
     except ConfigError as exc:
         for error in _all_caddyfile_errors(args, exc):
             where = (

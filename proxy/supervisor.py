@@ -61,9 +61,15 @@ def validate(config: dict[str, Any]) -> Config:
     manual certificate files, the typed model. Raises ConfigError."""
     from config.model import load_model
     from proxy.certs import prepare_certificates
+    from proxy.tls import TLSConfigError, check_connection_policies
 
     setup = prepare_certificates(strip_meta_fields(config))
-    return load_model(setup.config)
+    model = load_model(setup.config)
+    try:
+        check_connection_policies(setup.config)
+    except TLSConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    return model
 
 
 def file_signature(path: str | None) -> tuple[int, int] | None:

@@ -152,7 +152,10 @@ class ConnectionPolicy:
                 sni = tuple(normalize_host(v) for v in value)
             else:
                 # remote_ip/local_ip need the socket, which the SNI callback does not see.
-                log.warning("%s.match.%s: handshake matcher not supported; ignored", where, key)
+                # Not ignored: the policy would then apply to connections it was not meant for.
+                raise TLSConfigError(
+                    f"{where}.match.{key}: handshake matcher not supported by pyproxy"
+                )
         pmin = _protocol(obj.get("protocol_min"), f"{where}.protocol_min", DEFAULT_PROTOCOL_MIN)
         pmax = _protocol(obj.get("protocol_max"), f"{where}.protocol_max", DEFAULT_PROTOCOL_MAX)
         if pmin > pmax:
@@ -163,9 +166,15 @@ class ConnectionPolicy:
         else:
             # Offering a protocol we cannot speak (h2, h3 for now) would break the connection.
             alpn = tuple(a for a in _strings(alpn_raw, f"{where}.alpn") if a in supported_alpn)
-        for key in ("client_authentication", "handshake_context"):
-            if obj.get(key):
-                log.warning("%s.%s: not supported yet; ignored", where, key)
+        if obj.get("client_authentication"):
+            # Never served without it: dropping a client-certificate requirement would open
+            # the site to everyone.
+            raise TLSConfigError(
+                f"{where}.client_authentication: client certificate authentication is not "
+                "supported by pyproxy"
+            )
+        if obj.get("handshake_context"):
+            log.warning("%s.handshake_context: not supported; ignored", where)
         # certificate_selection (the adapter's `any_tag` for `tls cert key`) needs no handling:
         # the store maps each certificate to the names it was loaded for.
         return cls(
@@ -246,6 +255,24 @@ def parse_connection_policies(
         ConnectionPolicy.from_json(p, f"{where}[{i}]", supported_alpn)
         for i, p in enumerate(policies)
     )
+
+
+def check_connection_policies(config: Mapping[str, Any]) -> None:
+    """Parse every HTTP server's `tls_connection_policies` the way the workers will: what
+    `validate` runs so that an unsupported policy fails before anything binds."""
+    apps = config.get("apps")
+    http = apps.get("http") if isinstance(apps, Mapping) else None
+    servers = http.get("servers") if isinstance(http, Mapping) else None
+    if not isinstance(servers, Mapping):
+        return
+    for name, server in servers.items():
+        policies = server.get("tls_connection_policies") if isinstance(server, Mapping) else None
+        if policies is None:
+            continue
+        where = f"apps.http.servers.{name}.tls_connection_policies"
+        if not isinstance(policies, list):
+            raise TLSConfigError(f"{where}: expected a list")
+        parse_connection_policies(policies, where)
 
 
 def _match_wildcard(subject: str, pattern: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from enginekit import free_port
 from acme_client.certificates import CertificateError
 from config.adapt import adapt_caddyfile
 from config.auto_https import plan_automatic_https
+from proxy.cli import main as cli_main
 from proxy.tls import (
     DEFAULT_CIPHERS,
     CertificateStore,
@@ -416,9 +418,37 @@ def test_policy_parsing() -> None:
         ({"protocol_min": "ssl3"}, "unsupported protocol"),
         ({"cipher_suites": ["TLS_BOGUS"]}, "unsupported cipher suite"),
         ({"curves": ["x448"]}, "unsupported curve"),
+        # Refused rather than ignored: without them the policy would let in clients it was
+        # meant to keep out (or apply to connections it was not meant for).
+        (
+            {"client_authentication": {"trusted_ca_certs": ["MIIB"], "mode": "require"}},
+            r"client_authentication: client certificate authentication is not supported",
+        ),
+        ({"match": {"remote_ip": {"ranges": ["10.0.0.0/8"]}}}, r"match.remote_ip: handshake"),
     ):
         with pytest.raises(TLSConfigError, match=message):
             ConnectionPolicy.from_json(bad)
+
+
+def test_validate_refuses_client_authentication_it_cannot_enforce(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `pyproxy validate` checks the TLS policies like `run` does, before anything binds.
+    server = {
+        "listen": [":8443"],
+        "tls_connection_policies": [
+            {"match": {"sni": ["a.example.com"]}, "client_authentication": {"mode": "request"}},
+            {},
+        ],
+    }
+    config = tmp_path / "caddy.json"
+    config.write_text(json.dumps({"apps": {"http": {"servers": {"s": server}}}}))
+    assert cli_main(["validate", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "apps.http.servers.s.tls_connection_policies[0].client_authentication" in err
+    server["tls_connection_policies"] = [{"match": {"sni": ["a.example.com"]}}, {}]
+    config.write_text(json.dumps({"apps": {"http": {"servers": {"s": server}}}}))
+    assert cli_main(["validate", "--config", str(config)]) == 0
 
 
 # ---- certificate errors -----------------------------------------------------------------------
