@@ -54,10 +54,8 @@ class Headers:
     def from_raw(cls, pairs: Iterable[tuple[bytes, bytes]]) -> Headers:
         """From raw byte pairs as the parser gives them (latin-1 keeps every byte)."""
         new = cls()
-        new._items = [
-            (n.lower(), n, v)
-            for n, v in ((rn.decode("latin-1"), rv.decode("latin-1")) for rn, rv in pairs)
-        ]
+        decoded = [(rn.decode("latin-1"), rv.decode("latin-1")) for rn, rv in pairs]
+        new._items = [(n.lower(), n, v) for n, v in decoded]
         return new
 
     # -- reading -----------------------------------------------------------------------------
@@ -93,14 +91,14 @@ class Headers:
         return len(self._items)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return ((name, value) for _, name, value in self._items)
+        return iter([(name, value) for _, name, value in self._items])
 
     def items(self) -> list[tuple[str, str]]:
         return [(name, value) for _, name, value in self._items]
 
     def names(self) -> list[str]:
         """Distinct lowercase field names, in order of first appearance."""
-        return list(dict.fromkeys(lname for lname, _, _ in self._items))
+        return list(dict.fromkeys([lname for lname, _, _ in self._items]))
 
     def copy(self) -> Headers:
         new = Headers()

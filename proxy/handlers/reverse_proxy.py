@@ -60,7 +60,7 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 # Content-Length is not hop-by-hop, but the framing of our response is ours to write.
-HOP_BY_HOP_B: Final = frozenset({*(h.encode() for h in HOP_BY_HOP), b"content-length"})
+HOP_BY_HOP_B: Final = frozenset([*[h.encode() for h in HOP_BY_HOP], b"content-length"])
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
