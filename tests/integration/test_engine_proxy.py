@@ -88,6 +88,7 @@ def test_compiled_and_interpreted_builds_answer_alike(
     assert headers["x-body-sha256"] == hashlib.sha256(data).hexdigest()
     status, headers, body = _get(port, "/bytes/4096", method="HEAD")
     assert (status, headers["content-length"], body) == (200, "4096", b"")
+    proc.stop()  # the log is complete (flushed) once the process has exited
     if native == "0":
         assert "native build: off: disabled by PYPROXY_NATIVE" in proc.log
     elif check_manifest().active:  # a build matching this tree exists (as in CI)
