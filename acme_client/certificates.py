@@ -96,10 +96,14 @@ def normalize_host(name: str) -> str:
     name = name.strip().rstrip(".").lower()
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name
+    # Only what could be an IP literal goes to the parser: this runs in every TLS handshake
+    # (SNI), and a failed parse costs an exception.
+    if ":" in name or name.replace(".", "").isdigit():
+        try:
+            return str(ipaddress.ip_address(name))
+        except ValueError:
+            pass
+    return name
 
 
 def certificate_sans(cert: x509.Certificate) -> list[str]:

@@ -153,6 +153,12 @@ def test_name_helpers() -> None:
     assert normalize_host("WWW.Example.COM.") == "www.example.com"
     assert normalize_host("[::1]") == "::1"
     assert normalize_host("0:0::1") == "::1"
+    assert normalize_host("[2001:DB8::1]") == "2001:db8::1"
+    assert normalize_host("::FFFF:1.2.3.4") == "::ffff:102:304"
+    assert normalize_host("127.0.0.1.") == "127.0.0.1"
+    # Not IP literals: kept as names (only IP-like text is handed to the parser).
+    for name in ("1.2.3", "123", "01.2.3.4", "1.2.3.4.example", "a1b2::x"):
+        assert normalize_host(name) == name.lower()
     assert wildcard_for("a.b.c") == "*.b.c"
     assert wildcard_for("localhost") is None
     assert wildcard_for("10.0.0.1") is None
