@@ -332,11 +332,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGQUIT, self._force)
         if self.args.watch:
             self._spawn(self._watch())
-        log.info(
-            "serving with %d worker(s); native build: %s",
-            len(self.workers),
-            native.STATUS.describe(),
-        )
+        log.info("serving with %d worker(s)", len(self.workers))
         await self._stop.wait()
         log.info("shutting down")
         if self.admin is not None:
@@ -389,6 +385,8 @@ def run(args: argparse.Namespace, workers: int) -> int:
     """`pyproxy run` after argument parsing: validate, fork the workers, supervise."""
     from proxy.worker import worker_main
 
+    # Said before any worker exists: which build serves (proxy/native.py).
+    log.info("native build: %s", native.STATUS.describe())
     signature = file_signature(args.config)
     try:
         config = read_config_file(args)
