@@ -80,7 +80,9 @@ def post_load(admin_port: int, config: dict[str, Any]) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def cli_reload(path: Path, admin_port: int) -> subprocess.CompletedProcess[str]:
+def cli_reload(
+    path: Path, admin_port: int, adapter: str = "json"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -90,7 +92,7 @@ def cli_reload(path: Path, admin_port: int) -> subprocess.CompletedProcess[str]:
             "--config",
             str(path),
             "--adapter",
-            "json",
+            adapter,
             "--address",
             f"127.0.0.1:{admin_port}",
         ],
@@ -403,13 +405,7 @@ def test_https_listener_and_keepalive_connection_survive_reload(
             keep = conn()
     path = tmp_path / "Caddyfile-two"
     path.write_text(caddyfile("tls-two"))
-    out = subprocess.run(
-        [
-            sys.executable, "-m", "proxy", "reload", "--config", str(path),
-            "--address", f"127.0.0.1:{admin_port}",
-        ],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+    out = cli_reload(path, admin_port, adapter="caddyfile")
     assert out.returncode == 0, out.stderr
     # The TLS connection opened before the reload is now served by the new config...
     assert fetch(keep) == b"tls-two"
@@ -441,13 +437,7 @@ def test_websocket_in_a_caddyfile_site_survives_reload_of_another_site(
         assert _ws_roundtrip(ws, "before") == "echo:before"
         path = tmp_path / "Caddyfile-next"
         path.write_text(caddyfile("two"))
-        out = subprocess.run(
-            [
-                sys.executable, "-m", "proxy", "reload", "--config", str(path),
-                "--address", f"127.0.0.1:{admin_port}",
-            ],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )  # fmt: skip
+        out = cli_reload(path, admin_port, adapter="caddyfile")
         assert out.returncode == 0, out.stderr
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/", headers={"Host": "other.localhost"})
