@@ -240,11 +240,11 @@ class HTTP1Connection(asyncio.Protocol):
         try:
             self._parse(data)
         except RequestError as exc:
-            self._refuse(exc, batch)
+            self._refuse(exc)
             return
         except Exception:
             log.exception("internal error reading a request")
-            self._refuse(RequestError(500), batch)
+            self._refuse(RequestError(500))
             return
         finally:
             self._batch = None
@@ -446,7 +446,7 @@ class HTTP1Connection(asyncio.Protocol):
         batch = self._batch
         if batch is not None:
             batch.append(data)
-        elif self.transport is not None:
+        elif self.transport is not None and self.state != LINGER:
             self.transport.write(data)
 
     def begin_batch(self) -> bool:
@@ -457,12 +457,17 @@ class HTTP1Connection(asyncio.Protocol):
 
     def end_batch(self) -> None:
         batch, self._batch = self._batch, None
-        if batch and self.transport is not None and not self.transport.is_closing():
+        if (
+            batch
+            and self.transport is not None
+            and self.state != LINGER  # half-closed after a refusal: nothing more is written
+            and not self.transport.is_closing()
+        ):
             self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])
 
     def flush(self) -> None:
         batch = self._batch
-        if batch:
+        if batch and self.state != LINGER:
             data = b"".join(batch) if len(batch) > 1 else batch[0]
             batch.clear()  # in place: data_received holds the same list
             self.transport.write(data)
@@ -565,7 +570,7 @@ class HTTP1Connection(asyncio.Protocol):
             # Every request before the bad one is answered: now the refusal (RFC 9112 §9.3.2
             # keeps responses in request order).
             err, self._error_after = self._error_after, None
-            self._refuse(err, None)
+            self._refuse(err)
         elif self.parsing is None:
             self.state = IDLE
             self._set_deadline(self.runtime.timeouts.idle_s)
@@ -608,8 +613,9 @@ class HTTP1Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _refuse(self, err: RequestError, batch: list[bytes] | None) -> None:
-        """Answer a request the wire rules refuse, after the requests before it."""
+    def _refuse(self, err: RequestError) -> None:
+        """Answer a request the wire rules refuse, after the requests before it. Responses
+        already batched for this read go out first."""
         cur = self._cur
         broken = self.parsing  # a request whose body was being read when it went wrong
         self.parsing = None
@@ -622,9 +628,6 @@ class HTTP1Connection(asyncio.Protocol):
             # refuse (response_done). Nothing more is read or executed meanwhile.
             self._error_after = err
             self._pause_reading(PAUSE_HOLD)
-            t = self.transport
-            if batch and not t.is_closing():
-                t.write(b"".join(batch) if len(batch) > 1 else batch[0])
             return
         # The bad bytes belong to the request being answered (its body broke off), or nothing
         # is in flight: refuse now. A request whose body broke is aborted: the origin, if it
@@ -632,8 +635,9 @@ class HTTP1Connection(asyncio.Protocol):
         t = self.transport
         self._pending.clear()
         if not t.is_closing():
-            if batch:
-                t.write(b"".join(batch) if len(batch) > 1 else batch[0])
+            # Responses still batched (by this read, or by the upstream read that finished
+            # the last one) go first: order is everything here.
+            self.flush()
             if cur is None or not cur.head_sent:
                 t.write(error_response(err.status, err.detail))
         if cur is not None:

@@ -196,3 +196,22 @@ def test_write_timeout_aborts_a_client_that_stopped_reading(
     conn.check_timeout(conn.runtime.now + 2)
     # close() would wait for the unsent bytes forever; the timeout must free the socket.
     assert t.aborted
+
+
+def test_refusal_waits_for_an_answer_that_comes_later(loop: asyncio.AbstractEventLoop) -> None:
+    """A proxied request is answered after its read event, inside an upstream read's batch:
+    its response still goes out before the refusal of the garbage behind it."""
+    conn, t = connect(loop)
+    held: list[Any] = []
+    conn.runtime.dispatch = held.append
+    conn.data_received(
+        b"POST /transfer HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGARBAGE\r\n\r\n"
+    )
+    assert t.data == b"" and len(held) == 1  # nothing refused while /transfer is in flight
+    owned = conn.begin_batch()  # what an upstream read does around the response it relays
+    held[0].respond(200, None, b"done")
+    if owned:
+        conn.end_batch()
+    assert statuses(t.data) == [200, 400]
+    assert t.data.index(b"done") < t.data.index(b"400 Bad Request")
+    assert t.ended
