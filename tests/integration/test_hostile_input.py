@@ -202,12 +202,12 @@ VERSIONS = st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", 
 
 @st.composite
 def request_bytes(draw: Any) -> bytes:
-    method = draw(METHODS).encode()
-    path = draw(PATHS).encode()
-    version = draw(VERSIONS)
+    method: bytes = draw(METHODS).encode()
+    path: bytes = draw(PATHS).encode()
+    version: bytes = draw(VERSIONS)
     fields = [b"Host: a"] if draw(st.booleans()) or version == b"HTTP/1.1" else []
     fields += draw(st.lists(FIELDS, max_size=4))
-    body = draw(BODIES)
+    body: bytes = draw(BODIES)
     head = b"%s %s %s\r\n" % (method, path, version) + b"".join(f + b"\r\n" for f in fields)
     return head + b"\r\n" + body
 
