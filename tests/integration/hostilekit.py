@@ -18,6 +18,7 @@ bench/fuzz_requests.py (the long run).
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
 import time
@@ -328,3 +329,113 @@ def check_one(
     if exp.refusal is not None and responses[-1].status != exp.refusal:
         return Verdict(False, f"refusal {responses[-1].status}, expected {exp.refusal}")
     return Verdict(True)
+
+
+# -- a plain random generator (the hypothesis strategies in test_hostile_input.py mirror it) --
+
+METHODS = ["GET", "POST", "PUT", "HEAD", "FOO", "DELETE", "OPTIONS", "PATCH"]
+PATHS = ["/", "/a", "/a/b?x=1", "/a%20b", "/a/../b", "//x", "/a;b", "/x#f", "/%2e%2e/", "*"]
+PATHS += ["/%zz", "/a\\b", "/caf\xc3\xa9", "/admin.", "/a?q=%00", "http://h/p", "/" + "a" * 300]
+FIELDS = [
+    b"Accept: */*",
+    b"X-A: b",
+    b"Connection: close",
+    b"Connection: keep-alive",
+    b"Connection: Upgrade",
+    b"Upgrade: foo",
+    b"Upgrade: websocket",
+    b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: Chunked",
+    b"Transfer-Encoding: gzip, chunked",
+    b"Transfer-Encoding: identity",
+    b"Transfer-Encoding: chunked, identity",
+    b"Transfer-Encoding:chunked",
+    b"Transfer-Encoding: \x0bchunked",
+    b"Content-Length: 0",
+    b"Content-Length: 3",
+    b"Content-Length: 5",
+    b"Content-Length: 50",
+    b"Content-Length: 3, 3",
+    b"Content-Length: +3",
+    b"Content-Length: 0x3",
+    b"Content-Length:  3 ",
+    b"Expect: 100-continue",
+    b"Expect: nonsense",
+    b"Host: b",
+    b"Host: a b",
+    b"Host: a, b",
+    b"Host: x/../y",
+    b"Host: [::1]:80",
+    b"X-Forwarded-For: 1.2.3.4",
+    b"X-Forwarded-Host: evil",
+    b"Te: trailers",
+    b"Te: gzip",
+    b"Trailer: X",
+    b"Keep-Alive: timeout=5",
+    b"Proxy-Connection: keep-alive",
+    b"Connection: Host",
+    b"Connection: X-A, close",
+    b" X-Fold: y",
+    b"\tX-Fold: y",
+    b"X-Bad : y",
+    b"X-Ctl: a\x01b",
+    b"X-Lf: a\nb",
+    b"X-Cr: a\rb",
+    b"X-Nul: a\x00b",
+    b"X-Obs: caf\xc3\xa9",
+    b": empty-name",
+    b"NoColon",
+]
+BENIGN_FIELDS = [
+    b"Accept: */*",
+    b"User-Agent: fuzz/1",
+    b"Cookie: a=b; c=d",
+    b"X-Request-Id: 42",
+    b"Content-Type: text/plain",
+    b"Connection: keep-alive",
+    b"Content-Length: 3",
+    b"Transfer-Encoding: chunked",
+]
+BODIES = [
+    b"",
+    b"abc",
+    b"hello",
+    b"3\r\nabc\r\n0\r\n\r\n",
+    b"3;ext=1\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+    b"5\r\nhelloX\r\n0\r\n\r\n",
+    b"zz\r\n",
+    b"3\nabc\n0\n\n",
+    b"0\r\n\r\n",
+    b"ffffffffffffffffff\r\n",
+    b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+VERSIONS = [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"RTSP/1.0", b""]
+
+
+def random_request(rng: random.Random) -> bytes:
+    method = rng.choice(METHODS).encode()
+    path = rng.choice(PATHS).encode("latin-1")
+    version = rng.choice(VERSIONS)
+    line = b"%s %s %s" % (method, path, version) if version else b"%s %s" % (method, path)
+    fields = [b"Host: a"] if rng.random() < 0.9 else []
+    # Mostly well-formed requests, with a hostile field now and then, so that many reach the
+    # origin and the differential check has something to compare.
+    for _ in range(rng.randint(0, 4)):
+        fields.append(rng.choice(BENIGN_FIELDS if rng.random() < 0.7 else FIELDS))
+    rng.shuffle(fields)
+    return line + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + rng.choice(BODIES)
+
+
+def random_connection(rng: random.Random) -> bytes:
+    data = b"".join(random_request(rng) for _ in range(rng.randint(1, 3)))
+    for _ in range(rng.choice((0, 0, 0, 1, 2))):
+        i = rng.randrange(len(data))
+        op = rng.randrange(3)
+        b = bytes([rng.randrange(256)])
+        if op == 0:
+            data = data[:i] + b + data[i + 1 :]
+        elif op == 1:
+            data = data[:i] + b + data[i:]
+        else:
+            data = data[:i] + data[i + 1 :]
+    return data
