@@ -42,8 +42,13 @@ MAX_CHUNK_LINE_BYTES: Final = 4096
 # RFC 9110 §5.6.2 token.
 _TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 TOKEN_RE: Final = re.compile(_TOKEN)
-# Every field line of a head at once: token ":" then value bytes (no CTL but HTAB; obs-text
-# allowed, RFC 9110 §5.5), each line ending in CRLF. One C-level match per head.
+# The head of almost every request, whole: the rules above for a token method, a visible-ASCII
+# target, HTTP/1.0 or 1.1 and valid field lines, in one C-level match.
+_COMMON_HEAD_RE: Final = re.compile(
+    _TOKEN + rb" [!-~]+ HTTP/1\.[01]\r\n(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*"
+)
+# A field line with its CRLF: token ":" then value bytes (no CTL but HTAB; obs-text allowed,
+# RFC 9110 §5.5). Used for trailers and to explain a refusal.
 _FIELD_LINES_RE: Final = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _VALUE_RE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
 _VERSION_RE: Final = re.compile(rb"HTTP/([0-9])\.([0-9])")
@@ -81,7 +86,16 @@ PROXY_FIELDS: Final = frozenset(
     }
 )
 SPECIAL_FIELDS: Final = SERVER_FIELDS | PROXY_FIELDS
-_SPECIAL_LENGTHS: Final = frozenset([len(n) for n in SPECIAL_FIELDS])
+# Field names seen so far (valid tokens) and their lowercase form: most requests repeat the
+# same dozen names, so a lookup replaces the token check and the lowercasing. Bounded, so a
+# client inventing names cannot grow it.
+_FIELD_NAMES: Final[dict[bytes, bytes]] = {}
+MAX_KNOWN_FIELD_NAMES: Final = 2048
+_HOSTS: Final[dict[bytes, str]] = {}
+MAX_KNOWN_HOSTS: Final = 1024
+# Every byte a field line may hold but the line ends: all but the controls (HTAB is allowed;
+# obs-text too, RFC 9110 §5.5).
+_FIELD_BYTES: Final = bytes([b for b in range(256) if b == 9 or (32 <= b < 127) or b >= 128])
 
 # `RequestHead.length` of a chunked body.
 CHUNKED: Final = -1
@@ -150,19 +164,39 @@ def parse_request_line(line: bytes) -> RequestHead:
 def parse_request_head(buf: bytes, start: int, end: int) -> RequestHead:
     """Parse the head in buf[start:end] (the request line and field lines, without the empty
     line that ends the head) and decide its framing, or raise RequestError."""
+    # The common head (HTTP/1.0 or 1.1, a visible-ASCII target, clean field lines) is checked
+    # by one regex over the whole head; anything else takes the rule-by-rule path, which
+    # accepts the rarer valid forms and names the rule a bad head breaks.
+    return parse_head(buf, start, end, _COMMON_HEAD_RE.fullmatch(buf, start, end + 2) is not None)
+
+
+def parse_head(buf: bytes, start: int, end: int, common: bool) -> RequestHead:
+    """parse_request_head, told whether the head matched the common-head regex (the tests run
+    both paths on the same heads: they must agree)."""
     eol = buf.find(b"\r\n", start, end)
     if eol < 0:
         eol = end
     line = buf[start:eol]
-    if b"\n" in line or b"\r" in line:
-        raise RequestError(400)  # a bare CR or LF in the request line
-    head = parse_request_line(line)
+    if common:
+        sp1 = line.find(b" ")
+        sp2 = line.find(b" ", sp1 + 1)
+        head = RequestHead(
+            line[:sp1].decode("latin-1"),
+            line[sp1 + 1 : sp2].decode("latin-1"),
+            1 if line[-1] == 49 else 0,  # HTTP/1.1 or HTTP/1.0
+        )
+    else:
+        if b"\n" in line or b"\r" in line:
+            raise RequestError(400)  # a bare CR or LF in the request line
+        head = parse_request_line(line)
     if eol >= end:
         _decide(head, None, None, None, None, None)
         return head
-    block = buf[eol + 2 : end + 2]  # every field line with its CRLF
-    if _FIELD_LINES_RE.fullmatch(block) is None:
-        raise _field_error(block)
+    block = buf[eol + 2 : end]  # the field lines, CRLF between them
+    # Control bytes in one pass: once every allowed byte is deleted, only the CRLF pairs
+    # between lines may be left. A bare CR or LF, or any other control byte, leaves more.
+    if not common and len(block.translate(None, _FIELD_BYTES)) != 2 * block.count(b"\r\n"):
+        raise _field_error(block + b"\r\n")
     raw: list[bytes] = []
     special = head.special
     hosts: list[bytes] | None = None
@@ -172,35 +206,41 @@ def parse_request_head(buf: bytes, start: int, end: int) -> RequestHead:
     upgrade: bytes | None = None
     expect: bytes | None = None
     for field_line in block.split(b"\r\n"):
-        if not field_line:
-            continue  # the split's last, empty piece
         colon = field_line.find(b":")
         name = field_line[:colon]
-        value = field_line[colon + 1 :].strip(b" \t")
-        if len(name) in _SPECIAL_LENGTHS:
+        lname = _FIELD_NAMES.get(name)
+        if lname is None:
+            if not common and (colon <= 0 or TOKEN_RE.fullmatch(name) is None):
+                # No colon, a space before it, obs-fold: Go's textproto "malformed MIME
+                # header line", a plain 400.
+                raise RequestError(400)
             lname = name.lower()
-            if lname in SPECIAL_FIELDS:
-                special.append((name, value))
-                if lname in PROXY_FIELDS:
-                    head.odd = True
-                if lname == b"host":
-                    hosts = [value] if hosts is None else [*hosts, value]
-                elif lname == b"content-length":
-                    lengths = [value] if lengths is None else [*lengths, value]
-                elif lname == b"transfer-encoding":
-                    codings = [value] if codings is None else [*codings, value]
-                elif lname == b"connection":
-                    connection = [value] if connection is None else [*connection, value]
-                elif lname == b"upgrade":
-                    upgrade = value if upgrade is None else upgrade
-                elif lname == b"expect":
-                    expect = value if expect is None else expect
-                continue
-        raw.append(name)
-        raw.append(b": ")
-        raw.append(value)
-        raw.append(b"\r\n")
-    head.raw = b"".join(raw)
+            if len(_FIELD_NAMES) < MAX_KNOWN_FIELD_NAMES:
+                _FIELD_NAMES[name] = lname
+        if lname not in SPECIAL_FIELDS:
+            # Forwarded as the client wrote it: a valid line whose value has no control
+            # bytes, so any parser reads the same field (only OWS may differ, RFC 9110 §5.5).
+            raw.append(field_line)
+            continue
+        value = field_line[colon + 1 :].strip(b" \t")
+        special.append((name, value))
+        if lname in PROXY_FIELDS:
+            head.odd = True
+        if lname == b"host":
+            hosts = [value] if hosts is None else [*hosts, value]
+        elif lname == b"content-length":
+            lengths = [value] if lengths is None else [*lengths, value]
+        elif lname == b"transfer-encoding":
+            codings = [value] if codings is None else [*codings, value]
+        elif lname == b"connection":
+            connection = [value] if connection is None else [*connection, value]
+        elif lname == b"upgrade":
+            upgrade = value if upgrade is None else upgrade
+        elif lname == b"expect":
+            expect = value if expect is None else expect
+    if raw:
+        raw.append(b"")  # the join then ends with CRLF too
+        head.raw = b"\r\n".join(raw)
     _decide(head, hosts, lengths, codings, connection, upgrade)
     if expect is not None:
         # Go's server: "100-continue" is honoured (HTTP/1.1 with a body), any other
@@ -222,6 +262,20 @@ def _field_error(block: bytes) -> RequestError:
         if _VALUE_RE.fullmatch(field_line[colon + 1 :]) is None:
             return RequestError(400, "invalid header value")
     return RequestError(400)
+
+
+def decoded_host(host: bytes) -> str | None:
+    """The Host value as text if it is valid (valid_host), else None; remembers the hosts it
+    has seen (a site gets the same few on every request), bounded."""
+    known = _HOSTS.get(host)
+    if known is not None:
+        return known
+    if not valid_host(host):
+        return None
+    text = host.decode("latin-1")
+    if len(_HOSTS) < MAX_KNOWN_HOSTS:
+        _HOSTS[host] = text
+    return text
 
 
 def valid_host(host: bytes) -> bool:
@@ -281,10 +335,10 @@ def _decide(
     elif len(hosts) > 1:
         raise RequestError(400, "too many Host headers")  # RFC 9112 §3.2
     else:
-        host = hosts[0]
-        if not valid_host(host):
+        host = decoded_host(hosts[0])
+        if host is None:
             raise RequestError(400, "malformed Host header")
-        head.host = host.decode("latin-1")
+        head.host = host
     head.length = body_length(lengths, codings, head.minor)
     # Go's shouldClose: HTTP/1.1 stays open unless "close"; HTTP/1.0 only with "keep-alive".
     if head.minor == 1:
