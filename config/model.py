@@ -24,7 +24,7 @@ from config.errors import ConfigError
 # but Caddy's reference behaviour we match is 16 KiB; see caddy-reference.md).
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 DEFAULT_READ_HEADER_TIMEOUT_S = 60.0
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_MAX_HEADER_BYTES = 1 << 20  # Go's http.DefaultMaxHeaderBytes, Caddy's default
 DEFAULT_HTTP_PORT = 80
 DEFAULT_HTTPS_PORT = 443
 

@@ -33,6 +33,7 @@ from types import ModuleType
 # builtin exceptions (mypyc cannot compile those) live in modules that are not listed here.
 NATIVE_MODULES: tuple[str, ...] = (
     "proxy.http.server",
+    "proxy.http.wire",
     "proxy.http.request",
     "proxy.http.exchange",
     "proxy.http.runtime",

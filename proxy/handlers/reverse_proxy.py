@@ -573,7 +573,10 @@ class ProxyCall:
             parts.append(f"{k}: {v}\r\n")
         if conn_value:
             # RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too.
+            # Host is never one of them: Go keeps it outside the header map (Request.Host),
+            # so `Connection: Host` cannot make a request reach the origin without a Host.
             tokens = {t.strip().lower() for t in conn_value.split(",")} - _PLAIN_CONN_STR
+            tokens.discard("host")
             if tokens:
                 parts[1:] = [p for p in parts[1:] if p.partition(":")[0].lower() not in tokens]
         if not host_sent:

@@ -1,9 +1,18 @@
-"""HTTP/1.1 server side: one `HTTP1Connection` (asyncio.Protocol + httptools) per client.
+"""HTTP/1.1 server side: one `HTTP1Connection` (asyncio.Protocol) per client.
 
-Owns request parsing and its defences, keepalive, pipelining, Expect: 100-continue, response
-framing, timeouts (checked by a per-server sweeper, so the fast path arms no timers), and
-Upgrade tunnels. Routing and handlers live elsewhere: the connection hands each complete
-request head to `runtime.dispatch(exchange)`.
+Owns reading requests (the wire rules and their defences are in proxy/http/wire.py: one place
+decides what a request is and where its body ends), keepalive, pipelining, Expect:
+100-continue, response framing, timeouts (checked by a per-server sweeper, so the fast path
+arms no timers), and Upgrade tunnels. Routing and handlers live elsewhere: the connection hands
+each complete request head to `runtime.dispatch(exchange)`.
+
+Two rules keep a malformed byte from reaching an origin as something else:
+- a request is executed only once its head was fully validated; bytes after a bad head are
+  never parsed (the connection answers the requests before it, then the error, then closes);
+- the body of a request is read by its framing, whatever else the request says: an Upgrade
+  request's body is a body (llhttp used to hand it over as upgrade data, which let a client
+  smuggle a request in it), and bytes after an Upgrade request wait for the response: a 101
+  makes them tunnel data, anything else closes the connection.
 """
 
 from __future__ import annotations
@@ -20,6 +29,14 @@ import httptools
 
 from proxy.http.exchange import Exchange, http_date
 from proxy.http.request import Request
+from proxy.http.wire import (
+    CHUNKED,
+    HEAD_SLACK_BYTES,
+    ChunkedDecoder,
+    RequestHead,
+    parse_request_head,
+)
+from proxy.http.wire_errors import RequestError
 
 log = logging.getLogger("pyproxy.http")
 
@@ -35,26 +52,10 @@ MAX_DISCARD_BYTES: Final = 256 * 1024
 MAX_PIPELINED: Final = 16
 # Pause reading the client when this much request body is queued before a handler wants it.
 MAX_QUEUED_BODY_BYTES: Final = 256 * 1024
-# Slack over max_header_bytes before we give up on a head still incomplete (like Go's 4096).
-HEAD_SLACK_BYTES: Final = 4096
-# Request fields the server or the proxy single out; all others stay serialized bytes
-# (Request._raw). Checked by length first: most field names miss on that.
-_SERVER_FIELDS: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect"})
-_SPECIAL_FIELDS: Final = _SERVER_FIELDS | {
-    b"connection",
-    b"proxy-connection",
-    b"keep-alive",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"alt-svc",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-}
-_SPECIAL_LENGTHS: Final = frozenset(len(n) for n in _SPECIAL_FIELDS)
+# After a rejection, keep reading (and discarding) this long before closing, so that the
+# client reads the error instead of a reset from unread bytes (Go's closeWriteAndWait, nginx's
+# lingering_close). The sweeper's 1 s tick makes it 1-2 s.
+LINGER_S: Final = 1.0
 
 
 def status_line(status: int) -> str:
@@ -64,19 +65,20 @@ def status_line(status: int) -> str:
     return line
 
 
-def _error_response(status: int) -> bytes:
-    # Go's net/http answers malformed requests with a plain-text body and closes.
-    text = f"{status} {_REASONS.get(status, '')}"
+def error_response(status: int, detail: str = "") -> bytes:
+    """The answer to a request the server refuses, shaped like Go's server's: the reason phrase
+    (and its detail, e.g. "malformed Host header") in the status line and as a plain-text body,
+    then close. Go writes no Content-Length; we add one so TLS clients, which get no half-close,
+    need not wait for the close."""
+    phrase = _REASONS.get(status, "")
+    if detail:
+        phrase = f"{phrase}: {detail}"
+    # Go's body for a 501 (an unsupported Transfer-Encoding) is its own text.
+    text = "Unsupported transfer encoding" if status == 501 else f"{status} {phrase}"
     return (
-        f"{status_line(status)}Content-Type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Connection: close\r\nContent-Length: {len(text)}\r\n\r\n{text}"
     ).encode("latin-1")
-
-
-class _Reject(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 # Connection states (also what the timeout sweeper looks at).
@@ -86,34 +88,34 @@ BODY: Final = 2
 ACTIVE: Final = 3
 TUNNEL: Final = 4
 CLOSED: Final = 5
+LINGER: Final = 6  # refused: the error is written, the rest of the input is read and dropped
+
+# Why reading from the client is paused (bits of `_paused_by`).
+PAUSE_PIPELINE: Final = 1  # MAX_PIPELINED parsed requests wait
+PAUSE_BODY: Final = 2  # a body nobody consumes yet, or its consumer pushes back
+PAUSE_HOLD: Final = 4  # after an Upgrade request or a bad request: nothing more is parsed
 
 
 class HTTP1Connection(asyncio.Protocol):
     __slots__ = (
         "_batch",
-        "_chunked",
+        "_body_left",
+        "_buf",
         "_chunked_out",
+        "_chunks",
         "_close_after",
         "_cur",
         "_deadline",
-        "_expect",
-        "_head_bytes",
-        "_host",
-        "_length",
-        "_lines",
-        "_odd",
+        "_error_after",
+        "_last_request",
         "_paused_by",
         "_pending",
-        "_raw_head",
         "_reading_paused",
-        "_special",
         "_tls",
         "_tunnel",
         "_upgrade_buf",
-        "_url",
         "_writable",
         "_write_paused",
-        "parser",
         "parsing",
         "remote_ip",
         "remote_port",
@@ -127,26 +129,21 @@ class HTTP1Connection(asyncio.Protocol):
         self.runtime = runtime
         self.scheme = scheme
         self.transport: Any = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.parsing: Request | None = None  # request whose head/body is being parsed
+        self.parsing: Request | None = None  # request whose body is being read
         self._cur: Exchange | None = None  # exchange being answered
         self._pending: deque[Request] = deque()  # pipelined, parsed heads waiting
-        self._lines: list[bytes] = []  # ordinary fields, as b"Name", b": ", b"value", b"\r\n"
-        self._special: list[tuple[bytes, bytes]] = []
-        self._odd = False
-        self._url: list[bytes] = []
-        self._host: str | None = None
-        self._length: int | None = None
-        self._chunked = False
-        self._expect = False
-        self._head_bytes = 0
-        self._raw_head = 0
+        self._buf = b""  # the start of a head not complete yet
+        self._body_left = 0  # Content-Length bytes of `parsing` still to come
+        self._chunks: ChunkedDecoder | None = None  # the chunked body of `parsing`
+        # A bad request behind requests still being answered: refused once they are.
+        self._error_after: RequestError | None = None
+        self._last_request = False  # the client said Connection: close; parse nothing after
         self._batch: list[bytes] | None = None
         self._chunked_out = False
         self._close_after = False
         self._deadline = 0.0
         self._reading_paused = False
-        self._paused_by = 0  # bit set: 1 pipelining, 2 body back-pressure
+        self._paused_by = 0  # PAUSE_* bits
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._tunnel: Any = None
@@ -231,7 +228,9 @@ class HTTP1Connection(asyncio.Protocol):
         if self._upgrade_buf is not None:
             self._upgrade_buf.append(data)
             return
-        if self.state == CLOSED or (self._close_after and self._cur is None):
+        if self.state >= CLOSED or self._error_after is not None:
+            return  # refused (lingering) or a refusal queued: the rest is never parsed
+        if self._close_after and self._cur is None:
             return
         if self.state == IDLE:
             self.state = HEAD
@@ -239,28 +238,16 @@ class HTTP1Connection(asyncio.Protocol):
         batch: list[bytes] = []
         self._batch = batch
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            offset = int(exc.args[0]) if exc.args else len(data)
-            self._upgrade_buf = [data[offset:]] if offset < len(data) else []
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__ or exc.__cause__
-            status = cause.status if isinstance(cause, _Reject) else 500
-            if not isinstance(cause, _Reject):
-                log.error("internal error handling request", exc_info=cause)
-            self._reject(status, batch)
+            self._parse(data)
+        except RequestError as exc:
+            self._refuse(exc)
             return
-        except httptools.HttpParserError:
-            self._reject(400, batch)
+        except Exception:
+            log.exception("internal error reading a request")
+            self._refuse(RequestError(500))
             return
         finally:
             self._batch = None
-        if self.state == HEAD:
-            # httptools buffers an unfinished header line without limit: bound it here.
-            self._raw_head += len(data)
-            if self._raw_head > self.runtime.max_header_bytes + HEAD_SLACK_BYTES:
-                self._reject(431, batch)
-                return
         if batch and not self.transport.is_closing():
             self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])
 
@@ -269,129 +256,136 @@ class HTTP1Connection(asyncio.Protocol):
         # went away (its context is cancelled, logged as 499); close our side too.
         return None
 
-    # -- httptools callbacks -----------------------------------------------------------------
+    # -- reading requests --------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._lines = []
-        self._special = []
-        self._odd = False
-        self._url = []
-        self._head_bytes = 0
-        self._host = None
-        self._length = None
-        self._chunked = False
-        self._expect = False
-        if self.state == IDLE:
-            self.state = HEAD
-            self._set_deadline(self.runtime.timeouts.read_header_s)
+    def _parse(self, data: bytes) -> None:
+        """Read heads and bodies from `data` (after what an earlier read left unfinished)."""
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        pos = 0
+        n = len(data)
+        limit = self.runtime.max_header_bytes + HEAD_SLACK_BYTES
+        while pos < n:
+            req = self.parsing
+            if req is not None:
+                pos = self._read_body(req, data, pos)
+                if self._upgrade_buf is not None:
+                    # RFC 9110 §7.8: what follows an Upgrade request waits for its response.
+                    if pos < n:
+                        self._upgrade_buf.append(data[pos:])
+                    return
+                continue
+            if self._last_request or self._error_after is not None:
+                return  # Connection: close was the last request; nothing after it is read
+            end = data.find(b"\r\n\r\n", pos)
+            if end < 0:
+                if n - pos > limit:
+                    raise RequestError(431)
+                self._buf = data[pos:] if pos else data
+                if self.state == IDLE:
+                    self.state = HEAD
+                    self._set_deadline(self.runtime.timeouts.read_header_s)
+                return
+            if end + 4 - pos > limit:
+                raise RequestError(431)
+            self._head_complete(parse_request_head(data, pos, end))
+            pos = end + 4
+            if self._upgrade_buf is not None:
+                if pos < n:
+                    self._upgrade_buf.append(data[pos:])
+                return
 
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._head_bytes += len(url)
-        if self._head_bytes > self.runtime.max_header_bytes:
-            raise _Reject(414)
+    def _read_body(self, req: Request, data: bytes, pos: int) -> int:
+        n = len(data)
+        chunks = self._chunks
+        if chunks is None:
+            left = self._body_left
+            take = left if left < n - pos else n - pos
+            self._on_body(req, data if take == n else data[pos : pos + take])
+            pos += take
+            self._body_left = left - take
+            if not self._body_left:
+                self._message_complete(req)
+            return pos
+        pieces: list[bytes] = []
+        pos = chunks.feed(data, pos, pieces)
+        for piece in pieces:
+            if piece:
+                self._on_body(req, piece)
+        if chunks.done:
+            self._chunks = None
+            self._message_complete(req)
+        return pos
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.runtime.max_header_bytes:
-            raise _Reject(431)
-        if self.parsing is not None:
-            # A trailer field after a chunked body (RFC 9112 §7.1.2): dropped, like the
-            # proxy drops trailers (still bounded by the head limit above).
-            return
-        # Only a few fields matter to the server or the proxy; test the length first (cheap).
-        if len(name) not in _SPECIAL_LENGTHS:
-            self._lines.extend((name, b": ", value, b"\r\n"))
-            return
-        lname = name.lower()
-        if lname not in _SPECIAL_FIELDS:
-            self._lines.extend((name, b": ", value, b"\r\n"))
-            return
-        self._special.append((name, value))
-        if lname not in _SERVER_FIELDS:
-            self._odd = True  # hop-by-hop or X-Forwarded-*: the proxy's slow path
-        else:
-            if lname == b"host":
-                if self._host is not None:
-                    raise _Reject(400)  # RFC 9112 §3.2: more than one Host field
-                self._host = value.decode("latin-1")
-            elif lname == b"content-length":
-                self._length = int(value)
-            elif lname == b"transfer-encoding":
-                self._chunked = True
-            elif lname == b"expect":
-                if value.lower() != b"100-continue":
-                    raise _Reject(417)  # RFC 9110 §10.1.1: unknown expectation
-                self._expect = True
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        self._raw_head = 0
-        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        ver = parser.get_http_version()
+    def _head_complete(self, head: RequestHead) -> None:
+        ver = "HTTP/1.1" if head.minor == 1 else "HTTP/1.0"
         req = Request(
-            parser.get_method().decode("ascii"),
-            url.decode("latin-1"),
-            "HTTP/1.1" if ver == "1.1" else f"HTTP/{ver}",
-            None,
-            self.remote_ip,
-            self.remote_port,
-            self.scheme,
+            head.method, head.target, ver, None, self.remote_ip, self.remote_port, self.scheme
         )
         req._conn = self
-        req._raw = b"".join(self._lines)
-        req._special = self._special
-        req._odd = self._odd
-        req.keep_alive = parser.should_keep_alive()
+        req._raw = head.raw
+        req._special = head.special
+        req._odd = head.odd
+        req.keep_alive = head.keep_alive
         if self._tls is not None:
             req.vars["tls"] = self._tls
         if self.runtime.access_log is not None:
             # Not loop.time(): uvloop caches it per iteration, durations would read 0.
             req.start_time = time.monotonic()
-        host = self._host
-        if host is None:
-            if ver == "1.1":
-                raise _Reject(400)  # RFC 9112 §3.2: a 1.1 request without Host is invalid
-        else:
-            req.host = host
-        req.content_length = self._length
-        req.chunked = self._chunked
-        req.expect_continue = self._expect and ver == "1.1"
+        if head.host is not None:
+            req.host = head.host
+        length = head.length
+        req.chunked = length == CHUNKED
+        req.content_length = length if length is not None and length >= 0 else None
+        req.expect_continue = head.expect_continue
         if req.uri[:1] not in ("/", "*", ""):
             # absolute-form: its authority replaces Host (RFC 9112 §3.2.2), as in Go.
             with contextlib.suppress(Exception):
-                parsed = httptools.parse_url(url)
+                parsed = httptools.parse_url(req.uri.encode("latin-1"))
                 if parsed.host:
                     req.host = parsed.host.decode("latin-1")
                     if parsed.port:
                         req.host += f":{parsed.port}"
-        req.upgrade = parser.should_upgrade()
-        self.parsing = req
-        self.state = BODY if req.has_body else ACTIVE
-        if self.state == BODY:
+        req.upgrade = head.upgrade
+        if not head.keep_alive:
+            self._last_request = True
+        if req.has_body:
+            self.parsing = req
+            if req.chunked:
+                # Trailers count against the same limit as the head.
+                self._chunks = ChunkedDecoder(self.runtime.max_header_bytes)
+            else:
+                self._body_left = req.content_length or 0
+            self.state = BODY
             self._set_deadline(self.runtime.timeouts.read_s)
+        else:
+            self.state = ACTIVE
         if self._cur is None:
             self._dispatch(req)
         else:
             self._pending.append(req)
             if len(self._pending) >= MAX_PIPELINED:
-                self._pause_reading(1)
+                self._pause_reading(PAUSE_PIPELINE)
+        if not req.has_body:
+            self._message_complete(req)
 
-    def on_body(self, body: bytes) -> None:
-        req = self.parsing
-        if req is not None:
-            req.feed_body(body)
-            if (
-                req.body_sink is None
-                and req._body_queue is not None
-                and req.queued_body_bytes() > MAX_QUEUED_BODY_BYTES
-            ):
-                self._pause_reading(2)
+    def _on_body(self, req: Request, body: bytes) -> None:
+        req.feed_body(body)
+        if (
+            req.body_sink is None
+            and req._body_queue is not None
+            and req.queued_body_bytes() > MAX_QUEUED_BODY_BYTES
+        ):
+            self._pause_reading(PAUSE_BODY)
 
-    def on_message_complete(self) -> None:
-        req, self.parsing = self.parsing, None
-        if req is not None:
-            req.end_body()
+    def _message_complete(self, req: Request) -> None:
+        self.parsing = None
+        req.end_body()
+        if req.upgrade:
+            # Hold what follows until the response: tunnel data after a 101, else dropped.
+            self._upgrade_buf = []
+            self._pause_reading(PAUSE_HOLD)
         if self._cur is not None:
             self.state = ACTIVE
             self._deadline = 0.0
@@ -424,13 +418,13 @@ class HTTP1Connection(asyncio.Protocol):
             req.expect_continue = False
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.flush()
-        self._resume_reading(2)
+        self._resume_reading(PAUSE_BODY)
 
     def pause_body(self) -> None:
-        self._pause_reading(2)
+        self._pause_reading(PAUSE_BODY)
 
     def resume_body(self) -> None:
-        self._resume_reading(2)
+        self._resume_reading(PAUSE_BODY)
 
     def _pause_reading(self, why: int) -> None:
         self._paused_by |= why
@@ -452,7 +446,7 @@ class HTTP1Connection(asyncio.Protocol):
         batch = self._batch
         if batch is not None:
             batch.append(data)
-        elif self.transport is not None:
+        elif self.transport is not None and self.state != LINGER:
             self.transport.write(data)
 
     def begin_batch(self) -> bool:
@@ -463,12 +457,17 @@ class HTTP1Connection(asyncio.Protocol):
 
     def end_batch(self) -> None:
         batch, self._batch = self._batch, None
-        if batch and self.transport is not None and not self.transport.is_closing():
+        if (
+            batch
+            and self.transport is not None
+            and self.state != LINGER  # half-closed after a refusal: nothing more is written
+            and not self.transport.is_closing()
+        ):
             self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])
 
     def flush(self) -> None:
         batch = self._batch
-        if batch:
+        if batch and self.state != LINGER:
             data = b"".join(batch) if len(batch) > 1 else batch[0]
             batch.clear()  # in place: data_received holds the same list
             self.transport.write(data)
@@ -509,16 +508,16 @@ class HTTP1Connection(asyncio.Protocol):
             self._chunked_out = True
         else:
             keep = False  # HTTP/1.0: the body ends when the connection closes (RFC 9112 §6.3)
+        if req.upgrade and status != 101:
+            # What followed the Upgrade request was held unparsed (it may already be the new
+            # protocol's bytes, RFC 9110 §7.8): never read it as requests; close.
+            keep = False
         if not req.body_done:
-            if req.upgrade and status != 101:
-                keep = False  # the parser already switched to raw mode; no more requests
             if req.expect_continue:
                 # We never asked for the body (RFC 9110 §10.1.1): close rather than read it.
                 keep = False
             if req.chunked or (req.content_length or 0) - req.body_received > MAX_DISCARD_BYTES:
                 keep = False
-        elif req.upgrade and status != 101:
-            keep = False
         if status != 101:
             if not keep:
                 tail += "Connection: close\r\n"
@@ -560,13 +559,18 @@ class HTTP1Connection(asyncio.Protocol):
             return
         if not req.body_done:
             req.detach_body()
-        if self._paused_by & 2:
-            self._resume_reading(2)
+        if self._paused_by & PAUSE_BODY:
+            self._resume_reading(PAUSE_BODY)
         # Next pipelined request, if its head is already parsed.
         if self._pending:
             nxt = self._pending.popleft()
-            self._resume_reading(1)
+            self._resume_reading(PAUSE_PIPELINE)
             self._dispatch(nxt)
+        elif self._error_after is not None:
+            # Every request before the bad one is answered: now the refusal (RFC 9112 §9.3.2
+            # keeps responses in request order).
+            err, self._error_after = self._error_after, None
+            self._refuse(err)
         elif self.parsing is None:
             self.state = IDLE
             self._set_deadline(self.runtime.timeouts.idle_s)
@@ -591,7 +595,7 @@ class HTTP1Connection(asyncio.Protocol):
             self.runtime.log_exchange(ex)
         self.flush()
         buf, self._upgrade_buf = self._upgrade_buf, None
-        self._resume_reading(3)
+        self._resume_reading(PAUSE_PIPELINE | PAUSE_BODY | PAUSE_HOLD)
         if buf:
             for chunk in buf:
                 if chunk:
@@ -609,15 +613,57 @@ class HTTP1Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _reject(self, status: int, batch: list[bytes]) -> None:
+    def _refuse(self, err: RequestError) -> None:
+        """Answer a request the wire rules refuse, after the requests before it. Responses
+        already batched for this read go out first."""
+        cur = self._cur
+        broken = self.parsing  # a request whose body was being read when it went wrong
+        self.parsing = None
+        self._chunks = None
+        if broken is not None and broken in self._pending:
+            self._pending.remove(broken)  # never executed: it was waiting its turn
+            broken = None
+        if cur is not None and broken is None:
+            # Requests parsed before this one are being answered: let them finish, then
+            # refuse (response_done). Nothing more is read or executed meanwhile.
+            self._error_after = err
+            self._pause_reading(PAUSE_HOLD)
+            return
+        # The bad bytes belong to the request being answered (its body broke off), or nothing
+        # is in flight: refuse now. A request whose body broke is aborted: the origin, if it
+        # was proxied, never gets the rest of the body, so it never sees a complete request.
         t = self.transport
+        self._pending.clear()
         if not t.is_closing():
-            if batch:
-                t.write(b"".join(batch))
-            if self._cur is None or not self._cur.head_sent:
-                t.write(_error_response(status))
-        self.state = CLOSED
-        t.close()
+            # Responses still batched (by this read, or by the upstream read that finished
+            # the last one) go first: order is everything here.
+            self.flush()
+            if cur is None or not cur.head_sent:
+                t.write(error_response(err.status, err.detail))
+        if cur is not None:
+            self._cur = None
+            cur.done = True
+            cb = cur.on_client_gone
+            if cb is not None:
+                cb()  # a proxy call drops its upstream connection
+            cur.status = cur.status or err.status
+            self.runtime.log_exchange(cur)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop reading requests; half-close, drop what the client still sends, then close."""
+        self.state = LINGER
+        self._resume_reading(PAUSE_PIPELINE | PAUSE_BODY | PAUSE_HOLD)
+        t = self.transport
+        if t.is_closing():
+            return
+        try:
+            if t.can_write_eof():
+                t.write_eof()
+        except (OSError, RuntimeError, AttributeError):
+            t.close()
+            return
+        self._set_deadline(LINGER_S)
 
     def _set_deadline(self, seconds: float | None) -> None:
         # The runtime's clock is updated by its 1 s sweeper: deadlines are that coarse anyway.
@@ -627,14 +673,20 @@ class HTTP1Connection(asyncio.Protocol):
 
     def check_timeout(self, now: float) -> None:
         if self._deadline and now > self._deadline and self.state != CLOSED:
+            if self._write_paused or self.state == LINGER:
+                # write_timeout: the client stopped reading. close() would wait for the
+                # buffered response forever; Go's write deadline fails the write and frees the
+                # connection (and with it the upstream one): abort.
+                self.state = CLOSED
+                if self.transport is not None:
+                    self.transport.abort()
+                return
             # Like Go's server, a read/idle timeout closes the connection without a response.
             self.close()
 
     def shutdown(self) -> None:
         """Graceful stop: close if idle, else after the current response."""
-        if self._cur is None and (
-            self.state == IDLE or (self.state == HEAD and not self._head_bytes)
-        ):
+        if self._cur is None and (self.state == IDLE or (self.state == HEAD and not self._buf)):
             self.close()
         else:
             self._close_after = True

@@ -76,7 +76,7 @@ def test_seed_config_loads_typed() -> None:
     assert srv.listen == (NetworkAddress("tcp", "", 8080, 8080),)
     assert srv.timeouts.idle_s == 10.0
     assert srv.timeouts.read_header_s == 60.0
-    assert srv.max_header_bytes == 16 * 1024
+    assert srv.max_header_bytes == 1 << 20  # Go's DefaultMaxHeaderBytes, as in Caddy
     route = srv.routes[0]
     assert route.terminal and route.match == ({"host": ["a.test", "b.test"]},)
     sub = route.handle[0]
