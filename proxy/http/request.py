@@ -134,7 +134,8 @@ class Request:
         `path` is URL.Path (decoded), `raw_path` URL.EscapedPath() (what matchers with `%`
         compare and the reverse proxy forwards), `query` URL.RawQuery. Raises
         proxy.http.target.BadRequestTarget where Go's server answers 400 (a bad %-escape).
-        `uri` stays the request-target as received (Caddy's {http.request.uri}).
+        `uri` is the request-target as the server read it, one character per byte (Latin-1),
+        and stays as received (Caddy's {http.request.uri}).
         """
         self.uri = uri
         raw, _sep, query = uri.partition("?")

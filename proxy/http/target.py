@@ -23,8 +23,10 @@ follows: an *escaped* path is ASCII text (what goes on the wire); a decoded Path
 matcher or a placeholder sees is that Path decoded as UTF-8, each invalid byte becoming
 U+FFFD (as Go's strings.ToLower does before every Caddy path comparison).
 
-Request-targets from the HTTP parser are ASCII (llhttp rejects other bytes); text that
-reaches `parse_request_target` from elsewhere (a rewrite) is taken as UTF-8, like a Go string.
+`parse_request_target` takes the request-target as the server read it, one character per
+byte (Latin-1): the wire rules let any byte but controls and space through, as Go's server
+does, so "/caf\xc3\xa9" is the UTF-8 path "/café" (forwarded as "/caf%C3%A9"). Text built
+by a rewrite is a Go string from Python text instead, i.e. UTF-8 (`_to_bytes`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Final, NamedTuple
+
+from proxy.http.wire_errors import RequestError
 
 __all__ = [
     "BadRequestTarget",
@@ -52,8 +56,19 @@ __all__ = [
 ]
 
 
-class BadRequestTarget(ValueError):
-    """The request-target is not one Go's url.ParseRequestURI accepts (the server's 400)."""
+class BadRequestTarget(RequestError):
+    """The request-target is one Go's url.ParseRequestURI refuses: the server answers 400.
+
+    A RequestError, so the server refuses the request like any other malformed one (Go's
+    server sends a bare "400 Bad Request"; `reason` says why, for logs and tests).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(400)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class RequestTarget(NamedTuple):
@@ -101,7 +116,10 @@ def unescape_path(escaped: str) -> bytes | None:
 
     `+` stays `+` in a path (only query components decode it to a space).
     """
-    raw = _to_bytes(escaped)
+    return _unescape_bytes(_to_bytes(escaped))
+
+
+def _unescape_bytes(raw: bytes) -> bytes | None:
     if b"%" not in raw:
         return raw
     out = bytearray()
@@ -147,12 +165,19 @@ def escaped_path(path: bytes, raw_path: str) -> str:
 
 def _set_path(raw: str) -> tuple[bytes, str]:
     # Go's URL.setPath followed by EscapedPath(): the decoded Path and its escaped form.
-    path = unescape_path(raw)
+    # `raw` is wire text (one character per byte).
+    try:
+        raw_bytes = raw.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadRequestTarget(f"request-target path {raw!r} is not bytes") from None
+    path = _unescape_bytes(raw_bytes)
     if path is None:
         raise BadRequestTarget(f"invalid URL escape in request-target path {raw!r}")
     # setPath keeps RawPath only when it differs from escape(Path); EscapedPath then keeps it
     # only when valid, so the escaped form is `raw` exactly when `raw` is validly encoded.
-    return path, raw if valid_encoded(raw) else escape_path(path)
+    if _VALID_ENCODED.issuperset(raw_bytes):
+        return path, raw
+    return path, escape_path(path)
 
 
 def _split_scheme(target: str) -> tuple[str, str]:
@@ -259,8 +284,8 @@ def parse_request_target(target: str, connect: bool = False) -> RequestTarget:
         rest, _sep, query = rest.partition("?")
     if not rest.startswith("/"):
         if scheme:
-            # scheme:opaque (Go keeps it as URL.Opaque); llhttp never lets one through and no
-            # handler could route it, so it is refused like any other unusable target.
+            # scheme:opaque (Go keeps it as URL.Opaque, with an empty Path, and would forward
+            # the opaque part as the target). Deviation: refused, no handler could route it.
             raise BadRequestTarget(f"opaque request-target {target!r} is not supported")
         raise BadRequestTarget(f"invalid URI for request {target!r}")
     if scheme and rest.startswith("//"):

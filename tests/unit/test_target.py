@@ -29,6 +29,7 @@ from proxy.http.target import (
     unescape_path,
     valid_encoded,
 )
+from proxy.http.wire_errors import RequestError
 
 # ------------------------------------------------------------------------------------------
 # parse_request_target: (target, URL.Path, URL.EscapedPath(), URL.RawQuery)
@@ -54,6 +55,8 @@ PARSE_CASES = [
     ("/a%20b", "/a b", "/a%20b", ""),
     ("/a+b", "/a+b", "/a+b", ""),  # '+' is no space in a path
     ("/%C3%A9", "/é", "/%C3%A9", ""),
+    ("/caf\xc3\xa9", "/café", "/caf%C3%A9", ""),  # raw UTF-8 bytes (wire text is Latin-1)
+    ("/\xff", "/\ufffd", "/%FF", ""),
     ("/%ff", "/\ufffd", "/%ff", ""),  # a byte that is no UTF-8: matched as U+FFFD
     ("/%25zz", "/%zz", "/%25zz", ""),
     # ... but an invalid one makes Go re-escape the whole decoded path: %2f becomes '/'
@@ -121,9 +124,17 @@ def test_parse_request_target_rejects(target: str, message: str) -> None:
         parse_request_target(target)
 
 
-def test_bad_request_target_is_a_value_error() -> None:
-    # The server maps it to 400; a ValueError so that generic config-time callers see it too.
-    assert issubclass(BadRequestTarget, ValueError)
+def test_bad_request_target_is_a_400_request_error() -> None:
+    # The server refuses every RequestError with its status, as Go's server does a bad URL.
+    with pytest.raises(RequestError) as caught:
+        parse_request_target("/%zz")
+    assert caught.value.status == 400
+    assert str(caught.value) == "invalid URL escape in request-target path '/%zz'"
+
+
+def test_text_that_is_no_wire_bytes_is_refused() -> None:
+    with pytest.raises(BadRequestTarget, match="not bytes"):
+        parse_request_target("/\u20ac")
 
 
 # ------------------------------------------------------------------------------------------
@@ -146,8 +157,8 @@ def test_request_rejects_bad_escape() -> None:
         request("/%zz")
 
 
-# Printable ASCII without space: what llhttp lets through in a request-target.
-_TARGET_CHARS = "".join(chr(c) for c in range(0x21, 0x7F))
+# Any byte but controls and space: what the wire rules let through in a request-target.
+_TARGET_CHARS = "".join(chr(c) for c in range(0x21, 0x100) if c != 0x7F)
 
 
 @settings(max_examples=400, deadline=None)
