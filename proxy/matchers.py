@@ -25,6 +25,7 @@ from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from typing import Any
 
+from proxy.http.target import clean_path, unescape_path
 from proxy.placeholders import (
     ResponseHeaderSource,
     Template,
@@ -93,45 +94,6 @@ def _string_list(value: Any, what: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Paths
 # --------------------------------------------------------------------------------------------
-
-
-def clean_path(path: str, collapse_slashes: bool = True) -> str:
-    """Go's path.Clean that keeps a trailing slash (Caddy's CleanPath).
-
-    With collapse_slashes=False, empty segments ("//") are kept: they count as segments, so
-    "/a//../b" is "/a/b" and "/a//b" stays as is (Caddy does this when a path pattern itself
-    contains "//").
-    """
-    # Fast path: an absolute path without dot segments (and without "//" when collapsing)
-    # is already clean; that is almost every request.
-    if path.startswith("/") and "/." not in path and (not collapse_slashes or "//" not in path):
-        return path
-    if not path:
-        return "."
-    rooted = path.startswith("/")
-    parts = path.split("/")
-    last = len(parts) - 1
-    out: list[str] = []
-    for idx, seg in enumerate(parts):
-        if not seg:
-            # parts[0] is the root and parts[-1] the trailing slash; an empty segment in
-            # between is a "//" that is kept as a segment of its own when not collapsing.
-            if collapse_slashes or idx == 0 or idx == last:
-                continue
-        elif seg == ".":
-            continue
-        elif seg == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            elif not rooted:
-                out.append("..")
-            continue
-        out.append(seg)
-    body = "/".join(out)
-    result = "/" + body if rooted else (body or ".")
-    if path.endswith("/") and (out or not rooted):
-        result += "/"
-    return result
 
 
 def _class_char(pat: str, i: int) -> tuple[str, int] | None:
@@ -205,70 +167,73 @@ def _glob_regex(pat: str) -> re.Pattern[str] | None:
     return re.compile("".join(out), re.DOTALL)
 
 
-_HEX = frozenset("0123456789abcdefABCDEF")
-# One unit of an escaped path that does not decode to '/': a plain char or a %XX escape.
-_RAW_UNIT = r"(?:[^/%]|%(?!2f)[0-9a-f]{2})"
-_BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
+def _match_escape_pattern(escaped_path: str, pattern: str) -> bool:
+    """Caddy's MatchPath.matchPatternWithEscapeSequence (modules/caddyhttp/matchers.go).
 
-
-def _literal_alternatives(ch: str) -> str:
-    # A literal pattern char matches the char itself or any escape that decodes to it
-    # (case-insensitively, as the whole path match is).
-    alts = {re.escape(ch)}
-    for variant in {ch, ch.upper()}:
-        alts.add(re.escape("".join(f"%{b:02x}" for b in variant.encode("utf-8"))))
-    if len(alts) == 1:
-        return alts.pop()
-    return "(?:" + "|".join(sorted(alts)) + ")"
-
-
-@lru_cache(maxsize=1024)
-def _escaped_regex(pat: str) -> re.Pattern[str] | None:
-    """Regex for a path pattern containing %-escapes, applied to the lowercased escaped path.
-
-    Caddy's rule: where the pattern has an escape sequence, the request's escaped form must
-    match it (so "/a%2fb" matches "/a%2Fb" but not "/a/b"); elsewhere the path is compared
-    decoded. `*` spans decoded characters other than '/', `%*` spans raw text without '/'.
+    A pattern with `%` compares the request in escaped space where the pattern has an escape
+    ("/a%2fb" matches "/a%2Fb" but not "/a/b") and decoded elsewhere. The lock-step walk
+    below builds that mixed string, which path.Match then compares with the pattern (`%*`
+    read as `*`). It mirrors Caddy's walk byte for byte, quirks included: a `*` spans up to
+    the first path byte equal to the pattern byte after it, and, when the path byte at the
+    `*` was an escape, starts after that escape's first two bytes. Since Caddy #7828 the
+    path left over when the pattern ends is appended (decoded), so "/foo%2fbar" no longer
+    matches "/foo%2fbarbaz" (Caddy 2.6.2 treated the pattern as a prefix there).
     """
-    out: list[str] = []
-    i = 0
-    n = len(pat)
-    while i < n:
-        ch = pat[i]
-        if ch == "%":
-            if pat[i + 1 : i + 2] == "*":
-                out.append("[^/]*")
-                i += 2
+    path = escaped_path.lower().encode("utf-8", "surrogateescape")
+    pat = pattern.encode("utf-8")
+    built = bytearray()
+    i_pat = i_path = 0
+    n_pat = len(pat)
+    n_path = len(path)
+    while i_pat < n_pat and i_path < n_path:
+        path_ch = path[i_path : i_path + 1]
+        escape_seq = b""
+        if path_ch == b"%" and n_path >= i_path + 3:
+            escape_seq = path[i_path : i_path + 3]
+            decoded = unescape_path(escape_seq.decode("latin-1"))
+            if decoded is None:
+                return False  # Caddy: impossible for a valid EscapedPath()
+            path_ch = decoded
+            i_path += 2
+        pat_ch = pat[i_pat]
+        normalize = True
+        wildcard = pat_ch == 0x2A  # '*'
+        if pat_ch == 0x25:  # '%'
+            if n_pat >= i_pat + 3 and pat[i_pat + 1] != 0x2A:
+                # an escape in the pattern: take the path's escape (empty if it had none)
+                built += escape_seq
+                i_path += 1
+                i_pat += 3
                 continue
-            pair = pat[i + 1 : i + 3]
-            if len(pair) == 2 and pair[0] in _HEX and pair[1] in _HEX:
-                out.append(re.escape("%" + pair.lower()))
-                i += 3
-                continue
-            out.append("%")
-            i += 1
-        elif ch == "*":
-            out.append(_RAW_UNIT + "*")
-            i += 1
-        elif ch == "?":
-            out.append(_RAW_UNIT)
-            i += 1
-        elif ch == "[":
-            # Classes compare against the raw character here (an escaped char never matches).
-            got = _glob_class(pat, i + 1)
-            if got is None:
-                return None
-            out.append(got[0])
-            i = got[1]
-        elif ch == "\\":
-            if i + 1 >= n:
-                return None
-            out.append(_literal_alternatives(pat[i + 1]))
-            i += 2
+            i_pat += 1  # "%*": a wildcard over escaped text
+            normalize = False
+            wildcard = True
+        if wildcard:
+            remaining = path[i_path:]
+            until = len(remaining)
+            if i_pat < n_pat - 1:
+                until = remaining.find(pat[i_pat + 1 : i_pat + 2])
+                if until == -1:
+                    return False
+            if until > 0:
+                span = remaining[:until]
+                if normalize:
+                    unescaped = unescape_path(span.decode("latin-1"))
+                    if unescaped is None:
+                        return False
+                    span = unescaped
+                built += span
+                i_path += until
         else:
-            out.append(_literal_alternatives(ch))
-            i += 1
-    return re.compile("".join(out), re.DOTALL)
+            built += path_ch
+            i_path += 1
+        i_pat += 1
+    if i_path < n_path:
+        rest = path[i_path:]
+        unescaped = unescape_path(rest.decode("latin-1"))
+        built += rest if unescaped is None else unescaped
+    grx = _glob_regex(pattern.replace("%*", "*"))
+    return grx is not None and grx.fullmatch(built.decode("utf-8", "replace").lower()) is not None
 
 
 # A path test: (collapse_slashes, on_escaped_path, predicate on the cleaned lowercase path).
@@ -280,14 +245,21 @@ def _never_str(text: str) -> bool:
 
 
 def _path_test(pattern: str) -> _PathTest:
-    """Compile one lowercased path pattern (Caddy's MatchPath rules, in its order)."""
+    """Compile one lowercased path pattern (Caddy's MatchPath rules, in its order).
+
+    The request side is URL.Path lowercased and cleaned (CleanPath, merging slashes unless
+    the pattern has "//"), or for a pattern with `%` the cleaned URL.EscapedPath().
+
+    Trailing dots and spaces are NOT trimmed: current Caddy only does that (and folds `\\`
+    into `/`) when it runs on Windows (normalizeWindowsPath, since v2.7.0 / caddy#5613,
+    per path component since caddy#7858), because only Windows filesystems ignore them.
+    pyproxy runs on POSIX, where "/admin." is another file than "/admin". Caddy 2.6.2
+    trimmed them from the end of every path on every OS (#2917), so 2.6.2 blocks
+    "/admin." with `path /admin`; current Caddy on Linux, and pyproxy, do not.
+    """
     collapse = "//" not in pattern
     if "%" in pattern:
-        erx = _escaped_regex(pattern)
-        if erx is None:
-            return collapse, True, _never_str
-        efull = erx.fullmatch
-        return collapse, True, lambda p: efull(p) is not None
+        return collapse, True, lambda p: _match_escape_pattern(p, pattern)
     stars = pattern.count("*")
     if stars == 2 and pattern.startswith("*") and pattern.endswith("*"):
         sub = pattern[1:-1]
@@ -316,15 +288,11 @@ def _clean_lower(path: str) -> str:
     return clean_path(path.lower())
 
 
-def _escaped_ok(raw_path: str) -> bool:
-    return "%" not in raw_path or _BAD_ESCAPE.search(raw_path) is None
-
-
 def _run_path_test(test: _PathTest, req: RequestView) -> bool:
     collapse, escaped, pred = test
     if escaped:
-        raw = req.raw_path
-        return _escaped_ok(raw) and pred(clean_path(raw, collapse).lower())
+        # req.raw_path is URL.EscapedPath(), which Caddy cleans before the escape walk.
+        return pred(clean_path(req.raw_path, collapse))
     return pred(clean_path(req.path.lower(), collapse))
 
 

@@ -517,7 +517,10 @@ class ProxyCall:
             return b"".join(
                 (
                     (
-                        f"{req.method} {req.raw_path}{'?' if query else ''}{query} HTTP/1.1\r\n"
+                        # raw_path is URL.EscapedPath(); "" (from "http://host") goes as "/"
+                        # like Go's URL.RequestURI().
+                        f"{req.method} {req.raw_path or '/'}{'?' if query else ''}{query}"
+                        " HTTP/1.1\r\n"
                         f"Host: {host or req.vars['http.reverse_proxy.upstream.hostport']}\r\n"
                     ).encode("latin-1"),
                     raw,
@@ -538,7 +541,8 @@ class ProxyCall:
         trusted = req.vars.get("_trusted_proxy")
         if trusted is None:
             trusted = rp.is_trusted(req.remote_ip)
-        target = req.raw_path + ("?" + req.query if req.query else "")
+        # Go's URL.RequestURI(): EscapedPath() ("/" when empty) and the raw query.
+        target = (req.raw_path or "/") + ("?" + req.query if req.query else "")
         parts = [f"{req.method} {target} HTTP/1.1\r\n"]
         host_sent = False
         prior_xff = ""

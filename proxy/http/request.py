@@ -7,9 +7,11 @@ body arrives later, chunk by chunk; a handler that wants it attaches a `BodySink
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Final, Protocol
-from urllib.parse import unquote
+
+from proxy.http.target import parse_request_target
 
 
 class BodySink(Protocol):
@@ -18,6 +20,11 @@ class BodySink(Protocol):
 
 
 _NO_FIELDS: Final[list[tuple[bytes, bytes]]] = []
+
+# An origin-form path that Go's url.ParseRequestURI leaves as it is: no '%' escape and no
+# byte that URL.EscapedPath() would escape ('#', '\\', '"', '<', '>', '^', '`', '{', '|',
+# '}', controls, non-ASCII). Its Path, its EscapedPath() and the received text are one string.
+_PLAIN_PATH: Final = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]*")
 
 
 class Request:
@@ -122,18 +129,26 @@ class Request:
         return out
 
     def set_uri(self, uri: str) -> None:
-        """Set the request-target and derive path/raw_path/query (used by rewrite too)."""
+        """Set the request-target and derive path/raw_path/query (Go's url.ParseRequestURI).
+
+        `path` is URL.Path (decoded), `raw_path` URL.EscapedPath() (what matchers with `%`
+        compare and the reverse proxy forwards), `query` URL.RawQuery. Raises
+        proxy.http.target.BadRequestTarget where Go's server answers 400 (a bad %-escape).
+        `uri` is the request-target as the server read it, one character per byte (Latin-1),
+        and stays as received (Caddy's {http.request.uri}).
+        """
         self.uri = uri
         raw, _sep, query = uri.partition("?")
-        if raw and raw[0] != "/" and raw != "*":
-            # absolute-form (RFC 9112 §3.2.2): keep only the path for routing.
-            scheme_end = raw.find("://")
-            if scheme_end > 0:
-                slash = raw.find("/", scheme_end + 3)
-                raw = raw[slash:] if slash >= 0 else "/"
-        self.raw_path = raw
-        self.query = query
-        self.path = unquote(raw) if "%" in raw else raw
+        if _PLAIN_PATH.fullmatch(raw) is not None:
+            # Almost every request: nothing to decode or escape.
+            self.raw_path = raw
+            self.path = raw
+            self.query = query
+            return
+        target = parse_request_target(uri, self.method == "CONNECT")
+        self.path = target.path
+        self.raw_path = target.escaped_path
+        self.query = target.query
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
