@@ -32,6 +32,7 @@ from proxy.http.client import UpstreamConnection
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.request import Request
 from proxy.http.server import status_line
+from proxy.http.target import ascii_query
 from proxy.placeholders import compile_template
 from proxy.route import compile_match
 from proxy.upstream.errors import DialError, DialTimeout
@@ -514,6 +515,8 @@ class ProxyCall:
                 framing = "\r\n"
             host = req.host
             query = req.query
+            if not query.isascii():
+                query = ascii_query(query)
             return b"".join(
                 (
                     (
@@ -541,8 +544,10 @@ class ProxyCall:
         trusted = req.vars.get("_trusted_proxy")
         if trusted is None:
             trusted = rp.is_trusted(req.remote_ip)
-        # Go's URL.RequestURI(): EscapedPath() ("/" when empty) and the raw query.
-        target = (req.raw_path or "/") + ("?" + req.query if req.query else "")
+        # Go's URL.RequestURI(): EscapedPath() ("/" when empty) and the raw query (its
+        # non-ASCII bytes escaped: see ascii_query).
+        query = req.query if req.query.isascii() else ascii_query(req.query)
+        target = (req.raw_path or "/") + ("?" + query if query else "")
         parts = [f"{req.method} {target} HTTP/1.1\r\n"]
         host_sent = False
         prior_xff = ""

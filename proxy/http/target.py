@@ -438,3 +438,15 @@ def replace_in_path(escaped: str, find: str, replace: str, limit: int, merge: bo
 def regexp_replace_path(escaped: str, rx: re.Pattern[str], replacement: str) -> str:
     """rewrite.go regexReplacer: ReplaceAllString on the escaped path (not cleaned)."""
     return change_path(escaped, lambda p: rx.sub(replacement, p))
+
+
+def ascii_query(query: str) -> str:
+    """The query with its non-ASCII bytes %-escaped, as the reverse proxy forwards it.
+
+    Go forwards URL.RawQuery as received, raw bytes >= 0x80 included; RFC 3986 §3.4 allows
+    none there and strict origins (h11, Python's http.server) refuse the request. A query
+    parser decodes %XX to the same byte, so escaping only those bytes changes nothing an origin
+    can see but whether it can read the request. A deviation from Caddy, for that reason.
+    `query` holds one character per byte (Latin-1, as the server read it).
+    """
+    return "".join([c if c < "\x80" else f"%{ord(c):02X}" for c in query])

@@ -325,3 +325,10 @@ def test_replace_in_path_cleans_and_works_on_the_escaped_path() -> None:
 def test_regexp_replace_path_on_the_escaped_path() -> None:
     assert regexp_replace_path("/a%2Fb", re.compile("%2F"), "/") == "/a/b"
     assert regexp_replace_path("/a/../b", re.compile("b$"), "c") == "/a/../c"  # not cleaned
+
+
+def test_ascii_query_escapes_only_non_ascii_bytes() -> None:
+    from proxy.http.target import ascii_query
+
+    assert ascii_query("a=1&b=%41") == "a=1&b=%41"
+    assert ascii_query("q=caf\xc3\xa9&x=\xdf") == "q=caf%C3%A9&x=%DF"
