@@ -151,6 +151,13 @@ def main() -> int:
         "seconds": round(elapsed, 1),
         "seed": args.seed,
         "lanes": args.lanes,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
     }
     print(json.dumps(result, indent=2))
     for reason, data in failures:
