@@ -73,10 +73,11 @@ class RespawnPolicy:
             return RespawnDecision(False, 0.0, quick_exits, "the instance is stopping")
         lived_s = max(0.0, exited_at - started_at)
         if lived_s >= self.stable_after_s:
-            return RespawnDecision(True, 0.0, 0, f"it had run for {lived_s:.1f}s")
+            return RespawnDecision(True, 0.0, 0, f"it had run {self.stable_after_s:g}s or more")
         streak = quick_exits + 1
+        quick = f"within {self.stable_after_s:g}s of starting"
         if streak == 1:
-            return RespawnDecision(True, 0.0, streak, f"first quick exit (after {lived_s:.1f}s)")
+            return RespawnDecision(True, 0.0, streak, f"the first exit {quick}")
         # 2**(streak - 2) overflows a float only for absurd streaks; stop doubling at the cap.
         delay = self.first_backoff_s
         for _ in range(streak - 2):
@@ -84,9 +85,7 @@ class RespawnPolicy:
             if delay >= self.max_backoff_s:
                 break
         delay = min(delay, self.max_backoff_s)
-        return RespawnDecision(
-            True, delay, streak, f"{streak} quick exits in a row (the last after {lived_s:.1f}s)"
-        )
+        return RespawnDecision(True, delay, streak, f"{streak} exits in a row {quick}")
 
 
 def describe_exit(wait_status: int) -> str:
