@@ -298,27 +298,36 @@ class ListenerCopies:
             s.close()
 
     def fds(self) -> list[int]:
-        return [s.fileno() for socks in self.by_address.values() for s in socks]
+        """The descriptors, in the order of `spec()`."""
+        return [s.fileno() for _, socks in sorted(self.by_address.items()) for s in socks]
 
     def spec(self) -> list[list[Any]]:
-        """JSON for the replacement worker: `[network, host, first, last, [fd, ...]]` each."""
-        return [
-            [*key, [s.fileno() for s in socks]] for key, socks in sorted(self.by_address.items())
-        ]
+        """JSON for the replacement worker: `[network, host, first, last, count]` each; the
+        descriptors follow in `fds()` order."""
+        return [[*key, len(socks)] for key, socks in sorted(self.by_address.items())]
 
     def close(self) -> None:
         for key in list(self.by_address):
             self._close(key)
 
 
-def parse_listener_spec(spec: Any) -> Iterator[tuple[AddressKey, list[socket.socket]]]:
-    """Worker side of `ListenerCopies.spec`: the inherited sockets by address."""
+def parse_listener_spec(
+    spec: Any, fds: Sequence[int]
+) -> Iterator[tuple[AddressKey, list[socket.socket]]]:
+    """Worker side of `ListenerCopies.spec`: the inherited sockets by address, made from `fds`
+    (this process's descriptors, in `ListenerCopies.fds` order)."""
     if not isinstance(spec, list):
         raise ControlError(f"listener spec is not a list: {spec!r}")
+    rest = list(fds)
     for item in spec:
-        if not isinstance(item, list) or len(item) != 5 or not isinstance(item[4], list):
+        if not isinstance(item, list) or len(item) != 5 or not isinstance(item[4], int):
             raise ControlError(f"listener spec: bad entry {item!r}")
-        fds = item[4]
-        if not all(isinstance(fd, int) and fd >= 0 for fd in fds):
-            raise ControlError(f"listener spec: bad descriptors {fds!r}")
-        yield _address_key(item[:4]), [socket.socket(fileno=fd) for fd in fds]
+        count = item[4]
+        if count < 0 or count > len(rest):
+            raise ControlError(
+                f"listener spec: {count} descriptors for {item[:4]!r}, {len(rest)} left"
+            )
+        mine, rest = rest[:count], rest[count:]
+        yield _address_key(item[:4]), [socket.socket(fileno=fd) for fd in mine]
+    if rest:
+        raise ControlError(f"listener spec: {len(rest)} descriptors left over")

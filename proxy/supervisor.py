@@ -3,7 +3,7 @@
 It owns what there is one of: reading and validating configs, the admin API (proxy.admin), the
 signals, `--watch`, metrics aggregation and replacing dead workers. It forks the workers
 (proxy.worker) before it starts its own event loop (forking a process with a running loop is
-unsafe; a replacement is a new interpreter, see `spawn_worker`) and then drives them over
+unsafe; replacements come from proxy.forkserver) and then drives them over
 control channels (proxy.control). It always forks, also for `--workers 1`, so there
 is one code path for reloads.
 
@@ -53,12 +53,14 @@ from config.model import Config
 from proxy import native
 from proxy.admin import AdminServer, ReloadError, start_admin_server, strip_meta_fields
 from proxy.control import (
+    MAX_FDS_PER_MESSAGE,
     Channel,
     ChannelClosed,
     ControlError,
     ListenerCopies,
     listener_share_pair,
 )
+from proxy.forkserver import ForkServer, ForkServerGone
 from proxy.metrics import ProxyMetrics, render_snapshots
 from proxy.respawn import RespawnPolicy, describe_exit
 
@@ -80,6 +82,8 @@ REAP_POLL_S = 0.01
 # The directory holding the `proxy` package: a replacement worker imports from it.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPAWNED_WORKER_CODE = "from proxy.worker import spawned_worker_main; spawned_worker_main()"
+# A fork server request carries all of a worker's descriptors in one message.
+FORK_SERVER_MAX_FDS = MAX_FDS_PER_MESSAGE + 2
 
 
 def validate(config: dict[str, Any]) -> Config:
@@ -232,43 +236,20 @@ class WorkerSlot:
         self.quick_exits = 0
 
 
-def spawn_worker(reuse_port: bool, use_uvloop: bool, listeners: ListenerCopies) -> WorkerHandle:
-    """Start a replacement worker that inherits `listeners`.
-
-    A new interpreter, not a fork: the supervisor's event loop is running now (and may have
-    threads), and a fork would copy its selector, its signal wakeup descriptor and every open
-    descriptor (admin sockets, the other workers' channels and listening sockets) into the
-    child. A new interpreter gets only the descriptors passed to it. This costs the imports the
-    startup fork avoids (about half a second). Python's multiprocessing "spawn" does the same.
-    """
-    parent_sock, child_sock = socket.socketpair()
-    parent_share, child_share = listener_share_pair()
-    spec = {
-        "control_fd": child_sock.fileno(),
-        "share_fd": child_share.fileno(),
-        "listeners": listeners.spec(),
-        "reuse_port": reuse_port,
-        "uvloop": use_uvloop,
-    }
+def spawn_interpreter(spec: dict[str, Any], fds: list[int]) -> subprocess.Popen[bytes]:
+    """Start a replacement worker as a new interpreter, the way without a fork server
+    (proxy.forkserver): it gets only the descriptors passed to it, but pays the imports the
+    forked workers inherit (about half a second of CPU)."""
     # The replacement imports this very source tree, wherever the supervisor was started from.
     path = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     sys.stdout.flush()
     sys.stderr.flush()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-c", SPAWNED_WORKER_CODE, json.dumps(spec)],
-            pass_fds=(child_sock.fileno(), child_share.fileno(), *listeners.fds()),
-            env=env,
-        )
-    except BaseException:
-        parent_sock.close()
-        parent_share.close()
-        raise
-    finally:
-        child_sock.close()
-        child_share.close()
-    return WorkerHandle(process.pid, parent_sock, parent_share, process)
+    return subprocess.Popen(
+        [sys.executable, "-c", SPAWNED_WORKER_CODE, json.dumps({**spec, "fds": fds})],
+        pass_fds=fds,
+        env=env,
+    )
 
 
 class Supervisor:
@@ -279,9 +260,11 @@ class Supervisor:
         args: argparse.Namespace,
         workers: list[WorkerHandle],
         config: dict[str, Any],
+        fork_server: ForkServer | None = None,
         respawn_policy: RespawnPolicy | None = None,
     ) -> None:
         self.args = args
+        self.fork_server = fork_server
         self.slots = [WorkerSlot(i, w) for i, w in enumerate(workers)]
         self.reuse_port = len(workers) > 1
         self.respawn_policy = respawn_policy or RespawnPolicy()
@@ -496,6 +479,37 @@ class Supervisor:
             asyncio.get_running_loop().remove_reader(w.share.fileno())
             w.share.close()
 
+    async def _start_worker(self, listeners: ListenerCopies) -> WorkerHandle:
+        """A new worker process inheriting `listeners` (not yet talked to)."""
+        spec = {
+            "reuse_port": self.reuse_port,
+            "uvloop": not self.args.no_uvloop,
+            "listeners": listeners.spec(),
+        }
+        parent_sock, child_sock = socket.socketpair()
+        parent_share, child_share = listener_share_pair()
+        fds = [child_sock.fileno(), child_share.fileno(), *listeners.fds()]
+        try:
+            pid, process = 0, None
+            fork_server = self.fork_server
+            if fork_server is not None and fork_server.open and len(fds) <= FORK_SERVER_MAX_FDS:
+                try:
+                    pid = await fork_server.spawn(spec, fds)
+                except ForkServerGone as exc:
+                    log.warning("%s: replacement workers start as new interpreters", exc)
+            if not pid:
+                process = spawn_interpreter(spec, fds)
+                pid = process.pid
+        except BaseException:
+            parent_sock.close()
+            parent_share.close()
+            raise
+        finally:
+            # The worker has its copies.
+            child_sock.close()
+            child_share.close()
+        return WorkerHandle(pid, parent_sock, parent_share, process)
+
     async def _keep_slot(self, slot: WorkerSlot) -> None:
         """Replace the slot's worker whenever it exits while the instance serves."""
         stopping = asyncio.ensure_future(self._stop.wait())
@@ -545,14 +559,16 @@ class Supervisor:
             if self._stop.is_set():
                 return True
             try:
-                w = spawn_worker(self.reuse_port, not self.args.no_uvloop, slot.listeners)
+                w = await self._start_worker(slot.listeners)
             except OSError as exc:
                 log.error("starting a replacement for worker %d: %s", old.pid, exc)
                 return False
-            # Synchronously with the spawn: a stop from now on finds it in the slot.
             slot.worker = w
             self.metrics.record_worker_restart()
             self._watch_worker(slot, w)
+            if self._stop.is_set():  # the stop began while it was forked; it may have missed it
+                w.kill()
+                return True
             try:
                 await self._apply(strip_meta_fields(self.config), [w], WORKER_START_TIMEOUT_S)
             except (TimeoutError, ReloadError, ControlError, ConnectionError) as exc:
@@ -644,15 +660,36 @@ class Supervisor:
             if os.waitstatus_to_exitcode(w.wait_status) not in (0, -signal.SIGKILL):
                 self.exit_code = self.exit_code or EXIT_FAILED_QUIT
 
-        await asyncio.gather(*(stop_one(w) for w in self.workers))
+        asked: set[WorkerHandle] = set()
+        while todo := [w for w in self.workers if w not in asked]:
+            # Again for a replacement that was being forked when the stop began.
+            asked.update(todo)
+            await asyncio.gather(*(stop_one(w) for w in todo))
         for w in self.workers:
             if w.channel is not None:
                 w.channel.close()
+        if self.fork_server is not None:
+            self.fork_server.close()  # it exits at end of file
+            await self._reap_fork_server(self.fork_server.pid)
+
+    async def _reap_fork_server(self, pid: int) -> None:
+        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
+        while True:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
+            await asyncio.sleep(REAP_POLL_S)
 
 
 def run(args: argparse.Namespace, workers: int) -> int:
     """`pyproxy run` after argument parsing: validate, fork the workers, supervise."""
-    from proxy.worker import worker_main
+    from proxy.worker import run_spawned_worker, worker_main
 
     # Said before any worker exists: which build serves (proxy/native.py).
     log.info("native build: %s", native.STATUS.describe())
@@ -663,6 +700,8 @@ def run(args: argparse.Namespace, workers: int) -> int:
     except (ConfigError, OSError) as exc:
         print(f"Error: loading config: {_error_text(exc)}", file=sys.stderr)
         return EXIT_FAILED_START
+    # First, while this process holds nothing a worker must not inherit (proxy.forkserver).
+    fork_server = ForkServer.start(run_spawned_worker)
     handles: list[WorkerHandle] = []
     for _ in range(workers):
         parent_sock, child_sock = socket.socketpair()
@@ -675,6 +714,8 @@ def run(args: argparse.Namespace, workers: int) -> int:
             # open after the supervisor died, and that worker would never notice.
             parent_sock.close()
             parent_share.close()
+            if fork_server is not None:
+                fork_server.sock.close()
             for h in handles:
                 h.sock.close()
                 h.share.close()
@@ -693,6 +734,6 @@ def run(args: argparse.Namespace, workers: int) -> int:
         child_sock.close()
         child_share.close()
         handles.append(WorkerHandle(pid, parent_sock, parent_share))
-    supervisor = Supervisor(args, handles, config)
+    supervisor = Supervisor(args, handles, config, fork_server)
     supervisor.file_signature = signature
     return asyncio.run(supervisor.main())

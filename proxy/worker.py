@@ -47,6 +47,7 @@ from proxy.control import (
     share_listeners,
     withdraw_listeners,
 )
+from proxy.forkserver import set_process_name
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("pyproxy.worker")
@@ -487,6 +488,7 @@ def worker_main(
     supervisor turns it into an orderly `stop`."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    set_process_name("pyproxy worker")
     if use_uvloop:
         try:
             import uvloop
@@ -501,10 +503,29 @@ def worker_main(
         return 1
 
 
+def run_spawned_worker(spec: dict[str, Any], fds: list[int]) -> int:
+    """A replacement worker (forked by proxy.forkserver, or a new interpreter through
+    `spawned_worker_main`). `spec`: `{"reuse_port", "uvloop", "listeners"}`; `fds`: its control
+    channel, its listener-sharing socket, then the inherited listening sockets in the order of
+    `spec["listeners"]` (proxy.control.ListenerCopies)."""
+    if len(fds) < 2:
+        raise ControlError(f"a worker needs at least 2 descriptors, got {len(fds)}")
+    inherited = {
+        NetworkAddress(*key): socks
+        for key, socks in parse_listener_spec(spec["listeners"], fds[2:])
+    }
+    return worker_main(
+        socket.socket(fileno=fds[0]),
+        reuse_port=bool(spec["reuse_port"]),
+        use_uvloop=bool(spec["uvloop"]),
+        share=socket.socket(fileno=fds[1]),
+        inherited=inherited,
+    )
+
+
 def spawned_worker_main() -> None:
-    """Entry point of a replacement worker, a new interpreter (`python -c`) that the supervisor
-    started with `sys.argv[1]` = JSON `{"control_fd", "share_fd", "listeners", "reuse_port",
-    "uvloop"}` and those descriptors passed in (see proxy.supervisor.spawn_worker)."""
+    """Entry point of a replacement worker started as a new interpreter (`python -c`) with
+    `sys.argv[1]` = its spec as JSON, the descriptors (numbers unchanged) under `"fds"`."""
     import json
     import sys
 
@@ -513,13 +534,9 @@ def spawned_worker_main() -> None:
     configure_logging()
     try:
         spec = json.loads(sys.argv[1])
-        control = socket.socket(fileno=int(spec["control_fd"]))
-        share = socket.socket(fileno=int(spec["share_fd"]))
-        inherited = {
-            NetworkAddress(*key): socks for key, socks in parse_listener_spec(spec["listeners"])
-        }
-        reuse_port, use_uvloop = bool(spec["reuse_port"]), bool(spec["uvloop"])
-    except (IndexError, KeyError, TypeError, ValueError, OSError, ControlError) as exc:
+        fds = [int(fd) for fd in spec["fds"]]
+        code = run_spawned_worker(spec, fds)
+    except (IndexError, KeyError, TypeError, ValueError, ControlError) as exc:
         print(f"Error: bad worker arguments: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    raise SystemExit(worker_main(control, reuse_port, use_uvloop, share, inherited))
+    raise SystemExit(code)
