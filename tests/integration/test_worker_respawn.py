@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import re
 import signal
@@ -60,8 +59,8 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def workers(supervisor: int) -> set[int]:
-    """The supervisor's live worker processes (its other child is the fork server)."""
+def children(parent: int, name: str) -> set[int]:
+    """Live processes of `parent` named `name` (the workers and the fork server set theirs)."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -72,9 +71,18 @@ def workers(supervisor: int) -> set[int]:
         except OSError:
             continue
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == supervisor and state != "Z" and comm == "pyproxy worker":
+        if int(ppid) == parent and state != "Z" and comm == name:
             found.add(int(entry))
     return found
+
+
+def workers(supervisor: int) -> set[int]:
+    return children(supervisor, "pyproxy worker")
+
+
+def fork_server(supervisor: int) -> int:
+    (pid,) = children(supervisor, "pyproxy forksrv")
+    return pid
 
 
 def gone(pid: int) -> bool:
@@ -218,7 +226,9 @@ def test_killed_worker_is_replaced_under_load(
     run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
 ) -> None:
     port, admin_port = free_port(), free_port()
-    proc, pids = start_proxy(run_proxy, caddyfile(port, admin_port, origin.port), port, admin_port, 2)
+    proc, pids = start_proxy(
+        run_proxy, caddyfile(port, admin_port, origin.port), port, admin_port, 2
+    )
     supervisor = proc.proc.pid
     assert restarts(admin_port) == 0
     load = Load(port)
@@ -243,7 +253,9 @@ def test_killed_worker_is_replaced_under_load(
         (new_pid,) = replacement
         # It serves: it accepted client connections (the clients of the dead worker reconnect
         # and some hash to its inherited socket), and they get answers.
-        served_at = wait_for(lambda: connections_held(new_pid, port) >= 1, "the new worker to serve")
+        served_at = wait_for(
+            lambda: connections_held(new_pid, port) >= 1, "the new worker to serve"
+        )
         assert served_at - killed_at < REPLACED_WITHIN_S, proc.log
         ok_then = load.total_ok
         wait_for(lambda: load.total_ok >= ok_then + 200, "requests after the respawn")
@@ -254,9 +266,178 @@ def test_killed_worker_is_replaced_under_load(
     assert len(load.failures) <= held[victim], load.failures
     assert all(n >= 3 for n in load.ok)
     assert f"worker {victim} killed by SIGKILL" in proc.log
-    assert re.search(rf"worker {victim} killed by SIGKILL after [\d.]+s; starting a replacement now", proc.log)
+    assert re.search(
+        rf"worker {victim} killed by SIGKILL after [\d.]+s; starting a replacement now", proc.log
+    )
     assert restarts(admin_port) == 1
     assert workers(supervisor) == {survivor, new_pid}
     assert get(port) == 200
     assert "Address already in use" not in proc.log
+    assert proc.stop() == 0
+
+
+def test_reload_and_graceful_stop_are_not_crashes(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    port, admin_port = free_port(), free_port()
+    text = caddyfile(port, admin_port, origin.port)
+    proc, pids = start_proxy(run_proxy, text, port, admin_port, 2)
+    supervisor = proc.proc.pid
+    changed = text.replace("\treverse_proxy", "\theader X-Reloaded yes\n\treverse_proxy")
+    assert admin_post(admin_port, "/load", changed.encode()) == 200
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+    conn.request("GET", "/")
+    assert conn.getresponse().getheader("X-Reloaded") == "yes"
+    conn.close()
+    # A reload switches configs inside the running workers: nobody exited, nothing replaced.
+    assert workers(supervisor) == pids
+    assert restarts(admin_port) == 0
+
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(WAIT_S) == 0
+    assert "shutdown complete" in proc.log
+    assert "replacement" not in proc.log
+    assert all(gone(pid) for pid in pids)
+
+
+def test_crash_loop_backs_off(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    from proxy.respawn import RespawnPolicy
+
+    port, admin_port = free_port(), free_port()
+    proc, pids = start_proxy(
+        run_proxy, caddyfile(port, admin_port, origin.port), port, admin_port, 2
+    )
+    supervisor = proc.proc.pid
+    victim, survivor = sorted(pids)
+    kills = 4
+    # What the policy says for workers that each die right after they start (the first one
+    # ran for well under its 10 s too).
+    policy, streak, expected = RespawnPolicy(), 0, []
+    for _ in range(kills):
+        decision = policy.decide(started_at=0.0, exited_at=0.1, quick_exits=streak, stopping=False)
+        expected.append(decision.delay_s)
+        streak = decision.quick_exits
+    assert expected[0] == 0.0 and expected[-1] > expected[1] > 0  # a growing backoff
+
+    known = set(pids)
+    gaps, previous = [], victim
+    cpu_before, wall_before = cpu_seconds(supervisor), time.monotonic()
+    for _ in range(kills):
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        new: set[int] = set()
+
+        def appeared(new: set[int] = new) -> bool:
+            new.update(workers(supervisor) - known)
+            return bool(new)
+
+        # A crash loop: each replacement dies as soon as it exists.
+        appeared_at = wait_for(appeared, "the next replacement", timeout_s=WAIT_S + max(expected))
+        gaps.append(appeared_at - killed_at)
+        previous, (victim,) = victim, new
+        known.add(victim)
+    wall = time.monotonic() - wall_before
+    cpu = cpu_seconds(supervisor) - cpu_before
+    wait_for(lambda: f"worker {victim} replaces worker {previous}" in proc.log, "the last one")
+
+    for gap, delay in zip(gaps, expected, strict=True):
+        assert gap >= delay, (gaps, expected)
+    logged = re.findall(r"starting a replacement (now|in [\d.]+s)", proc.log)
+    assert logged == ["now" if d == 0 else f"in {d:.1f}s" for d in expected], proc.log
+    # Waiting out the backoff costs the supervisor no CPU to speak of: it does not spin.
+    assert cpu < wall / 2, (cpu, wall)
+    assert restarts(admin_port) == kills
+    # The other worker served all along; the last replacement serves beside it.
+    assert survivor in workers(supervisor)
+    assert workers(supervisor) == {survivor, victim}
+    for _ in range(10):
+        assert get(port) == 200
+    assert "Address already in use" not in proc.log
+    assert proc.stop() == 0
+
+
+def test_supervisor_killed_takes_the_workers_down(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    port, admin_port = free_port(), free_port()
+    proc, pids = start_proxy(
+        run_proxy, caddyfile(port, admin_port, origin.port), port, admin_port, 2
+    )
+    forker = fork_server(proc.proc.pid)
+    assert get(port) == 200
+    proc.proc.kill()
+    assert proc.proc.wait(WAIT_S) == -signal.SIGKILL
+    # Each worker sees its control channel close and stops; the fork server sees its socket
+    # close. Nothing lingers, and the port is free for the restarted instance.
+    wait_for(lambda: all(gone(pid) for pid in {*pids, forker}), "the workers to exit")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT_S).close()
+    assert "the supervisor is gone" in proc.log
+
+
+def test_lone_worker_respawn_queues_connections_and_keeps_certificates(
+    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    http_port, https_port, admin_port = free_port(), free_port(), free_port()
+    text = (
+        "{\n"
+        f"\thttp_port {http_port}\n"
+        f"\thttps_port {https_port}\n"
+        f"\tstorage file_system {tmp_path / 'data'}\n"
+        f"\tadmin 127.0.0.1:{admin_port}\n"
+        "\tmetrics\n"
+        "}\n"
+        'internal.test {\n\tbind 127.0.0.1\n\ttls internal\n\trespond "secure"\n}\n'
+    )
+    proc, (worker,) = start_proxy(run_proxy, text, https_port, admin_port, 1)
+    root = tmp_path / "data" / "pki" / "authorities" / "local" / "root.crt"
+    ctx = ssl.create_default_context(cafile=str(root))
+
+    def fetch() -> tuple[int, str]:
+        with (
+            socket.create_connection(("127.0.0.1", https_port), timeout=WAIT_S) as raw,
+            ctx.wrap_socket(raw, server_hostname="internal.test") as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: internal.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return int(data.split()[1]), hashlib.sha256(der).hexdigest()
+
+    status, before = fetch()
+    assert status == 200
+    os.kill(worker, signal.SIGKILL)
+    # Right after the kill, with no worker at all: the supervisor holds the listening socket,
+    # so the kernel queues this connection and the replacement answers it (a closed port
+    # would refuse it).
+    status, after = fetch()
+    assert status == 200
+    assert after == before  # the replacement serves the same certificate, from storage
+    wait_for(lambda: f"replaces worker {worker}" in proc.log, "the replacement")
+    assert restarts(admin_port) == 1
+    assert proc.stop() == 0
+
+
+def test_replacement_without_the_fork_server_is_a_new_interpreter(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    port, admin_port = free_port(), free_port()
+    proc, pids = start_proxy(
+        run_proxy, caddyfile(port, admin_port, origin.port), port, admin_port, 2
+    )
+    supervisor = proc.proc.pid
+    os.kill(fork_server(supervisor), signal.SIGKILL)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: f"replaces worker {victim}" in proc.log, "the replacement")
+    (new_pid,) = workers(supervisor) - pids
+    assert b"spawned_worker_main" in Path(f"/proc/{new_pid}/cmdline").read_bytes()
+    assert "fork server" in proc.log and "new interpreters" in proc.log
+    for _ in range(10):
+        assert get(port) == 200
+    assert restarts(admin_port) == 1
     assert proc.stop() == 0
