@@ -311,6 +311,17 @@ def merge_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def cumulative_part(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The counters and histograms of a snapshot: what stays true of a process after it exited.
+
+    The supervisor adds a dead worker's last scraped counts to every later total, so a summed
+    counter never goes down when a worker is replaced (Prometheus would read the drop as a
+    counter reset, and `rate()` would show a spike of the survivors' whole count). Its gauges
+    (requests in flight, memory) end with it.
+    """
+    return {name: fam for name, fam in snapshot.items() if fam["type"] in ("counter", "histogram")}
+
+
 def render_snapshots(snapshots: Iterable[dict[str, Any]]) -> str:
     return render_snapshot(merge_snapshots(snapshots))
 

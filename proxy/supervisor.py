@@ -61,7 +61,7 @@ from proxy.control import (
     listener_share_pair,
 )
 from proxy.forkserver import ForkServer, ForkServerGone
-from proxy.metrics import ProxyMetrics, render_snapshots
+from proxy.metrics import ProxyMetrics, cumulative_part, merge_snapshots, render_snapshots
 from proxy.respawn import RespawnPolicy, describe_exit
 
 log = logging.getLogger("pyproxy")
@@ -203,6 +203,8 @@ class WorkerHandle:
         self.ready = False
         self.exited = asyncio.Event()
         self.wait_status = 0
+        # Its metrics snapshot of the latest scrape.
+        self.last_metrics: dict[str, Any] = {}
         self.watcher: asyncio.Task[None] | None = None
 
     @property
@@ -272,6 +274,8 @@ class Supervisor:
         self.model: Config | None = None
         self.metrics = ProxyMetrics()
         self.metrics.expose_restarts()
+        # The counters of exited workers as last scraped (proxy.metrics.cumulative_part).
+        self.retired_metrics: dict[str, Any] = {}
         self.admin: AdminServer | None = None
         self.exit_code = EXIT_OK
         self._lock = asyncio.Lock()
@@ -323,8 +327,20 @@ class Supervisor:
         return list(merged.values())
 
     async def metrics_text(self) -> str:
-        answers = await self._ask_serving("metrics")
-        return render_snapshots([self.metrics.snapshot(), *(a["snapshot"] for a in answers)])
+        serving = self.serving_workers()
+        answers = await asyncio.gather(
+            *(w.request("metrics", WORKER_QUERY_TIMEOUT_S) for w in serving),
+            return_exceptions=True,
+        )
+        snapshots = [self.metrics.snapshot(), self.retired_metrics]
+        for w, answer in zip(serving, answers, strict=True):
+            if isinstance(answer, ChannelClosed):
+                continue  # it exited meanwhile; its last scraped counts are retired
+            if isinstance(answer, BaseException):
+                raise answer
+            w.last_metrics = answer["snapshot"]
+            snapshots.append(w.last_metrics)
+        return render_snapshots(snapshots)
 
     async def certificates(self) -> list[dict[str, Any]]:
         answers = await self._ask_serving("certificates")
@@ -459,6 +475,9 @@ class Supervisor:
         # What it shared before it died is still queued on the socket; take it, then close.
         self._receive_listeners(slot, w)
         self._close_share(w)
+        self.retired_metrics = merge_snapshots(
+            [self.retired_metrics, cumulative_part(w.last_metrics)]
+        )
         w.wait_status = status
         w.exited.set()
 
