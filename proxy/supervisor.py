@@ -489,6 +489,10 @@ class Supervisor:
         except ControlError as exc:
             log.error("worker %d: %s", w.pid, exc)
             return
+        finally:
+            if self._stop.is_set():
+                # A commit racing the stop: no copy may keep a port open past the workers.
+                slot.listeners.close()
         if not more:
             self._close_share(w)
 
@@ -530,7 +534,7 @@ class Supervisor:
         return WorkerHandle(pid, parent_sock, parent_share, process)
 
     async def _keep_slot(self, slot: WorkerSlot) -> None:
-        """Replace the slot's worker whenever it exits while the instance serves."""
+        """Replace the slot's worker whenever it exits, until the instance stops."""
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
@@ -542,63 +546,65 @@ class Supervisor:
                     return  # stopping: the stop collects the workers
                 lived_s = time.monotonic() - w.started_at
                 how = f"worker {w.pid} {describe_exit(w.wait_status)} after {lived_s:.1f}s"
-                started_at = w.started_at
-                while not await self._replace(slot, how, started_at):
-                    # No process started: a zero-length life for the policy.
-                    how = f"starting a replacement for worker {w.pid} failed"
-                    started_at = time.monotonic()
+                if not await self._replace(slot, how, w.started_at):
+                    return
         finally:
             stopping.cancel()
 
     async def _replace(self, slot: WorkerSlot, how: str, started_at: float) -> bool:
-        """One respawn decision for `slot` and, unless stopping, a replacement started (True)
-        or a failure to start a process (False: decide again)."""
+        """Respawn decisions for `slot` until a replacement process runs in it (True; it may
+        still fail to start, which is its exit), or the instance stops (False)."""
         old = slot.worker
-        decision = self.respawn_policy.decide(
-            started_at=started_at,
-            exited_at=time.monotonic(),
-            quick_exits=slot.quick_exits,
-            stopping=self._stop.is_set(),
-        )
-        if not decision:
-            return True
-        slot.quick_exits = decision.quick_exits
-        when = f"in {decision.delay_s:.1f}s" if decision.delay_s else "now"
-        log.error("%s; starting a replacement %s (%s)", how, when, decision.reason)
-        if decision.delay_s:
-            if any(other.worker.serving for other in self.slots if other is not slot):
-                # While this slot waits its backoff, its listening sockets would queue the
-                # connections the kernel hashes to them, for nobody: close them so the other
-                # workers get every new connection. The replacement binds anew (SO_REUSEPORT).
-                # A lone worker's sockets stay: queued beats refused.
-                slot.listeners.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), decision.delay_s)
-        async with self._lock:  # after a reload in progress, and with its config
-            if self._stop.is_set():
-                return True
-            try:
-                w = await self._start_worker(slot.listeners)
-            except OSError as exc:
-                log.error("starting a replacement for worker %d: %s", old.pid, exc)
+        while True:
+            decision = self.respawn_policy.decide(
+                started_at=started_at,
+                exited_at=time.monotonic(),
+                quick_exits=slot.quick_exits,
+                stopping=self._stop.is_set(),
+            )
+            if not decision:
                 return False
-            slot.worker = w
-            self.metrics.record_worker_restart()
-            self._watch_worker(slot, w)
-            if self._stop.is_set():  # the stop began while it was forked; it may have missed it
-                w.kill()
-                return True
-            try:
-                await self._apply(strip_meta_fields(self.config), [w], WORKER_START_TIMEOUT_S)
-            except (TimeoutError, ReloadError, ControlError, ConnectionError) as exc:
-                if not self._stop.is_set():
+            slot.quick_exits = decision.quick_exits
+            when = f"in {decision.delay_s:.1f}s" if decision.delay_s else "now"
+            log.error("%s; starting a replacement %s (%s)", how, when, decision.reason)
+            if decision.delay_s:
+                if any(other.worker.serving for other in self.slots if other is not slot):
+                    # While this slot waits its backoff, its listening sockets would queue the
+                    # connections the kernel hashes to them, for nobody: close them so the
+                    # other workers get every new connection. The replacement binds anew
+                    # (SO_REUSEPORT). A lone worker's sockets stay: queued beats refused.
+                    slot.listeners.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), decision.delay_s)
+            async with self._lock:  # after a reload in progress, and with its config
+                if self._stop.is_set():
+                    return False
+                try:
+                    w = await self._start_worker(slot.listeners)
+                except OSError as exc:
+                    # No process: a zero-length life for the next decision.
+                    log.error("starting a replacement for worker %d: %s", old.pid, exc)
+                    how = f"starting a replacement for worker {old.pid} failed"
+                    started_at = time.monotonic()
+                    continue
+                slot.worker = w
+                self.metrics.record_worker_restart()
+                self._watch_worker(slot, w)
+                if self._stop.is_set():  # the stop began while it was forked: it may miss it
+                    w.kill()
+                    return False
+                try:
+                    await self._apply(strip_meta_fields(self.config), [w], WORKER_START_TIMEOUT_S)
+                except (TimeoutError, ReloadError, ControlError, ConnectionError) as exc:
+                    if self._stop.is_set():
+                        return False
                     # Its exit is the slot's next (quick) exit: the backoff applies.
                     log.error("replacement worker %d did not start: %s; killing it", w.pid, exc)
                     w.kill()
-                return True
-            w.ready = True
-        log.info("worker %d replaces worker %d", w.pid, old.pid)
-        return True
+                    return True
+                w.ready = True
+            log.info("worker %d replaces worker %d", w.pid, old.pid)
+            return True
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ Only processes these tests started are signalled: the supervisor and its workers
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -457,3 +458,50 @@ def test_replacement_without_the_fork_server_is_a_new_interpreter(
         assert get(port) == 200
     assert restarts(admin_port) == 1
     assert proc.stop() == 0
+
+
+def test_stop_during_a_backoff_neither_respawns_nor_spins(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    port, admin_port = free_port(), free_port()
+    text = caddyfile(port, admin_port, origin.port).replace(
+        "\tmetrics\n", "\tmetrics\n\tgrace_period 10s\n"
+    )
+    proc, pids = start_proxy(run_proxy, text, port, admin_port, 2)
+    supervisor = proc.proc.pid
+    victim = min(pids)
+    known = set(pids)
+    # Quick exits in a row until the slot waits a 2 s backoff (0, 0.5, 1, then 2 s).
+    for _ in range(3):
+        os.kill(victim, signal.SIGKILL)
+        new: set[int] = set()
+
+        def appeared(new: set[int] = new) -> bool:
+            new.update(workers(supervisor) - known)
+            return bool(new)
+
+        wait_for(appeared, "the next replacement")
+        (victim,) = new
+        known.add(victim)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: "starting a replacement in 2.0s" in proc.log, "the backoff")
+    # A request in flight keeps the stop waiting (grace_period) on the other worker.
+    result: dict[str, int] = {}
+    slow = threading.Thread(target=lambda: result.update(status=get(port, "/slow?s=2")))
+    slow.start()
+    wait_for(lambda: any(r["path"].startswith("/slow") for r in origin.requests), "the request")
+    cpu_before, stop_began = cpu_seconds(supervisor), time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    cpu_at_exit = cpu_before
+    while proc.proc.poll() is None and time.monotonic() < stop_began + WAIT_S:
+        with contextlib.suppress(OSError, IndexError):  # it may exit between the two
+            cpu_at_exit = cpu_seconds(supervisor)
+        time.sleep(0.05)
+    assert proc.proc.wait(WAIT_S) == 0
+    stop_s = time.monotonic() - stop_began
+    slow.join(WAIT_S)
+    assert result == {"status": 200}
+    assert stop_s >= 1.0  # the stop did wait for the request
+    # The slot that was waiting was not refilled, and the wait cost no CPU to speak of.
+    assert f"replaces worker {victim}" not in proc.log
+    assert cpu_at_exit - cpu_before < stop_s / 2, (cpu_at_exit - cpu_before, stop_s)
