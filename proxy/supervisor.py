@@ -3,9 +3,9 @@
 It owns what there is one of: reading and validating configs, the admin API (proxy.admin), the
 signals, `--watch`, metrics aggregation and replacing dead workers. It forks the workers
 (proxy.worker) before it starts its own event loop (forking a process with a running loop is
-unsafe; replacements come from proxy.forkserver) and then drives them over
-control channels (proxy.control). It always forks, also for `--workers 1`, so there
-is one code path for reloads.
+unsafe; replacements come from proxy.forkserver) and then drives them over control channels
+(proxy.control). It always forks, also for `--workers 1`, so there is one code path for
+reloads.
 
 A config change (startup, `POST /load`, `pyproxy reload`, SIGUSR1, `--watch`) is two-phase:
 the config is adapted and validated here, every worker `prepare`s it beside the running one

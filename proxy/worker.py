@@ -445,7 +445,8 @@ class Worker:
                 rt.successor = None
             await self._retire(gen, None)
         if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            # Configs replaced by earlier reloads finish their requests too, within the bound.
+            await asyncio.wait(set(self._retiring), timeout=max_grace_s)
         self.stopped.set()
 
 

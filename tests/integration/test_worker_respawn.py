@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ProxyProcess, ThreadedOrigin, wait_port
+from conftest import ProxyProcess, RawOrigin, ThreadedOrigin, wait_port
 from enginekit import free_port
 
 WAIT_S = 15.0
@@ -376,21 +376,60 @@ def test_crash_loop_backs_off(
 
 
 def test_supervisor_killed_takes_the_workers_down(
-    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+    run_proxy: Callable[..., ProxyProcess], raw_origin: Callable[..., RawOrigin]
 ) -> None:
+    from proxy.worker import ORPHAN_GRACE_S
+
+    requests: list[bytes] = []
+
+    def script(_conn: int, _n: int, head: bytes) -> bytes | None:
+        requests.append(head)
+        return (
+            None
+            if head.startswith(b"GET /stall")
+            else b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    stalling = raw_origin(script)
     port, admin_port = free_port(), free_port()
     proc, pids = start_proxy(
-        run_proxy, caddyfile(port, admin_port, origin.port), port, admin_port, 2
+        run_proxy, caddyfile(port, admin_port, stalling.port), port, admin_port, 2
     )
     forker = fork_server(proc.proc.pid)
     assert get(port) == 200
+    # A request that never gets an answer would hold a graceful stop for ever (no
+    # grace_period: no limit).
+    outcome: dict[str, object] = {}
+
+    def slow() -> None:
+        # A patient client: it does not end the request itself before the test is over.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=ORPHAN_GRACE_S + 3 * WAIT_S)
+        try:
+            conn.request("GET", "/stall")
+            outcome["status"] = conn.getresponse().status
+        except (OSError, http.client.HTTPException) as exc:
+            outcome["error"] = exc
+        finally:
+            conn.close()
+
+    client = threading.Thread(target=slow, daemon=True)
+    client.start()
+    wait_for(lambda: any(r.startswith(b"GET /stall") for r in requests), "the request")
     proc.proc.kill()
     assert proc.proc.wait(WAIT_S) == -signal.SIGKILL
-    # Each worker sees its control channel close and stops; the fork server sees its socket
-    # close. Nothing lingers, and the port is free for the restarted instance.
-    wait_for(lambda: all(gone(pid) for pid in {*pids, forker}), "the workers to exit")
+    # Each worker sees its control channel close and stops: the listeners at once (the port
+    # is free for the restarted instance), the request in flight within ORPHAN_GRACE_S. The
+    # fork server sees its socket close. Nothing lingers.
+    wait_for(
+        lambda: all(gone(pid) for pid in {*pids, forker}),
+        "the workers to exit",
+        timeout_s=ORPHAN_GRACE_S + 5.0,
+    )
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=WAIT_S).close()
+    client.join(WAIT_S)
+    assert not client.is_alive()
+    assert "error" in outcome  # cut off when the grace ran out
     assert "the supervisor is gone" in proc.log
 
 
