@@ -544,3 +544,37 @@ def test_stop_during_a_backoff_neither_respawns_nor_spins(
     # The slot that was waiting was not refilled, and the wait cost no CPU to speak of.
     assert f"replaces worker {victim}" not in proc.log
     assert cpu_at_exit - cpu_before < stop_s / 2, (cpu_at_exit - cpu_before, stop_s)
+
+
+def test_replacement_gets_a_config_loaded_while_its_slot_was_empty(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    port, admin_port = free_port(), free_port()
+    text = caddyfile(port, admin_port, origin.port)
+    proc, pids = start_proxy(run_proxy, text, port, admin_port, 1)
+    supervisor = proc.proc.pid
+    (victim,) = pids
+    known = set(pids)
+    # Quick exits in a row until the lone slot waits a 1 s backoff, with no worker at all.
+    for _ in range(2):
+        os.kill(victim, signal.SIGKILL)
+        new: set[int] = set()
+
+        def appeared(new: set[int] = new) -> bool:
+            new.update(workers(supervisor) - known)
+            return bool(new)
+
+        wait_for(appeared, "the next replacement")
+        (victim,) = new
+        known.add(victim)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: "starting a replacement in 1.0s" in proc.log, "the backoff")
+    changed = text.replace("\treverse_proxy", "\theader X-Reloaded yes\n\treverse_proxy")
+    assert admin_post(admin_port, "/load", changed.encode()) == 200
+    wait_for(lambda: f"replaces worker {victim}" in proc.log, "the replacement")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("X-Reloaded")) == (200, "yes")
+    conn.close()
+    assert proc.stop() == 0
