@@ -59,12 +59,18 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def configure_logging() -> None:
+    """The process log of `run`: the supervisor and every worker, also a respawned one that
+    starts as a new interpreter (proxy.worker.spawned_worker_main)."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configure_logging()
     from proxy import supervisor
 
     try:

@@ -1,10 +1,18 @@
-"""Control messages between the supervisor and its workers.
+"""Control messages between the supervisor and its workers, and the listening sockets a worker
+shares with the supervisor.
 
 A message is a JSON object framed as a 4-byte big-endian length followed by that many bytes of
 UTF-8 JSON. Framing by length (not by newline) keeps a multi-megabyte config one frame without
 scanning it, and makes a torn stream detectable. `Channel` adds request/response correlation
 on top: every request carries an `id`, the answer echoes it, so the supervisor can have a
 metrics scrape in flight while a reload is being prepared.
+
+Listener sharing: a worker binds its listening sockets itself (a bind error belongs to the
+reload that asked for the address) and sends the supervisor a copy of each one (SCM_RIGHTS over
+a SOCK_SEQPACKET socketpair, one JSON object per message) when it starts serving it, and word
+when it stops. The supervisor keeps its copies open, so when a worker dies the kernel keeps its
+sockets listening and queueing connections (in SO_REUSEPORT groups too), and hands them to the
+replacement (proxy.supervisor). nginx gets the same by opening the sockets in its master.
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 HEADER = struct.Struct(">I")
@@ -181,3 +190,144 @@ class Channel:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+# --- listening sockets shared with the supervisor ----------------------------------------------
+
+# The fields of a config.model.NetworkAddress: network, host, first port, last port.
+AddressKey = tuple[str, str, int, int]
+# Linux accepts at most SCM_MAX_FD (253) descriptors per message; a port range can have more
+# sockets than that, so they go in parts.
+MAX_FDS_PER_MESSAGE = 200
+SHARE_MESSAGE_BYTES = 64 * 1024
+
+
+def listener_share_pair() -> tuple[socket.socket, socket.socket]:
+    """(supervisor end, worker end). SEQPACKET keeps each message and its descriptors whole."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def _share_message(op: str, key: AddressKey, part: int = 0) -> bytes:
+    return json.dumps({"op": op, "address": list(key), "part": part}).encode("utf-8")
+
+
+def share_listeners(
+    sock: socket.socket, key: AddressKey, listeners: Sequence[socket.socket]
+) -> None:
+    """Worker side: send the supervisor copies of the sockets now listening for `key`."""
+    fds = [s.fileno() for s in listeners]
+    for part, start in enumerate(range(0, max(len(fds), 1), MAX_FDS_PER_MESSAGE)):
+        socket.send_fds(
+            sock, [_share_message("keep", key, part)], fds[start : start + MAX_FDS_PER_MESSAGE]
+        )
+
+
+def withdraw_listeners(sock: socket.socket, key: AddressKey) -> None:
+    """Worker side: the sockets of `key` are no longer served; the supervisor closes its copies."""
+    sock.send(_share_message("drop", key))
+
+
+def _address_key(value: Any) -> AddressKey:
+    if (
+        isinstance(value, list)
+        and len(value) == 4
+        and isinstance(value[0], str)
+        and isinstance(value[1], str)
+        and isinstance(value[2], int)
+        and isinstance(value[3], int)
+    ):
+        return (value[0], value[1], value[2], value[3])
+    raise ControlError(f"listener message: bad address {value!r}")
+
+
+class ListenerCopies:
+    """Supervisor side: the supervisor's copies of the listening sockets of one worker slot,
+    by address, kept open across the death of the worker that bound them."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[AddressKey, list[socket.socket]] = {}
+
+    def receive(self, sock: socket.socket) -> bool:
+        """Apply every message waiting on the (non-blocking) `sock`; False once the worker end
+        is closed and nothing is left to read. Raises ControlError on a malformed message
+        (its descriptors are closed, the others stay applied)."""
+        while True:
+            try:
+                data, fds, flags, _ = socket.recv_fds(
+                    sock, SHARE_MESSAGE_BYTES, MAX_FDS_PER_MESSAGE
+                )
+            except (BlockingIOError, InterruptedError):
+                return True
+            except ConnectionError:
+                return False
+            received = [socket.socket(fileno=fd) for fd in fds]
+            if not data and not received:
+                return False
+            try:
+                self._apply(data, received, flags)
+            except BaseException:
+                for s in received:
+                    s.close()
+                raise
+
+    def _apply(self, data: bytes, received: list[socket.socket], flags: int) -> None:
+        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+            # MSG_CTRUNC: the kernel dropped descriptors, e.g. the supervisor is out of them.
+            raise ControlError("listener message truncated (out of file descriptors?)")
+        try:
+            msg = json.loads(data)
+        except ValueError as exc:
+            raise ControlError(f"listener message is not JSON: {exc}") from None
+        if not isinstance(msg, dict):
+            raise ControlError("listener message is not a JSON object")
+        key = _address_key(msg.get("address"))
+        op, part = msg.get("op"), msg.get("part", 0)
+        if op == "keep" and isinstance(part, int):
+            if part == 0:
+                self._close(key)
+                self.by_address[key] = received
+            else:
+                self.by_address.setdefault(key, []).extend(received)
+        elif op == "drop" and not received:
+            self._close(key)
+        else:
+            raise ControlError(f"listener message: unexpected {msg!r}")
+
+    def _close(self, key: AddressKey) -> None:
+        for s in self.by_address.pop(key, ()):
+            s.close()
+
+    def fds(self) -> list[int]:
+        """The descriptors, in the order of `spec()`."""
+        return [s.fileno() for _, socks in sorted(self.by_address.items()) for s in socks]
+
+    def spec(self) -> list[list[Any]]:
+        """JSON for the replacement worker: `[network, host, first, last, count]` each; the
+        descriptors follow in `fds()` order."""
+        return [[*key, len(socks)] for key, socks in sorted(self.by_address.items())]
+
+    def close(self) -> None:
+        for key in list(self.by_address):
+            self._close(key)
+
+
+def parse_listener_spec(
+    spec: Any, fds: Sequence[int]
+) -> Iterator[tuple[AddressKey, list[socket.socket]]]:
+    """Worker side of `ListenerCopies.spec`: the inherited sockets by address, made from `fds`
+    (this process's descriptors, in `ListenerCopies.fds` order)."""
+    if not isinstance(spec, list):
+        raise ControlError(f"listener spec is not a list: {spec!r}")
+    rest = list(fds)
+    for item in spec:
+        if not isinstance(item, list) or len(item) != 5 or not isinstance(item[4], int):
+            raise ControlError(f"listener spec: bad entry {item!r}")
+        count = item[4]
+        if count < 0 or count > len(rest):
+            raise ControlError(
+                f"listener spec: {count} descriptors for {item[:4]!r}, {len(rest)} left"
+            )
+        mine, rest = rest[:count], rest[count:]
+        yield _address_key(item[:4]), [socket.socket(fileno=fd) for fd in mine]
+    if rest:
+        raise ControlError(f"listener spec: {len(rest)} descriptors left over")

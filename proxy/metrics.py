@@ -311,6 +311,17 @@ def merge_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def cumulative_part(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The counters and histograms of a snapshot: what stays true of a process after it exited.
+
+    The supervisor adds a dead worker's last scraped counts to every later total, so a summed
+    counter never goes down when a worker is replaced (Prometheus would read the drop as a
+    counter reset, and `rate()` would show a spike of the survivors' whole count). Its gauges
+    (requests in flight, memory) end with it.
+    """
+    return {name: fam for name, fam in snapshot.items() if fam["type"] in ("counter", "histogram")}
+
+
 def render_snapshots(snapshots: Iterable[dict[str, Any]]) -> str:
     return render_snapshot(merge_snapshots(snapshots))
 
@@ -505,8 +516,9 @@ class ProxyMetrics:
     """Every metric family pyproxy exports, in one registry per process.
 
     Workers record `caddy_http_*` and `caddy_reverse_proxy_*`; the supervisor records
-    `caddy_config_*` and `caddy_admin_*` (config children are created on the first
-    `record_reload`, so a worker's snapshot never drags a merged reload flag to 0).
+    `caddy_config_*`, `caddy_admin_*` and pyproxy's own `pyproxy_worker_restarts_total` (config
+    children are created on the first `record_reload`, so a worker's snapshot never drags a
+    merged reload flag to 0).
     """
 
     def __init__(self, registry: Registry | None = None, *, process: bool = True) -> None:
@@ -574,6 +586,13 @@ class ProxyMetrics:
             "Number of requests resulting in middleware errors.",
             ("handler", "path", "method"),
         )
+        # Not a Caddy metric (Caddy is one process): replacement workers started because one
+        # exited unexpectedly (proxy.respawn). Its child exists only where `expose_restarts`
+        # is called, the supervisor, so the merged total is the supervisor's count.
+        self.worker_restarts = r.counter(
+            "pyproxy_worker_restarts_total",
+            "Number of worker processes started to replace one that exited unexpectedly.",
+        )
         if process:
             ProcessCollector(r)
 
@@ -593,6 +612,13 @@ class ProxyMetrics:
         self.config_reload_successful.labels().set(1.0 if success else 0.0)
         if success:
             self.config_reload_success_time.labels().set(time.time() if now is None else now)
+
+    def expose_restarts(self) -> None:
+        """Show `pyproxy_worker_restarts_total` (0 until the first restart)."""
+        self.worker_restarts.labels()
+
+    def record_worker_restart(self) -> None:
+        self.worker_restarts.labels().inc()
 
     def record_admin_request(self, path: str, method: str, status: int, error: bool) -> None:
         method = sanitize_method(method)

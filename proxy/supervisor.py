@@ -1,10 +1,11 @@
 """The supervisor: the `pyproxy run` parent process.
 
 It owns what there is one of: reading and validating configs, the admin API (proxy.admin), the
-signals, `--watch`, and metrics aggregation. It forks the workers (proxy.worker) before it
-starts its own event loop (forking a process with a running loop is unsafe) and then drives
-them over control channels (proxy.control). It always forks, also for `--workers 1`, so there
-is one code path for reloads.
+signals, `--watch`, metrics aggregation and replacing dead workers. It forks the workers
+(proxy.worker) before it starts its own event loop (forking a process with a running loop is
+unsafe; replacements come from proxy.forkserver) and then drives them over control channels
+(proxy.control). It always forks, also for `--workers 1`, so there is one code path for
+reloads.
 
 A config change (startup, `POST /load`, `pyproxy reload`, SIGUSR1, `--watch`) is two-phase:
 the config is adapted and validated here, every worker `prepare`s it beside the running one
@@ -12,14 +13,23 @@ the config is adapted and validated here, every worker `prepare`s it beside the 
 succeeded are they told to `commit`; otherwise `abort`, the old config stays in service and
 the error goes back to the caller (the admin API answers 400 `{"error": ...}`).
 
+A worker that exits while the instance serves (the OOM killer, a crash in a C extension, a
+`kill -9`) is replaced, like nginx's master does, while the other workers go on serving: the
+slot's replacement starts at once, or after a growing delay when the slot's workers keep dying
+soon after they start (proxy.respawn decides), gets the current config and inherits the dead
+worker's listening sockets, which the supervisor keeps open meanwhile (proxy.control), so the
+kernel queues the connections that arrive during the respawn. Each replacement is logged and
+counted in `pyproxy_worker_restarts_total`. A worker exiting during a stop is not replaced. If
+the supervisor itself is killed, every worker sees its control channel close and stops.
+
 Signals (as Caddy): SIGINT/SIGTERM stop gracefully — wait `shutdown_delay`, close the
 listeners, let in-flight requests finish within `grace_period` (default: no limit); a second
 SIGINT/SIGTERM kills the workers. SIGUSR1 reloads the file given to `run`. SIGHUP is ignored,
 like Caddy.
 
 Exit codes (Caddy's): 0 stopped normally; 1 failed to start (bad config, a port or the admin
-address could not be bound) or a worker died; 2 forced stop (second signal, SIGQUIT); 3 a
-worker failed while stopping.
+address could not be bound, a worker died before serving); 2 forced stop (second signal,
+SIGQUIT); 3 a worker failed while stopping.
 """
 
 from __future__ import annotations
@@ -27,21 +37,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
+import json
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
 from config.model import Config
 from proxy import native
 from proxy.admin import AdminServer, ReloadError, start_admin_server, strip_meta_fields
-from proxy.control import Channel, ControlError
-from proxy.metrics import ProxyMetrics, render_snapshots
+from proxy.control import (
+    MAX_FDS_PER_MESSAGE,
+    Channel,
+    ChannelClosed,
+    ControlError,
+    ListenerCopies,
+    listener_share_pair,
+)
+from proxy.forkserver import ForkServer, ForkServerGone
+from proxy.metrics import ProxyMetrics, cumulative_part, merge_snapshots, render_snapshots
+from proxy.respawn import RespawnPolicy, describe_exit
 
 log = logging.getLogger("pyproxy")
 
@@ -54,6 +75,15 @@ WATCH_INTERVAL_S = 1.0
 WORKER_QUERY_TIMEOUT_S = 5.0
 # After `stop` was answered, how long a worker may take to exit before it is killed.
 WORKER_EXIT_TIMEOUT_S = 10.0
+# How long a replacement worker may take to prepare and commit the config before it is killed.
+WORKER_START_TIMEOUT_S = 60.0
+# Between a worker's control channel closing and its exit status being there (milliseconds).
+REAP_POLL_S = 0.01
+# The directory holding the `proxy` package: a replacement worker imports from it.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SPAWNED_WORKER_CODE = "from proxy.worker import spawned_worker_main; spawned_worker_main()"
+# A fork server request carries all of a worker's descriptors in one message.
+FORK_SERVER_MAX_FDS = MAX_FDS_PER_MESSAGE + 2
 
 
 def validate(config: dict[str, Any]) -> Config:
@@ -141,29 +171,111 @@ def merge_certificate_status(per_worker: list[list[dict[str, Any]]]) -> list[dic
     return merged
 
 
+def _worker_error(w: WorkerHandle, exc: BaseException, timeout_s: float | None) -> str:
+    if isinstance(exc, ChannelClosed):
+        return f"worker {w.pid} exited"
+    if isinstance(exc, TimeoutError):
+        return f"worker {w.pid} did not answer within {timeout_s}s"
+    return str(exc) or type(exc).__name__
+
+
 class WorkerHandle:
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    """One worker process as the supervisor sees it: its control channel, its end of the
+    listener-sharing socket (proxy.control), and, once it is gone, its wait status."""
+
+    def __init__(
+        self,
+        pid: int,
+        sock: socket.socket,
+        share: socket.socket,
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> None:
         self.pid = pid
         self.sock = sock
+        self.share = share
+        # Set for a replacement (a new interpreter): its returncode is set when it is reaped,
+        # so subprocess never waits for a pid the supervisor already reaped.
+        self.process = process
+        self.started_at = time.monotonic()
         self.channel: Channel | None = None
-        self.serving: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        # In service: it committed a config (reloads, scrapes and listings go to these).
+        self.ready = False
+        self.exited = asyncio.Event()
+        self.wait_status = 0
+        # Its metrics snapshot of the latest scrape.
+        self.last_metrics: dict[str, Any] = {}
+        self.watcher: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        closed = self.channel is not None and self.channel.closed.is_set()
+        return not self.exited.is_set() and not closed
+
+    @property
+    def serving(self) -> bool:
+        return self.ready and self.alive
 
     async def request(self, op: str, timeout_s: float | None = None, **fields: Any) -> Any:
+        await self.connected.wait()
         assert self.channel is not None
         return await self.channel.request(op, timeout_s, **fields)
+
+    def kill(self) -> None:
+        if not self.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+class WorkerSlot:
+    """A place for one worker: the process in it now, the supervisor's copies of the listening
+    sockets it serves (handed to its replacement), and its quick-exit streak (proxy.respawn)."""
+
+    def __init__(self, index: int, worker: WorkerHandle) -> None:
+        self.index = index
+        self.worker = worker
+        self.listeners = ListenerCopies()
+        self.quick_exits = 0
+
+
+def spawn_interpreter(spec: dict[str, Any], fds: list[int]) -> subprocess.Popen[bytes]:
+    """Start a replacement worker as a new interpreter, the way without a fork server
+    (proxy.forkserver): it gets only the descriptors passed to it, but pays the imports the
+    forked workers inherit (about half a second of CPU)."""
+    # The replacement imports this very source tree, wherever the supervisor was started from.
+    path = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return subprocess.Popen(
+        [sys.executable, "-c", SPAWNED_WORKER_CODE, json.dumps({**spec, "fds": fds})],
+        pass_fds=fds,
+        env=env,
+    )
 
 
 class Supervisor:
     """The running instance; implements proxy.admin.AdminController."""
 
     def __init__(
-        self, args: argparse.Namespace, workers: list[WorkerHandle], config: dict[str, Any]
+        self,
+        args: argparse.Namespace,
+        workers: list[WorkerHandle],
+        config: dict[str, Any],
+        fork_server: ForkServer | None = None,
+        respawn_policy: RespawnPolicy | None = None,
     ) -> None:
         self.args = args
-        self.workers = workers
+        self.fork_server = fork_server
+        self.slots = [WorkerSlot(i, w) for i, w in enumerate(workers)]
+        self.reuse_port = len(workers) > 1
+        self.respawn_policy = respawn_policy or RespawnPolicy()
         self.config = config
         self.model: Config | None = None
         self.metrics = ProxyMetrics()
+        self.metrics.expose_restarts()
+        # The counters of exited workers as last scraped (proxy.metrics.cumulative_part).
+        self.retired_metrics: dict[str, Any] = {}
         self.admin: AdminServer | None = None
         self.exit_code = EXIT_OK
         self._lock = asyncio.Lock()
@@ -171,6 +283,14 @@ class Supervisor:
         self._signals = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.file_signature: tuple[int, int] | None = None
+
+    @property
+    def workers(self) -> list[WorkerHandle]:
+        """The process in each slot now (running or not)."""
+        return [slot.worker for slot in self.slots]
+
+    def serving_workers(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.serving]
 
     # -- AdminController --------------------------------------------------------------------
 
@@ -181,7 +301,7 @@ class Supervisor:
                 return
             try:
                 model = validate(config)
-                await self._apply(strip_meta_fields(config))
+                await self._apply(strip_meta_fields(config), self.serving_workers())
             except BaseException:
                 self.metrics.record_reload(False)
                 raise
@@ -196,11 +316,8 @@ class Supervisor:
         self._stop.set()
 
     async def upstreams(self) -> list[dict[str, Any]]:
-        answers = await asyncio.gather(
-            *(w.request("upstreams", WORKER_QUERY_TIMEOUT_S) for w in self.workers)
-        )
         merged: dict[str, dict[str, Any]] = {}
-        for answer in answers:
+        for answer in await self._ask_serving("upstreams"):
             for up in answer.get("upstreams", []):
                 cur = merged.setdefault(
                     up["address"], {"address": up["address"], "num_requests": 0, "fails": 0}
@@ -210,35 +327,67 @@ class Supervisor:
         return list(merged.values())
 
     async def metrics_text(self) -> str:
+        serving = self.serving_workers()
         answers = await asyncio.gather(
-            *(w.request("metrics", WORKER_QUERY_TIMEOUT_S) for w in self.workers)
+            *(w.request("metrics", WORKER_QUERY_TIMEOUT_S) for w in serving),
+            return_exceptions=True,
         )
-        return render_snapshots([self.metrics.snapshot(), *(a["snapshot"] for a in answers)])
+        snapshots = [self.metrics.snapshot(), self.retired_metrics]
+        for w, answer in zip(serving, answers, strict=True):
+            if isinstance(answer, ChannelClosed):
+                continue  # it exited meanwhile; its last scraped counts are retired
+            if isinstance(answer, BaseException):
+                raise answer
+            w.last_metrics = answer["snapshot"]
+            snapshots.append(w.last_metrics)
+        return render_snapshots(snapshots)
 
     async def certificates(self) -> list[dict[str, Any]]:
-        answers = await asyncio.gather(
-            *(w.request("certificates", WORKER_QUERY_TIMEOUT_S) for w in self.workers)
-        )
+        answers = await self._ask_serving("certificates")
         return merge_certificate_status([a.get("certificates", []) for a in answers])
+
+    async def _ask_serving(self, op: str) -> list[Any]:
+        """The answers of the workers in service. One that exits meanwhile (it is being
+        replaced) is left out; any other error is the caller's."""
+        answers = await asyncio.gather(
+            *(w.request(op, WORKER_QUERY_TIMEOUT_S) for w in self.serving_workers()),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, ChannelClosed):
+                raise answer
+        return [a for a in answers if not isinstance(a, BaseException)]
 
     # -- config changes -----------------------------------------------------------------------
 
-    async def _apply(self, config: dict[str, Any]) -> None:
+    async def _apply(
+        self, config: dict[str, Any], workers: list[WorkerHandle], timeout_s: float | None = None
+    ) -> None:
+        """Two-phase switch of `workers` to `config` (the caller holds the lock, or is the
+        startup before any other task runs). `timeout_s` bounds each phase."""
         results = await asyncio.gather(
-            *(w.request("prepare", config=config) for w in self.workers), return_exceptions=True
+            *(w.request("prepare", timeout_s, config=config) for w in workers),
+            return_exceptions=True,
         )
-        errors = [r for r in results if isinstance(r, BaseException)]
+        errors = [
+            _worker_error(w, r, timeout_s)
+            for w, r in zip(workers, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
         if errors:
-            await asyncio.gather(
-                *(w.request("abort") for w in self.workers), return_exceptions=True
-            )
-            raise ReloadError(str(errors[0]))
+            await asyncio.gather(*(w.request("abort") for w in workers), return_exceptions=True)
+            raise ReloadError(errors[0])
         results = await asyncio.gather(
-            *(w.request("commit") for w in self.workers), return_exceptions=True
+            *(w.request("commit", timeout_s) for w in workers), return_exceptions=True
         )
-        for r in results:
+        for w, r in zip(workers, results, strict=True):
             if isinstance(r, BaseException):
-                log.error("committing config in a worker: %s", r)
+                log.error("committing config in worker %d: %s", w.pid, r)
+        # A commit shares newly bound listeners and withdraws dropped ones before it answers:
+        # take those messages now, so a dropped address is closed when the reload returns.
+        for slot in self.slots:
+            if slot.worker in workers:
+                self._receive_listeners(slot, slot.worker)
 
     async def reload_from_file(self, why: str) -> None:
         log.info("%s: reloading config from %s", why, self.args.config or "Caddyfile")
@@ -288,30 +437,191 @@ class Supervisor:
         self.exit_code = EXIT_FORCED
         self._stop.set()
         for w in self.workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w.pid, signal.SIGKILL)
+            w.kill()
 
-    def _on_worker_gone(self, w: WorkerHandle, _task: Any = None) -> None:
-        if not self._stop.is_set():
-            log.error("worker %d exited unexpectedly; stopping", w.pid)
-            self.exit_code = EXIT_FAILED_START
-            self._stop.set()
+    # -- workers ----------------------------------------------------------------------------
+
+    def _watch_worker(self, slot: WorkerSlot, w: WorkerHandle) -> None:
+        w.watcher = asyncio.ensure_future(self._run_worker(slot, w))
+        self._tasks.add(w.watcher)
+        w.watcher.add_done_callback(self._tasks.discard)
+
+    async def _run_worker(self, slot: WorkerSlot, w: WorkerHandle) -> None:
+        """Talk to `w` until its end of the control channel closes, then reap it."""
+        loop = asyncio.get_running_loop()
+        w.share.setblocking(False)
+        loop.add_reader(w.share.fileno(), self._receive_listeners, slot, w)
+        w.channel = await Channel.open(w.sock)
+        w.connected.set()
+        await w.channel.serve()
+        # The channel closes when the process exits (the kernel closes its descriptors just
+        # before it becomes a zombie), so this waits a few milliseconds; a worker that closed
+        # its channel and stays is broken and killed.
+        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
+        while True:
+            try:
+                pid, status = os.waitpid(w.pid, os.WNOHANG)
+            except ChildProcessError:  # not ours to reap (cannot happen: nothing else waits)
+                pid, status = w.pid, 0
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                log.warning("worker %d closed its control channel but runs on; killing it", w.pid)
+                w.kill()
+                deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
+            await asyncio.sleep(REAP_POLL_S)
+        if w.process is not None:
+            w.process.returncode = os.waitstatus_to_exitcode(status)
+        # What it shared before it died is still queued on the socket; take it, then close.
+        self._receive_listeners(slot, w)
+        self._close_share(w)
+        self.retired_metrics = merge_snapshots(
+            [self.retired_metrics, cumulative_part(w.last_metrics)]
+        )
+        w.wait_status = status
+        w.exited.set()
+
+    def _receive_listeners(self, slot: WorkerSlot, w: WorkerHandle) -> None:
+        if w.share.fileno() < 0:
+            return
+        try:
+            more = slot.listeners.receive(w.share)
+        except ControlError as exc:
+            log.error("worker %d: %s", w.pid, exc)
+            return
+        finally:
+            if self._stop.is_set():
+                # A commit racing the stop: no copy may keep a port open past the workers.
+                slot.listeners.close()
+        if not more:
+            self._close_share(w)
+
+    @staticmethod
+    def _close_share(w: WorkerHandle) -> None:
+        if w.share.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(w.share.fileno())
+            w.share.close()
+
+    async def _start_worker(self, listeners: ListenerCopies) -> WorkerHandle:
+        """A new worker process inheriting `listeners` (not yet talked to)."""
+        spec = {
+            "reuse_port": self.reuse_port,
+            "uvloop": not self.args.no_uvloop,
+            "listeners": listeners.spec(),
+        }
+        parent_sock, child_sock = socket.socketpair()
+        parent_share, child_share = listener_share_pair()
+        fds = [child_sock.fileno(), child_share.fileno(), *listeners.fds()]
+        try:
+            pid, process = 0, None
+            fork_server = self.fork_server
+            if fork_server is not None and fork_server.open and len(fds) <= FORK_SERVER_MAX_FDS:
+                try:
+                    pid = await fork_server.spawn(spec, fds)
+                except ForkServerGone as exc:
+                    log.warning("%s: replacement workers start as new interpreters", exc)
+            if not pid:
+                process = spawn_interpreter(spec, fds)
+                pid = process.pid
+        except BaseException:
+            parent_sock.close()
+            parent_share.close()
+            raise
+        finally:
+            # The worker has its copies.
+            child_sock.close()
+            child_share.close()
+        return WorkerHandle(pid, parent_sock, parent_share, process)
+
+    async def _keep_slot(self, slot: WorkerSlot) -> None:
+        """Replace the slot's worker whenever it exits, until the instance stops."""
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            while True:
+                w = slot.worker
+                exited = asyncio.ensure_future(w.exited.wait())
+                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                exited.cancel()
+                if not w.exited.is_set():
+                    return  # stopping: the stop collects the workers
+                lived_s = time.monotonic() - w.started_at
+                how = f"worker {w.pid} {describe_exit(w.wait_status)} after {lived_s:.1f}s"
+                if not await self._replace(slot, how, w.started_at):
+                    return
+        finally:
+            stopping.cancel()
+
+    async def _replace(self, slot: WorkerSlot, how: str, started_at: float) -> bool:
+        """Respawn decisions for `slot` until a replacement process runs in it (True; it may
+        still fail to start, which is its exit), or the instance stops (False)."""
+        old = slot.worker
+        while True:
+            decision = self.respawn_policy.decide(
+                started_at=started_at,
+                exited_at=time.monotonic(),
+                quick_exits=slot.quick_exits,
+                stopping=self._stop.is_set(),
+            )
+            if not decision:
+                return False
+            slot.quick_exits = decision.quick_exits
+            when = f"in {decision.delay_s:.1f}s" if decision.delay_s else "now"
+            log.error("%s; starting a replacement %s (%s)", how, when, decision.reason)
+            if decision.delay_s:
+                if any(other.worker.serving for other in self.slots if other is not slot):
+                    # While this slot waits its backoff, its listening sockets would queue the
+                    # connections the kernel hashes to them, for nobody: close them so the
+                    # other workers get every new connection. The replacement binds anew
+                    # (SO_REUSEPORT). A lone worker's sockets stay: queued beats refused.
+                    slot.listeners.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), decision.delay_s)
+            async with self._lock:  # after a reload in progress, and with its config
+                if self._stop.is_set():
+                    return False
+                try:
+                    w = await self._start_worker(slot.listeners)
+                except OSError as exc:
+                    # No process: a zero-length life for the next decision.
+                    log.error("starting a replacement for worker %d: %s", old.pid, exc)
+                    how = f"starting a replacement for worker {old.pid} failed"
+                    started_at = time.monotonic()
+                    continue
+                slot.worker = w
+                self.metrics.record_worker_restart()
+                self._watch_worker(slot, w)
+                if self._stop.is_set():  # the stop began while it was forked: it may miss it
+                    w.kill()
+                    return False
+                try:
+                    await self._apply(strip_meta_fields(self.config), [w], WORKER_START_TIMEOUT_S)
+                except (TimeoutError, ReloadError, ControlError, ConnectionError) as exc:
+                    if self._stop.is_set():
+                        return False
+                    # Its exit is the slot's next (quick) exit: the backoff applies.
+                    log.error("replacement worker %d did not start: %s; killing it", w.pid, exc)
+                    w.kill()
+                    return True
+                w.ready = True
+            log.info("worker %d replaces worker %d", w.pid, old.pid)
+            return True
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
-        for w in self.workers:
-            w.channel = await Channel.open(w.sock)
-            w.serving = asyncio.ensure_future(w.channel.serve())
-            w.serving.add_done_callback(functools.partial(self._on_worker_gone, w))
+        for slot in self.slots:
+            self._watch_worker(slot, slot.worker)
         try:
             self.model = validate(self.config)
-            await self._apply(strip_meta_fields(self.config))
+            # A worker that dies before this succeeded fails the start (exit 1), like Caddy.
+            await self._apply(strip_meta_fields(self.config), self.workers)
         except (ConfigError, ReloadError) as exc:
             print(f"Error: {_error_text(exc)}", file=sys.stderr)
             self._stop.set()
             await self._stop_workers()
             return EXIT_FAILED_START
         self.metrics.record_reload(True)
+        for w in self.workers:
+            w.ready = True
         try:
             self.admin = await start_admin_server(
                 self, self.config.get("admin"), metrics=self.metrics
@@ -332,6 +642,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGQUIT, self._force)
         if self.args.watch:
             self._spawn(self._watch())
+        for slot in self.slots:
+            self._spawn(self._keep_slot(slot))
         log.info("serving with %d worker(s)", len(self.workers))
         await self._stop.wait()
         log.info("shutting down")
@@ -355,35 +667,54 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def _stop_workers(self) -> None:
-        async def stop_one(w: WorkerHandle) -> None:
-            if w.channel is not None and not w.channel.closed.is_set():
-                with contextlib.suppress(ControlError, ConnectionError, asyncio.TimeoutError):
-                    await w.request("stop")
-            deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
-            while True:
-                try:
-                    pid, status = os.waitpid(w.pid, os.WNOHANG)
-                except ChildProcessError:
-                    return
-                if pid:
-                    if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGKILL):
-                        self.exit_code = self.exit_code or EXIT_FAILED_QUIT
-                    return
-                if time.monotonic() > deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(w.pid, signal.SIGKILL)
-                    deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
-                await asyncio.sleep(0.02)
+        # The supervisor's copies of the listening sockets go first: a port closes when its
+        # workers close theirs, and nothing is respawned any more (`_stop` is set).
+        for slot in self.slots:
+            slot.listeners.close()
 
-        await asyncio.gather(*(stop_one(w) for w in self.workers))
+        async def stop_one(w: WorkerHandle) -> None:
+            if not w.alive:
+                return  # exited before the stop (its slot was waiting for a replacement)
+            with contextlib.suppress(ControlError, ConnectionError, asyncio.TimeoutError):
+                await w.request("stop")
+            try:
+                await asyncio.wait_for(w.exited.wait(), WORKER_EXIT_TIMEOUT_S)
+            except TimeoutError:
+                w.kill()
+                await w.exited.wait()
+            if os.waitstatus_to_exitcode(w.wait_status) not in (0, -signal.SIGKILL):
+                self.exit_code = self.exit_code or EXIT_FAILED_QUIT
+
+        asked: set[WorkerHandle] = set()
+        while todo := [w for w in self.workers if w not in asked]:
+            # Again for a replacement that was being forked when the stop began.
+            asked.update(todo)
+            await asyncio.gather(*(stop_one(w) for w in todo))
         for w in self.workers:
             if w.channel is not None:
                 w.channel.close()
+        if self.fork_server is not None:
+            self.fork_server.close()  # it exits at end of file
+            await self._reap_fork_server(self.fork_server.pid)
+
+    async def _reap_fork_server(self, pid: int) -> None:
+        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
+        while True:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
+            await asyncio.sleep(REAP_POLL_S)
 
 
 def run(args: argparse.Namespace, workers: int) -> int:
     """`pyproxy run` after argument parsing: validate, fork the workers, supervise."""
-    from proxy.worker import worker_main
+    from proxy.worker import run_spawned_worker, worker_main
 
     # Said before any worker exists: which build serves (proxy/native.py).
     log.info("native build: %s", native.STATUS.describe())
@@ -394,27 +725,40 @@ def run(args: argparse.Namespace, workers: int) -> int:
     except (ConfigError, OSError) as exc:
         print(f"Error: loading config: {_error_text(exc)}", file=sys.stderr)
         return EXIT_FAILED_START
+    # First, while this process holds nothing a worker must not inherit (proxy.forkserver).
+    fork_server = ForkServer.start(run_spawned_worker)
     handles: list[WorkerHandle] = []
     for _ in range(workers):
         parent_sock, child_sock = socket.socketpair()
+        parent_share, child_share = listener_share_pair()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+            # Only its own ends: a worker holding another's channel would keep that channel
+            # open after the supervisor died, and that worker would never notice.
             parent_sock.close()
+            parent_share.close()
+            if fork_server is not None:
+                fork_server.sock.close()
             for h in handles:
                 h.sock.close()
+                h.share.close()
             code = 1
             try:
                 code = worker_main(
-                    child_sock, reuse_port=workers > 1, use_uvloop=not args.no_uvloop
+                    child_sock,
+                    reuse_port=workers > 1,
+                    use_uvloop=not args.no_uvloop,
+                    share=child_share,
                 )
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
         child_sock.close()
-        handles.append(WorkerHandle(pid, parent_sock))
-    supervisor = Supervisor(args, handles, config)
+        child_share.close()
+        handles.append(WorkerHandle(pid, parent_sock, parent_share))
+    supervisor = Supervisor(args, handles, config, fork_server)
     supervisor.file_signature = signature
     return asyncio.run(supervisor.main())

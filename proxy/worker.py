@@ -7,12 +7,15 @@ is told `prepare` (build config N beside config N-1), then `commit` or `abort`, 
 `metrics`, `upstreams`, `certificates` and `stop`.
 
 Zero-downtime switching, per worker:
-- Listening sockets are owned by the worker, keyed by their `NetworkAddress`. An address in both
+- Listening sockets are bound by the worker, keyed by their `NetworkAddress`. An address in both
   the old and the new config keeps its kernel socket: the new config gets an asyncio server on a
   `dup()` of it, started before the old config's server (on another dup) is closed, so the
   socket is never closed and its accept queue is never dropped. New addresses are bound during
   `prepare` (a bind error aborts the reload); addresses no longer used are closed after the
-  switch.
+  switch. Each listening socket in service is also shared with the supervisor (proxy.control),
+  which keeps a copy open and hands it to this worker's replacement should it die: a respawned
+  worker starts with those sockets as its listeners, so the kernel queues connections across
+  the respawn and the replacement never binds (no gap, no `Address already in use`).
 - Connections are handed over: an idle keep-alive connection of a server whose listeners and
   scheme are unchanged moves to the new runtime at once; a busy one moves when its response is
   done (ServerRuntime.successor). In-flight requests finish on the old routes and upstream
@@ -36,7 +39,15 @@ from typing import Any
 
 from config.errors import ConfigError
 from config.model import Config, NetworkAddress, Route
-from proxy.control import Channel
+from proxy.control import (
+    AddressKey,
+    Channel,
+    ControlError,
+    parse_listener_spec,
+    share_listeners,
+    withdraw_listeners,
+)
+from proxy.forkserver import set_process_name
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("pyproxy.worker")
@@ -46,6 +57,14 @@ log = logging.getLogger("pyproxy.worker")
 ACCEPT_SETTLE_S = 0.05
 # How long a stop waits for the answer to reach the supervisor before the process exits.
 STOP_ANSWER_TIMEOUT_S = 2.0
+# When the supervisor is gone (killed), requests in flight get at most this long (or the
+# configured grace_period when shorter) before the worker exits: an orphan must not linger
+# for an unlimited grace period. 10 s is what `docker stop` gives a container.
+ORPHAN_GRACE_S = 10.0
+
+
+def address_key(addr: NetworkAddress) -> AddressKey:
+    return (addr.network, addr.host, addr.port_start, addr.port_end)
 
 
 def http_metrics_enabled(model: Config) -> bool:
@@ -200,15 +219,26 @@ class Generation:
 
 
 class Worker:
-    def __init__(self, reuse_port: bool) -> None:
+    """`share`: this worker's end of the listener-sharing socket (None: not shared).
+    `inherited`: the listening sockets of the worker this one replaces, by address; they are
+    this worker's listeners from the start, so its first config reuses them instead of binding,
+    and the first commit closes (and withdraws) those the config no longer has."""
+
+    def __init__(
+        self,
+        reuse_port: bool,
+        share: socket.socket | None = None,
+        inherited: dict[NetworkAddress, list[socket.socket]] | None = None,
+    ) -> None:
         from proxy.upstream.upstream import HostRegistry
 
         self.reuse_port = reuse_port
+        self.share = share
         self.loop = asyncio.get_running_loop()
         # Upstream state (request counts, failures) outlives configs, as in Caddy.
         self.registry = HostRegistry()
         self.metrics = ProxyMetrics()
-        self.listeners: dict[NetworkAddress, list[socket.socket]] = {}
+        self.listeners: dict[NetworkAddress, list[socket.socket]] = dict(inherited or {})
         self.current: Generation | None = None
         self._pending: tuple[Generation, dict[NetworkAddress, list[socket.socket]]] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -323,6 +353,8 @@ class Worker:
             raise ConfigError("no prepared config to commit")
         gen, new_socks = pending
         self.listeners.update(new_socks)
+        for addr, socks in new_socks.items():
+            self._share(addr, socks)
         # Start the new servers before closing the old ones: both accept from the same kernel
         # sockets for a moment, so no connection finds the port closed.
         await gen.start()
@@ -335,6 +367,7 @@ class Worker:
             task.add_done_callback(self._retiring.discard)
         wanted = gen.addresses()
         for addr in [a for a in self.listeners if a not in wanted]:
+            self._share(addr, None)
             for s in self.listeners.pop(addr):
                 s.close()
         # `/reverse_proxy/upstreams` and the health gauge list the new config's upstreams only
@@ -347,6 +380,20 @@ class Worker:
             for u in h.get("upstreams") or ()
             if isinstance(u, dict)
         )
+
+    def _share(self, addr: NetworkAddress, socks: list[socket.socket] | None) -> None:
+        """Tell the supervisor about listening sockets now in service (None: withdrawn)."""
+        if self.share is None:
+            return
+        try:
+            if socks is None:
+                withdraw_listeners(self.share, address_key(addr))
+            else:
+                share_listeners(self.share, address_key(addr), socks)
+        except OSError as exc:
+            # The supervisor is gone (this worker stops when its control channel closes) or
+            # out of descriptors: a replacement would then bind the address itself.
+            log.warning("sharing listener %s with the supervisor: %s", addr, exc)
 
     @staticmethod
     def _hand_over(old: Generation, new: Generation) -> None:
@@ -380,11 +427,14 @@ class Worker:
         finally:
             await old.release()
 
-    async def stop(self) -> None:
-        """Graceful stop: close the listeners, let in-flight requests finish (grace period)."""
+    async def stop(self, max_grace_s: float | None = None) -> None:
+        """Graceful stop: close the listeners, let in-flight requests finish (grace period,
+        at most `max_grace_s` when given)."""
         await self.abort()
         gen, self.current = self.current, None
         if gen is not None:
+            if max_grace_s is not None:
+                gen.grace_s = min(gen.grace_s or max_grace_s, max_grace_s)
             await gen.stop_accepting()
         for socks in self.listeners.values():
             for s in socks:
@@ -395,20 +445,28 @@ class Worker:
                 rt.successor = None
             await self._retire(gen, None)
         if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            # Configs replaced by earlier reloads finish their requests too, within the bound.
+            await asyncio.wait(set(self._retiring), timeout=max_grace_s)
         self.stopped.set()
 
 
-async def _worker_main(sock: socket.socket, reuse_port: bool) -> int:
-    worker = Worker(reuse_port)
+async def _worker_main(
+    sock: socket.socket,
+    reuse_port: bool,
+    share: socket.socket | None,
+    inherited: dict[NetworkAddress, list[socket.socket]] | None,
+) -> int:
+    worker = Worker(reuse_port, share, inherited)
     channel = await Channel.open(sock, worker.handle)
     serving = asyncio.ensure_future(channel.serve())
     stopped = asyncio.ensure_future(worker.stopped.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if not worker.stopped.is_set():
         # The supervisor is gone (crashed or killed): stop serving rather than run unmanaged.
-        log.warning("control channel closed; stopping")
-        await worker.stop()
+        # The listeners close at once (the supervisor's copies died with it), so a restarted
+        # instance can bind the ports; requests in flight get a bounded grace.
+        log.warning("control channel closed (the supervisor is gone); stopping")
+        await worker.stop(max_grace_s=ORPHAN_GRACE_S)
     else:
         # Let the answer to `stop` reach the supervisor.
         with contextlib.suppress(asyncio.TimeoutError):
@@ -419,11 +477,19 @@ async def _worker_main(sock: socket.socket, reuse_port: bool) -> int:
     return 0
 
 
-def worker_main(sock: socket.socket, reuse_port: bool, use_uvloop: bool) -> int:
-    """Entry point of a forked worker. Signals are the supervisor's business: a Ctrl-C reaches
-    the whole process group, and the supervisor turns it into an orderly `stop`."""
+def worker_main(
+    sock: socket.socket,
+    reuse_port: bool,
+    use_uvloop: bool,
+    share: socket.socket | None = None,
+    inherited: dict[NetworkAddress, list[socket.socket]] | None = None,
+) -> int:
+    """Entry point of a worker (forked at startup, or started by `spawned_worker_main`).
+    Signals are the supervisor's business: a Ctrl-C reaches the whole process group, and the
+    supervisor turns it into an orderly `stop`."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    set_process_name("pyproxy worker")
     if use_uvloop:
         try:
             import uvloop
@@ -432,7 +498,46 @@ def worker_main(sock: socket.socket, reuse_port: bool, use_uvloop: bool) -> int:
         except ImportError:
             pass
     try:
-        return asyncio.run(_worker_main(sock, reuse_port))
+        return asyncio.run(_worker_main(sock, reuse_port, share, inherited))
     except Exception:
         log.exception("worker %d failed", os.getpid())
         return 1
+
+
+def run_spawned_worker(spec: dict[str, Any], fds: list[int]) -> int:
+    """A replacement worker (forked by proxy.forkserver, or a new interpreter through
+    `spawned_worker_main`). `spec`: `{"reuse_port", "uvloop", "listeners"}`; `fds`: its control
+    channel, its listener-sharing socket, then the inherited listening sockets in the order of
+    `spec["listeners"]` (proxy.control.ListenerCopies)."""
+    if len(fds) < 2:
+        raise ControlError(f"a worker needs at least 2 descriptors, got {len(fds)}")
+    inherited = {
+        NetworkAddress(*key): socks
+        for key, socks in parse_listener_spec(spec["listeners"], fds[2:])
+    }
+    return worker_main(
+        socket.socket(fileno=fds[0]),
+        reuse_port=bool(spec["reuse_port"]),
+        use_uvloop=bool(spec["uvloop"]),
+        share=socket.socket(fileno=fds[1]),
+        inherited=inherited,
+    )
+
+
+def spawned_worker_main() -> None:
+    """Entry point of a replacement worker started as a new interpreter (`python -c`) with
+    `sys.argv[1]` = its spec as JSON, the descriptors (numbers unchanged) under `"fds"`."""
+    import json
+    import sys
+
+    from proxy.app import configure_logging
+
+    configure_logging()
+    try:
+        spec = json.loads(sys.argv[1])
+        fds = [int(fd) for fd in spec["fds"]]
+        code = run_spawned_worker(spec, fds)
+    except (IndexError, KeyError, TypeError, ValueError, ControlError) as exc:
+        print(f"Error: bad worker arguments: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code)

@@ -16,6 +16,7 @@ from proxy.metrics import (
     ProxyMetrics,
     Registry,
     _go_float,
+    cumulative_part,
     merge_snapshots,
     render_snapshot,
     render_snapshots,
@@ -242,6 +243,43 @@ def test_merge_two_worker_snapshots() -> None:
         ]
         == 3
     )
+
+
+def test_a_dead_workers_counts_stay_in_the_totals() -> None:
+    # Worker a is scraped with 3 requests, serves 4 more nobody sees, and dies; its
+    # replacement c starts from zero. Adding a's last scraped counters keeps every summed
+    # counter from going down; its in-flight gauge ends with it.
+    a, b = worker(requests=3, in_flight=2, healthy=True), worker(4, 0, True)
+    before = parse(render_snapshots([a, b]))
+    retired = merge_snapshots([{}, cumulative_part(a)])
+    c = worker(requests=1, in_flight=0, healthy=True)
+    after = parse(render_snapshots([retired, b, c]))
+    total = ("caddy_http_requests", "caddy_http_requests_total")
+    assert sample(before, *total, **LABELS) == 7
+    assert sample(after, *total, **LABELS) == 8
+    dur = "caddy_http_request_duration_seconds"
+    assert sample(after, dur, dur + "_count", **STATUS_LABELS) == 8
+    in_flight = ("caddy_http_requests_in_flight", "caddy_http_requests_in_flight")
+    assert sample(before, *in_flight, **LABELS) == 2
+    assert sample(after, *in_flight, **LABELS) == 0
+    assert set(cumulative_part(a)) == {
+        name for name, fam in a.items() if fam["type"] in ("counter", "histogram")
+    }
+    # Several dead workers accumulate.
+    retired = merge_snapshots([retired, cumulative_part(c)])
+    assert sample(parse(render_snapshot(retired)), *total, **LABELS) == 4
+
+
+def test_worker_restarts_counter() -> None:
+    m = ProxyMetrics(process=False)
+    assert "pyproxy_worker_restarts" not in parse(m.render())  # workers do not expose it
+    m.expose_restarts()
+    name = ("pyproxy_worker_restarts", "pyproxy_worker_restarts_total")
+    assert sample(parse(m.render()), *name) == 0
+    m.record_worker_restart()
+    merged = parse(render_snapshots([m.snapshot(), worker(1, 0, True)]))
+    assert sample(merged, *name) == 1
+    assert merged["pyproxy_worker_restarts"]["type"] == "counter"
 
 
 def test_merge_rejects_mismatched_families() -> None:
