@@ -14,15 +14,25 @@ This module owns the server side of TLS for the listeners:
   then `default_sni` for an empty SNI, then `fallback_sni`), and otherwise fails the handshake with
   alert 80 (internal_error), as Caddy/Go do.
 
-OpenSSL only lets the SNI callback swap the certificate and ALPN: protocol range, ciphers and curves
-are fixed by the listener context when the connection starts. So the listener context carries the
-union of the policies' protocol ranges and the first policy's ciphers/curves; with one policy (the
-usual case) this is exact.
+One listener, several policies: the SNI callback swaps the certificate's context, which brings
+that context's certificate and ALPN; OpenSSL negotiates the protocol version before the callback,
+from the listener context, so that context admits the union of the policies' ranges and the
+engine closes a connection whose version its policy does not allow (`handshake_allowed`). TLS 1.2
+ciphers and curves are read later from the connection itself, so the callback sets the chosen
+policy's there when the policies differ; TLS 1.3 key shares are accepted before the callback,
+so the listener offers only the curves all its policies allow (`check_listener_policies` has
+the consequences). With one policy (the usual case) everything is exact.
+
+Curves are Caddy's names (x25519, secp256r1, secp384r1, secp521r1; x25519mlkem768 with an
+OpenSSL that has it, else a config error); without `curves`, Caddy's defaults. A whole list is
+applied (`set_groups`), on every Python: 3.11's `set_ecdh_curve` takes one name, and 3.11.2's
+does not know X25519, so proxy.libssl sets the list through libssl itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -42,6 +52,7 @@ from acme_client.certificates import (
     normalize_host,
     parse_pem_pair,
 )
+from proxy import libssl
 
 log = logging.getLogger("pyproxy.tls")
 
@@ -103,13 +114,19 @@ DEFAULT_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     )
 )
-# Caddy's curve names -> OpenSSL short names; x25519mlkem768 is not in OpenSSL 3.0.
+# Caddy's curve names (caddytls.SupportedCurves) -> OpenSSL group names. X25519MLKEM768 exists
+# from OpenSSL 3.5 on; with an older libssl a policy naming it is a config error.
 CURVES: Mapping[str, str] = {
+    "x25519mlkem768": "X25519MLKEM768",
     "x25519": "X25519",
     "secp256r1": "prime256v1",
     "secp384r1": "secp384r1",
     "secp521r1": "secp521r1",
 }
+_CADDY_CURVE_NAMES: Mapping[str, str] = {v: k for k, v in CURVES.items()}
+# caddytls defaultCurves, used when a policy names none: X25519MLKEM768 (where libssl has it),
+# X25519, P-256. Not OpenSSL's default list, which adds X448, P-521 and P-384.
+CADDY_DEFAULT_CURVES = ("x25519mlkem768", "x25519", "secp256r1")
 
 
 class TLSConfigError(ValueError):
@@ -127,7 +144,7 @@ class ConnectionPolicy:
     protocol_min: ssl.TLSVersion = DEFAULT_PROTOCOL_MIN
     protocol_max: ssl.TLSVersion = DEFAULT_PROTOCOL_MAX
     ciphers: str = DEFAULT_CIPHERS  # OpenSSL cipher string (TLS <= 1.2)
-    curves: tuple[str, ...] = ()  # OpenSSL group names; () = OpenSSL defaults
+    curves: tuple[str, ...] = ()  # OpenSSL group names; () = Caddy's defaults (`groups`)
     alpn: tuple[str, ...] = DEFAULT_ALPN
     default_sni: str = ""
     fallback_sni: str = ""
@@ -189,6 +206,11 @@ class ConnectionPolicy:
             drop=bool(obj.get("drop")),
         )
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The key-exchange groups this policy allows, most preferred first."""
+        return self.curves or default_groups()
+
     def matches(self, server_name: str) -> bool:
         """MatchServerName: exact or wildcard, case-insensitive; no sni matcher matches all."""
         if not self.sni:
@@ -239,8 +261,76 @@ def _curves(value: Any, where: str) -> tuple[str, ...]:
     for name in _strings(value, where):
         if name not in CURVES:
             raise TLSConfigError(f"{where}: unsupported curve {name!r}")
-        out.append(CURVES[name])
-    return tuple(out)
+        if CURVES[name] not in out:  # Caddy drops repeats too (buildStandardTLSConfig)
+            out.append(CURVES[name])
+    groups = tuple(out)
+    problem = groups_problem(groups)
+    if problem is not None:
+        raise TLSConfigError(f"{where}: {problem}")
+    return groups
+
+
+# ---- key-exchange groups ----------------------------------------------------------------------
+
+
+def set_groups(ctx: ssl.SSLContext, groups: Sequence[str]) -> None:
+    """Restrict `ctx` to exactly these groups, in this order of preference.
+
+    `SSLContext.set_groups` (Python 3.15+) when there is one, else SSL_CTX_set1_groups_list
+    through proxy.libssl. `set_ecdh_curve` is only the last resort, for one EC curve: it takes a
+    single name, and Python 3.11.2 resolves it with EC_KEY_new_by_curve_name, which does not
+    know X25519 (`[EC: UNKNOWN_GROUP]`). Raises ValueError/ssl.SSLError when refused.
+    """
+    text = ":".join(groups)
+    setter = getattr(ctx, "set_groups", None)
+    if setter is not None:
+        setter(text)
+        return
+    lib = libssl.bridge()
+    if lib is not None:
+        lib.set_groups(ctx, text)
+        return
+    if len(groups) == 1 and groups[0] not in ("X25519", "X25519MLKEM768"):
+        ctx.set_ecdh_curve(groups[0])
+        return
+    raise libssl.LibSSLError(
+        f"this Python's ssl module cannot set them ({libssl.unavailable_reason()})"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def groups_problem(groups: tuple[str, ...]) -> str | None:
+    """Why this runtime cannot restrict a context to `groups`, or None when it can (tried on a
+    throwaway context, so `validate` fails where the workers would)."""
+    names = ", ".join(_CADDY_CURVE_NAMES.get(g, g) for g in groups)
+    try:
+        set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), groups)
+    except (ValueError, ssl.SSLError) as exc:
+        can_set_lists = hasattr(ssl.SSLContext, "set_groups") or libssl.bridge() is not None
+        others = tuple(g for g in groups if g != "X25519MLKEM768")
+        if can_set_lists and others != groups and (not others or groups_problem(others) is None):
+            # Caddy (Go 1.24+) always has it; OpenSSL only from 3.5 on.
+            return (
+                f"curve x25519mlkem768 is not available with {ssl.OPENSSL_VERSION} "
+                "(OpenSSL 3.5 or later has X25519MLKEM768)"
+            )
+        return f"curves {names} cannot be applied: {exc}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def default_groups() -> tuple[str, ...]:
+    """Caddy's default curves that this libssl has; () (OpenSSL's own defaults, with a warning)
+    when this Python cannot set a group list at all."""
+    if not hasattr(ssl.SSLContext, "set_groups") and libssl.bridge() is None:
+        log.warning(
+            "TLS: OpenSSL's default curves apply instead of Caddy's (%s)",
+            libssl.unavailable_reason(),
+        )
+        return ()
+    return tuple(
+        CURVES[name] for name in CADDY_DEFAULT_CURVES if groups_problem((CURVES[name],)) is None
+    )
 
 
 def parse_connection_policies(
@@ -255,6 +345,83 @@ def parse_connection_policies(
         ConnectionPolicy.from_json(p, f"{where}[{i}]", supported_alpn)
         for i, p in enumerate(policies)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPlan:
+    """How one listener serves its policies (check_listener_policies)."""
+
+    groups: tuple[str, ...]  # the listener context's groups
+    per_connection_groups: bool  # the SNI callback sets the chosen policy's groups
+    per_connection_ciphers: bool  # ... and its TLS 1.2 cipher list
+
+
+def check_listener_policies(policies: Sequence[ConnectionPolicy], where: str) -> ListenerPlan:
+    """How one listener serves these policies; TLSConfigError when it cannot.
+
+    Ciphers: OpenSSL picks the TLS 1.2 suite after the SNI callback, from the connection's own
+    list, so the callback sets the chosen policy's list and any policies can share a listener.
+
+    Curves: OpenSSL takes the groups from the context the connection starts on. TLS 1.2 picks
+    the ECDHE group after the SNI callback, from the connection's list, which the callback sets
+    to the chosen policy's. TLS 1.3 accepts the client's key share while it parses the
+    ClientHello, before the callback; only when no share is acceptable does it choose, after
+    the callback, the group of its HelloRetryRequest. So the listener context offers only the
+    groups that every policy allows (the intersection): a key share accepted before the callback
+    is then allowed by whichever policy is chosen, and a client without such a share is asked
+    for the chosen policy's most preferred group it supports. Never a group a policy forbids;
+    the cost, when policies differ: a TLS 1.3 client whose share is for a group outside the
+    intersection takes an extra round trip, and one that supports none of the chosen policy's
+    other groups fails (a HelloRetryRequest for a group it already sent is fatal, RFC 8446
+    §4.1.4), where Go (Caddy), which decides after GetConfigForClient, would accept its share.
+    Policies with no group in common cannot share a listener: a config error.
+    """
+    serving = [(i, p) for i, p in enumerate(policies) if not p.drop]
+    if not serving:
+        return ListenerPlan(policies[0].groups if policies else (), False, False)
+    first_index, first = serving[0]
+    common = [g for g in first.groups if all(g in p.groups for _, p in serving)]
+    uniform_groups = all(p.groups == first.groups for _, p in serving)
+    uniform_ciphers = all(p.ciphers == first.ciphers for _, p in serving)
+    other = next((i for i, p in serving if p.groups != first.groups), first_index)
+    if not uniform_groups and not common:
+        raise TLSConfigError(
+            f"{where}[{other}].curves: {_curve_names(policies[other].groups)} have no curve in "
+            f"common with {where}[{first_index}]'s {_curve_names(first.groups)} on the same "
+            "listener; OpenSSL accepts a TLS 1.3 key share before the SNI name selects a "
+            "policy, so the policies of one listener need a common curve (or serve these sites "
+            "on another port)"
+        )
+    if not (uniform_groups and uniform_ciphers) and libssl.bridge() is None:
+        field_name = "curves" if not uniform_groups else "cipher_suites"
+        i = (
+            other
+            if not uniform_groups
+            else next(i for i, p in serving if p.ciphers != first.ciphers)
+        )
+        raise TLSConfigError(
+            f"{where}[{i}].{field_name}: differ from {where}[{first_index}]'s on the same "
+            f"listener, and this Python cannot set them per connection "
+            f"({libssl.unavailable_reason()})"
+        )
+    if not uniform_groups:
+        log.info(
+            "%s: policies differ in curves; TLS 1.3 clients without a key share for %s get a "
+            "HelloRetryRequest",
+            where,
+            _curve_names(common),
+        )
+    return ListenerPlan(
+        groups=first.groups if uniform_groups else tuple(common),
+        per_connection_groups=not uniform_groups,
+        per_connection_ciphers=not uniform_ciphers,
+    )
+
+
+def _curve_names(groups: Sequence[str]) -> str:
+    if not groups:
+        return "(OpenSSL's defaults)"
+    return "[" + ", ".join(_CADDY_CURVE_NAMES.get(g, g) for g in groups) + "]"
 
 
 def check_connection_policies(config: Mapping[str, Any]) -> None:
@@ -272,7 +439,7 @@ def check_connection_policies(config: Mapping[str, Any]) -> None:
         where = f"apps.http.servers.{name}.tls_connection_policies"
         if not isinstance(policies, list):
             raise TLSConfigError(f"{where}: expected a list")
-        parse_connection_policies(policies, where)
+        check_listener_policies(parse_connection_policies(policies, where), where)
 
 
 def _match_wildcard(subject: str, pattern: str) -> bool:
@@ -295,14 +462,10 @@ def _apply_settings(
     ctx.minimum_version = policy.protocol_min
     ctx.maximum_version = policy.protocol_max
     ctx.set_ciphers(policy.ciphers)
-    if policy.curves:
-        if hasattr(ctx, "set_groups"):  # Python 3.15+
-            ctx.set_groups(":".join(policy.curves))
-        else:
-            # Python < 3.15 can only set one group: use the most preferred one.
-            if len(policy.curves) > 1:
-                log.warning("curves: only %s applied (one group per context)", policy.curves[0])
-            ctx.set_ecdh_curve(policy.curves[0])
+    groups = policy.groups
+    if groups:
+        # Checked when the policy was parsed (groups_problem); a failure here is a bug.
+        set_groups(ctx, groups)
     if policy.alpn:
         ctx.set_alpn_protocols(list(policy.alpn))
     # Go's server never renegotiates; tickets on by default for resumption (RFC 8446 §4.6.1).
@@ -621,6 +784,7 @@ class SNISelector:
         self._uniform_protocols = (
             len({(p.protocol_min, p.protocol_max) for p in self.policies}) == 1
         )
+        self._plan = check_listener_policies(self.policies, where)
 
     def policy_for(self, server_name: str | None) -> ConnectionPolicy | None:
         name = normalize_host(server_name) if server_name else ""
@@ -654,14 +818,16 @@ class SNISelector:
         return policy.protocol_min <= version <= policy.protocol_max
 
     def _listener_settings(self) -> ConnectionPolicy:
-        # The listener context fixes protocol range, ciphers and curves for the whole handshake
-        # (OpenSSL reads them before SNI), so it must admit every policy's range.
-        first = self.policies[0]
+        # The listener context fixes the protocol range for the whole handshake (OpenSSL reads
+        # it before SNI), so it must admit every policy's range; its curves are the ones every
+        # policy allows (check_listener_policies); the chosen policy's own curves and ciphers
+        # are set on the connection by the SNI callback when the policies differ.
+        first = next((p for p in self.policies if not p.drop), self.policies[0])
         return ConnectionPolicy(
             protocol_min=min(p.protocol_min for p in self.policies),
             protocol_max=max(p.protocol_max for p in self.policies),
             ciphers=first.ciphers,
-            curves=first.curves,
+            curves=self._plan.groups,
             alpn=first.alpn,
         )
 
@@ -674,6 +840,10 @@ class SNISelector:
         """
         ctx = build_server_context(
             self._listener_settings(), session_tickets=self.store.session_tickets
+        )
+        plan = self._plan
+        per_connection = (
+            libssl.bridge() if plan.per_connection_groups or plan.per_connection_ciphers else None
         )
         ctx.sslobject_class = AlertFlushingSSLObject
 
@@ -690,6 +860,16 @@ class SNISelector:
                 # Go's crypto/tls sends internal_error (80) when GetCertificate fails.
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
             policy, ssl_obj.context = chosen
+            if per_connection is not None:
+                # See check_listener_policies: what OpenSSL still reads from the connection.
+                try:
+                    if plan.per_connection_groups:
+                        per_connection.set_connection_groups(ssl_obj, ":".join(policy.groups))
+                    if plan.per_connection_ciphers:
+                        per_connection.set_connection_ciphers(ssl_obj, policy.ciphers)
+                except (libssl.LibSSLError, TypeError):
+                    log.exception("%s: applying the policy to the connection failed", server_name)
+                    return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
             # Remember the policy: its protocol range can only be checked once the handshake is
             # done (see handshake_allowed).
             with contextlib.suppress(AttributeError):
