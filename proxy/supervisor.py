@@ -61,12 +61,12 @@ def validate(config: dict[str, Any]) -> Config:
     manual certificate files, the typed model. Raises ConfigError."""
     from config.model import load_model
     from proxy.certs import prepare_certificates
-    from proxy.tls import TLSConfigError, check_connection_policies
+    from proxy.tls import TLSConfigError, check_tls_config
 
     setup = prepare_certificates(strip_meta_fields(config))
     model = load_model(setup.config)
     try:
-        check_connection_policies(setup.config)
+        check_tls_config(setup.config)
     except TLSConfigError as exc:
         raise ConfigError(str(exc)) from exc
     return model
@@ -383,6 +383,7 @@ class Supervisor:
 
 def run(args: argparse.Namespace, workers: int) -> int:
     """`pyproxy run` after argument parsing: validate, fork the workers, supervise."""
+    from proxy.tls import shared_ticket_secret
     from proxy.worker import worker_main
 
     # Said before any worker exists: which build serves (proxy/native.py).
@@ -394,6 +395,9 @@ def run(args: argparse.Namespace, workers: int) -> int:
     except (ConfigError, OSError) as exc:
         print(f"Error: loading config: {_error_text(exc)}", file=sys.stderr)
         return EXIT_FAILED_START
+    # Made before the fork, so every worker inherits it and derives the same TLS session ticket
+    # keys: a ticket from one worker resumes on any other (proxy.tls.TicketKeys).
+    shared_ticket_secret()
     handles: list[WorkerHandle] = []
     for _ in range(workers):
         parent_sock, child_sock = socket.socketpair()

@@ -27,19 +27,44 @@ Curves are Caddy's names (x25519, secp256r1, secp384r1, secp521r1; x25519mlkem76
 OpenSSL that has it, else a config error); without `curves`, Caddy's defaults. A whole list is
 applied (`set_groups`), on every Python: 3.11's `set_ecdh_curve` takes one name, and 3.11.2's
 does not know X25519, so proxy.libssl sets the list through libssl itself.
+
+Session resumption (RFC 8446 §4.6.1, RFC 5077) uses tickets only, like Go's server: OpenSSL's
+session-ID cache is turned off, since it would be one per worker process (and would resume TLS 1.2
+clients with `session_tickets.disabled`). Ticket keys are shared by all workers: with its own key
+per context, a worker could not decrypt another's tickets, and SO_REUSEPORT sends a client's
+reconnects to any worker, so only about 1/N of resumptions succeeded. Options weighed:
+
+- contexts made in the supervisor before the fork inherit one OpenSSL key, but contexts are made
+  per config (reloads) and per certificate (ACME, file changes) in the workers: not possible;
+- pyOpenSSL drives the OpenSSL inside the `cryptography` wheel, another library instance, and
+  its contexts are not `ssl.SSLContext`s, which asyncio needs: not usable;
+- a ticket key callback (SSL_CTX_set_tlsext_ticket_key_evp_cb) through ctypes would keep several
+  keys, but runs Python inside every handshake, with EVP/MAC structures built through ctypes;
+- chosen: set the key itself, SSL_CTX_set_tlsext_ticket_keys, once per listener context and
+  once per rotation, through proxy.libssl (its docstring has why that is safe: the library the
+  ssl module links, a layout probe, checks on every call). The key is derived from a secret the
+  supervisor makes before the fork (`shared_ticket_secret`, `TicketKeys`) and rotated every
+  `rotation_interval` (default 12 h, as Caddy). OpenSSL holds one key per context, so unlike
+  Caddy (max_keys 4) a ticket from before a rotation gets a full handshake once; `max_keys` above
+  1 is a config error. Without the bridge, tickets still work, per worker, with a warning.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import hmac
 import ipaddress
 import logging
 import os
 import shutil
 import ssl
+import struct
 import tempfile
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +77,8 @@ from acme_client.certificates import (
     normalize_host,
     parse_pem_pair,
 )
+from config.errors import ConfigError
+from config.model import parse_duration
 from proxy import libssl
 
 log = logging.getLogger("pyproxy.tls")
@@ -442,6 +469,16 @@ def check_connection_policies(config: Mapping[str, Any]) -> None:
         check_listener_policies(parse_connection_policies(policies, where), where)
 
 
+def check_tls_config(config: Mapping[str, Any]) -> None:
+    """What `validate` runs so that a TLS setting pyproxy cannot apply fails before anything
+    binds: every server's connection policies and `apps.tls.session_tickets`."""
+    check_connection_policies(config)
+    apps = config.get("apps")
+    tls_app = apps.get("tls") if isinstance(apps, Mapping) else None
+    if isinstance(tls_app, Mapping):
+        SessionTickets.from_json(tls_app.get("session_tickets"))
+
+
 def _match_wildcard(subject: str, pattern: str) -> bool:
     if subject == pattern:
         return True
@@ -477,6 +514,12 @@ def _apply_settings(
         # Go's server (Caddy) sends one TLS 1.3 ticket per handshake; OpenSSL's default is two,
         # and each costs a session copy, encryption and an HMAC (~15-25 % of a handshake here).
         ctx.num_tickets = 1
+    lib = libssl.bridge()
+    if lib is not None:
+        # Go's server resumes by tickets only: it has no session-ID cache. OpenSSL's would be
+        # per worker process (a reconnect lands on another worker most of the time) and would
+        # keep resuming TLS 1.2 clients with `session_tickets.disabled`.
+        lib.set_session_cache_mode(ctx, libssl.SSL_SESS_CACHE_OFF)
 
 
 def build_server_context(
@@ -486,6 +529,190 @@ def build_server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_settings(ctx, policy or ConnectionPolicy(), session_tickets=session_tickets)
     return ctx
+
+
+# ---- session ticket keys ----------------------------------------------------------------------
+
+# caddytls defaultSTEKRotationInterval.
+DEFAULT_TICKET_KEY_ROTATION_S = 12 * 3600.0
+_TICKET_KEY_INFO = b"pyproxy TLS session ticket key"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTickets:
+    """`apps.tls.session_tickets` as pyproxy applies it (caddytls.SessionTicketService)."""
+
+    enabled: bool = True
+    rotation_interval_s: float = DEFAULT_TICKET_KEY_ROTATION_S
+    rotate: bool = True
+
+    @classmethod
+    def from_json(cls, value: Any, where: str = "apps.tls.session_tickets") -> SessionTickets:
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise TLSConfigError(f"{where}: expected an object")
+        known = {"disabled", "disable_rotation", "rotation_interval", "max_keys", "key_source"}
+        for key in value:
+            if key not in known:
+                raise TLSConfigError(f"{where}.{key}: unknown field")
+        for key in ("disabled", "disable_rotation"):
+            if not isinstance(value.get(key, False), bool):
+                raise TLSConfigError(f"{where}.{key}: expected true or false")
+        interval = DEFAULT_TICKET_KEY_ROTATION_S
+        if value.get("rotation_interval") is not None:
+            try:
+                interval = parse_duration(value["rotation_interval"], f"{where}.rotation_interval")
+            except ConfigError as exc:
+                raise TLSConfigError(str(exc)) from exc
+            if interval < 0:
+                raise TLSConfigError(f"{where}.rotation_interval: must not be negative")
+            interval = interval or DEFAULT_TICKET_KEY_ROTATION_S  # Caddy: 0 means the default
+        max_keys = value.get("max_keys")
+        if max_keys is not None and (
+            isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys > 1
+        ):
+            # Caddy keeps the last max_keys keys (default 4) to decrypt older tickets. OpenSSL
+            # takes one key per context (SSL_CTX_set_tlsext_ticket_keys), so after a rotation a
+            # ticket from before it gets a full handshake: more than one key cannot be honoured.
+            raise TLSConfigError(
+                f"{where}.max_keys: pyproxy keeps one session ticket key (OpenSSL holds one per "
+                "context); set 1 or leave it out"
+            )
+        source = value.get("key_source")
+        if source is not None and (
+            not isinstance(source, Mapping) or source.get("provider", "standard") != "standard"
+        ):
+            # `distributed` (keys in storage, shared by a cluster) is not implemented.
+            raise TLSConfigError(
+                f"{where}.key_source: only the standard provider (keys in memory) is supported"
+            )
+        return cls(
+            enabled=not value.get("disabled", False),
+            rotation_interval_s=interval,
+            rotate=not value.get("disable_rotation", False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TicketSecret:
+    """The secret every worker derives the same ticket keys from, and the epoch origin."""
+
+    secret: bytes
+    origin: float  # time.monotonic() at creation: one clock for all processes of a boot
+
+
+_ticket_secret: TicketSecret | None = None
+_ticket_secret_lock = threading.Lock()
+
+
+def shared_ticket_secret() -> TicketSecret:
+    """This process's ticket secret, made on first use.
+
+    The supervisor calls it before it forks the workers: they inherit the same secret, so a
+    ticket one worker issues decrypts on every other (SO_REUSEPORT sends a client's reconnects
+    to any of them). It lives as long as the process: tickets survive config reloads, as
+    Caddy's standard STEK provider keeps its keys across reloads.
+    """
+    global _ticket_secret
+    with _ticket_secret_lock:
+        if _ticket_secret is None:
+            _ticket_secret = TicketSecret(os.urandom(32), time.monotonic())
+        return _ticket_secret
+
+
+class TicketKeys:
+    """Sets the session ticket keys of listener contexts and rotates them.
+
+    The key of rotation epoch `n` (`n` intervals since the secret was made) is
+    HKDF-Expand(secret, info || interval || n) (RFC 5869 §2.3), so every worker computes the
+    same key at the same time without talking to the others. Only the listener contexts need
+    it: OpenSSL encrypts and decrypts tickets with the connection's `session_ctx`, the context
+    it started on, which the SNI callback's switch to a certificate's context does not change.
+    """
+
+    def __init__(self, settings: SessionTickets, secret: TicketSecret | None = None) -> None:
+        self.settings = settings
+        self.secret = secret or shared_ticket_secret()
+        self._contexts: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+        self._epoch: int | None = None
+        self._lock = threading.Lock()
+
+    def epoch(self, now: float | None = None) -> int:
+        if not self.settings.rotate:
+            return 0
+        elapsed = (time.monotonic() if now is None else now) - self.secret.origin
+        return max(0, int(elapsed // self.settings.rotation_interval_s))
+
+    def seconds_until_rotation(self, now: float | None = None) -> float | None:
+        if not self.settings.rotate:
+            return None
+        now = time.monotonic() if now is None else now
+        interval = self.settings.rotation_interval_s
+        return self.secret.origin + (self.epoch(now) + 1) * interval - now
+
+    def key(self, epoch: int, length: int) -> bytes:
+        info = _TICKET_KEY_INFO + struct.pack(">dQ", self.settings.rotation_interval_s, epoch)
+        out, block, counter = b"", b"", 1
+        while len(out) < length:
+            block = hmac.digest(self.secret.secret, block + info + bytes([counter]), "sha256")
+            out += block
+            counter += 1
+        return out[:length]
+
+    def install(self, ctx: ssl.SSLContext) -> bool:
+        """Give `ctx` the current key and keep it rotated; False when libssl is out of reach
+        (then OpenSSL's own per-context key stays: resumption works on the issuing worker)."""
+        lib = libssl.bridge()
+        if lib is None:
+            _warn_tickets_per_worker()
+            return False
+        with self._lock:
+            self._contexts.add(ctx)
+            self._set_keys(lib, [ctx])
+        return True
+
+    def rotate(self, now: float | None = None) -> int:
+        """Re-key every live context if the epoch changed; returns how many were re-keyed."""
+        lib = libssl.bridge()
+        if lib is None:
+            return 0
+        with self._lock:
+            count = self._set_keys(lib, [], now)
+        if count:
+            log.info("TLS session ticket key rotated (%d listener contexts)", count)
+        return count
+
+    def _set_keys(
+        self, lib: libssl.LibSSL, new: list[ssl.SSLContext], now: float | None = None
+    ) -> int:
+        # Under self._lock. A new epoch re-keys every context, so none keeps an old key.
+        epoch = self.epoch(now)
+        targets = new if epoch == self._epoch else list(self._contexts)
+        self._epoch = epoch
+        for ctx in targets:
+            lib.set_ticket_keys(ctx, self.key(epoch, lib.ticket_key_length(ctx)))
+        return len(targets)
+
+    async def rotate_forever(self) -> None:
+        """Run in each worker's loop (proxy.certs.CertRuntime) while the config serves. That is
+        the thread whose handshakes read the keys, so none reads a key while it changes."""
+        while True:
+            delay = self.seconds_until_rotation()
+            if delay is None:
+                return
+            # A timer, not a synchronisation: the next key is due at this time.
+            await asyncio.sleep(max(delay, 0.0) + 0.001)
+            self.rotate()
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_tickets_per_worker() -> None:
+    log.warning(
+        "TLS session tickets: keys are per worker process (%s); with several workers a "
+        "resumed session works only on the worker that issued the ticket",
+        libssl.unavailable_reason(),
+    )
 
 
 # ---- loading PEM into a context ---------------------------------------------------------------
@@ -583,17 +810,19 @@ class CertificateStore:
     handshake in progress on the event loop never sees a half-updated mapping.
     """
 
-    def __init__(self, *, session_tickets: bool = True) -> None:
+    def __init__(self, *, session_tickets: bool | SessionTickets = True) -> None:
         self._snapshot = _Snapshot({}, None)
         self._write_lock = threading.Lock()
-        self.session_tickets = session_tickets
+        if isinstance(session_tickets, bool):
+            session_tickets = SessionTickets(enabled=session_tickets)
+        self.session_tickets = session_tickets.enabled
+        # None with tickets off: no keys to share or rotate.
+        self.ticket_keys = TicketKeys(session_tickets) if session_tickets.enabled else None
 
     @classmethod
     def from_tls_app(cls, tls_app: Mapping[str, Any] | None) -> CertificateStore:
-        """A store honouring `apps.tls.session_tickets.disabled` (tickets on by default)."""
-        tickets = (tls_app or {}).get("session_tickets") or {}
-        disabled = isinstance(tickets, Mapping) and bool(tickets.get("disabled"))
-        return cls(session_tickets=not disabled)
+        """A store honouring `apps.tls.session_tickets` (tickets on by default)."""
+        return cls(session_tickets=SessionTickets.from_json((tls_app or {}).get("session_tickets")))
 
     @property
     def _by_name(self) -> Mapping[str, _Entry]:
@@ -841,6 +1070,8 @@ class SNISelector:
         ctx = build_server_context(
             self._listener_settings(), session_tickets=self.store.session_tickets
         )
+        if self.store.ticket_keys is not None:
+            self.store.ticket_keys.install(ctx)
         plan = self._plan
         per_connection = (
             libssl.bridge() if plan.per_connection_groups or plan.per_connection_ciphers else None

@@ -31,12 +31,16 @@ from enginekit import free_port
 from acme_client.certificates import CertificateError
 from config.adapt import adapt_caddyfile
 from config.auto_https import plan_automatic_https
+from proxy import libssl
 from proxy.cli import main as cli_main
 from proxy.tls import (
     DEFAULT_CIPHERS,
     CertificateStore,
     ConnectionPolicy,
+    SessionTickets,
     SNISelector,
+    TicketKeys,
+    TicketSecret,
     TLSConfigError,
     parse_connection_policies,
     selector_for_server,
@@ -82,6 +86,15 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         writer.close()
 
 
+async def reply_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One answer, then the server ends the connection cleanly (close_notify), as the engine
+    does after a response: OpenSSL drops a session from its cache when a connection ends
+    uncleanly, which would hide whether the cache would have resumed it."""
+    writer.write(b"pong:" + await reader.read(16))
+    await writer.drain()
+    writer.close()
+
+
 class Server:
     def __init__(self, server: asyncio.Server) -> None:
         self.server = server
@@ -95,8 +108,8 @@ StartServer = Callable[..., Awaitable[Server]]
 async def start_server() -> AsyncIterator[StartServer]:
     started: list[asyncio.Server] = []
 
-    async def start(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> Server:
-        server = await asyncio.start_server(echo, host, 0, ssl=ctx)
+    async def start(ctx: ssl.SSLContext, host: str = "127.0.0.1", handler: Any = None) -> Server:
+        server = await asyncio.start_server(handler or echo, host, 0, ssl=ctx)
         started.append(server)
         return Server(server)
 
@@ -667,6 +680,103 @@ async def test_session_resumption(
     assert reused
 
 
+def resume_once(
+    port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None, name: str = "b.example.test"
+) -> tuple[ssl.SSLSession | None, bool]:
+    """One connection (offering `session`); returns its session and whether it was resumed."""
+    with (
+        socket.create_connection(("127.0.0.1", port), TIMEOUT_S) as raw,
+        ctx.wrap_socket(raw, server_hostname=name, session=session) as tls,
+    ):
+        tls.sendall(b"hi")
+        assert tls.recv(16) == b"pong:hi"  # TLS 1.3 tickets arrive after the handshake
+        return tls.session, bool(tls.session_reused)
+
+
+async def test_tls12_session_ids_are_not_resumed_like_go(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    """Go's server resumes by tickets only. OpenSSL's session-ID cache would be one per worker
+    process (and would keep resuming with `session_tickets.disabled`): it is off."""
+    srv = await start_server(SNISelector(store).server_context(), handler=reply_and_close)
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_TICKET  # a client that only knows session IDs
+    session, reused = await asyncio.to_thread(resume_once, srv.port, ctx, None)
+    assert session is not None and not reused and not session.has_ticket
+    _, reused = await asyncio.to_thread(resume_once, srv.port, ctx, session)
+    assert not reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_stores_with_one_secret_resume_each_others_tickets(
+    ca: trustme.CA, start_server: StartServer, version: ssl.TLSVersion
+) -> None:
+    """What lets every worker resume every other's tickets: listener contexts built from the
+    same secret (inherited over fork) carry the same key, whichever store, config or process
+    built them; another secret's tickets are not accepted."""
+    pair = pem_pair(ca, "b.example.test")
+    stores = [CertificateStore() for _ in range(3)]
+    stores[2].ticket_keys = TicketKeys(SessionTickets(), TicketSecret(os.urandom(32), 0.0))
+    ports = []
+    for one in stores:
+        one.add_pem(*pair)
+        ports.append((await start_server(SNISelector(one).server_context())).port)
+    ctx = client_context(ca)
+    ctx.minimum_version = ctx.maximum_version = version
+    session, reused = await asyncio.to_thread(resume_once, ports[0], ctx, None)
+    assert session is not None and session.has_ticket and not reused
+    assert (await asyncio.to_thread(resume_once, ports[1], ctx, session))[1]
+    assert not (await asyncio.to_thread(resume_once, ports[2], ctx, session))[1]
+
+
+async def test_ticket_key_rotation(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    lib = libssl.bridge()
+    assert lib is not None, libssl.unavailable_reason()
+    keys = TicketKeys(SessionTickets(rotation_interval_s=3600.0), TicketSecret(b"s" * 32, 0.0))
+    store.ticket_keys = keys
+    listener = SNISelector(store).server_context()
+    srv = await start_server(listener)
+    ctx = client_context(ca)
+    before = lib.ticket_keys(listener)
+    assert before == keys.key(keys.epoch(), 80)
+    session, _ = await asyncio.to_thread(resume_once, srv.port, ctx, None)
+    assert keys.rotate(now=keys.epoch() * 3600.0 + 10.0) == 0  # same epoch: nothing to do
+    assert keys.rotate(now=(keys.epoch() + 1) * 3600.0 + 10.0) == 1
+    assert lib.ticket_keys(listener) != before
+    # One key per context (OpenSSL): a ticket from before the rotation gets a full handshake
+    # (Caddy would still accept it with its max_keys=4), a new one resumes.
+    new_session, reused = await asyncio.to_thread(resume_once, srv.port, ctx, session)
+    assert not reused
+    assert (await asyncio.to_thread(resume_once, srv.port, ctx, new_session))[1]
+    # disable_rotation: one key for the life of the process.
+    fixed = TicketKeys(SessionTickets(rotate=False), keys.secret)
+    assert fixed.epoch(now=10**9) == 0 and fixed.seconds_until_rotation() is None
+
+
+async def test_rotation_task_rekeys_listener_contexts(store: CertificateStore) -> None:
+    lib = libssl.bridge()
+    assert lib is not None, libssl.unavailable_reason()
+    keys = TicketKeys(
+        SessionTickets(rotation_interval_s=0.2), TicketSecret(os.urandom(32), time.monotonic())
+    )
+    store.ticket_keys = keys
+    listener = SNISelector(store).server_context()
+    first = lib.ticket_keys(listener)
+    task = asyncio.create_task(keys.rotate_forever())
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while lib.ticket_keys(listener) == first and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert lib.ticket_keys(listener) == keys.key(keys.epoch(), 80) != first
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def test_record_io_goes_straight_to_the_c_object(ca: trustme.CA, store: CertificateStore) -> None:
     # The server context's SSLObjects skip ssl.py's forwarding wrappers for read/write/pending,
     # and still carry a whole exchange (what the loops' TLS transports do per record).
@@ -911,7 +1021,7 @@ async def test_session_tickets_disabled_by_tls_app(
 ) -> None:
     store = CertificateStore.from_tls_app({"session_tickets": {"disabled": True}})
     store.add_pem(*pem_pair(ca, "b.example.test"))
-    srv = await start_server(SNISelector(store).server_context())
+    srv = await start_server(SNISelector(store).server_context(), handler=reply_and_close)
     ctx = client_context(ca)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
 
@@ -927,6 +1037,11 @@ async def test_session_tickets_disabled_by_tls_app(
 
     assert not await asyncio.to_thread(connect)
     assert CertificateStore.from_tls_app(None).session_tickets
+    assert store.ticket_keys is None
+    # No resumption at all, as Caddy (Go has no session-ID cache): before, OpenSSL's cache
+    # still resumed TLS 1.2 sessions by ID.
+    session, _ = await asyncio.to_thread(resume_once, srv.port, ctx, None)
+    assert not (await asyncio.to_thread(resume_once, srv.port, ctx, session))[1]
 
 
 def test_loading_without_memfd_uses_a_private_temp_dir(
