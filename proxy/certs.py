@@ -308,6 +308,7 @@ class CertRuntime:
         self._acme_unsupported: dict[str, str] = {}
         self._stored_sigs: dict[str, tuple[Any, ...]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._ticket_rotation: asyncio.Task[None] | None = None
         self._last_local_check = 0.0
 
     @property
@@ -342,13 +343,19 @@ class CertRuntime:
             await group.manager.start(group.names)
         self._last_local_check = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._maintain_forever(), name="cert-maintenance")
+        keys = self.store.ticket_keys
+        if keys is not None and keys.settings.rotate:
+            self._ticket_rotation = asyncio.create_task(
+                keys.rotate_forever(), name="ticket-key-rotation"
+            )
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._ticket_rotation):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._ticket_rotation = None
         for group in self._acme:
             if group.manager is not None:
                 await group.manager.stop()

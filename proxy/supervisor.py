@@ -91,12 +91,12 @@ def validate(config: dict[str, Any]) -> Config:
     manual certificate files, the typed model. Raises ConfigError."""
     from config.model import load_model
     from proxy.certs import prepare_certificates
-    from proxy.tls import TLSConfigError, check_connection_policies
+    from proxy.tls import TLSConfigError, check_tls_config
 
     setup = prepare_certificates(strip_meta_fields(config))
     model = load_model(setup.config)
     try:
-        check_connection_policies(setup.config)
+        check_tls_config(setup.config)
     except TLSConfigError as exc:
         raise ConfigError(str(exc)) from exc
     return model
@@ -714,6 +714,7 @@ class Supervisor:
 
 def run(args: argparse.Namespace, workers: int) -> int:
     """`pyproxy run` after argument parsing: validate, fork the workers, supervise."""
+    from proxy.tls import shared_ticket_secret
     from proxy.worker import run_spawned_worker, worker_main
 
     # Said before any worker exists: which build serves (proxy/native.py).
@@ -725,7 +726,11 @@ def run(args: argparse.Namespace, workers: int) -> int:
     except (ConfigError, OSError) as exc:
         print(f"Error: loading config: {_error_text(exc)}", file=sys.stderr)
         return EXIT_FAILED_START
-    # First, while this process holds nothing a worker must not inherit (proxy.forkserver).
+    # Made before any fork (the fork server's too), so every worker and every replacement
+    # inherits it and derives the same TLS session ticket keys: a ticket from one worker
+    # resumes on any other (proxy.tls.TicketKeys).
+    shared_ticket_secret()
+    # Then, while this process holds nothing a worker must not inherit (proxy.forkserver).
     fork_server = ForkServer.start(run_spawned_worker)
     handles: list[WorkerHandle] = []
     for _ in range(workers):

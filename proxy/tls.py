@@ -14,22 +14,57 @@ This module owns the server side of TLS for the listeners:
   then `default_sni` for an empty SNI, then `fallback_sni`), and otherwise fails the handshake with
   alert 80 (internal_error), as Caddy/Go do.
 
-OpenSSL only lets the SNI callback swap the certificate and ALPN: protocol range, ciphers and curves
-are fixed by the listener context when the connection starts. So the listener context carries the
-union of the policies' protocol ranges and the first policy's ciphers/curves; with one policy (the
-usual case) this is exact.
+One listener, several policies: the SNI callback swaps the certificate's context, which brings
+that context's certificate and ALPN; OpenSSL negotiates the protocol version before the callback,
+from the listener context, so that context admits the union of the policies' ranges and the
+engine closes a connection whose version its policy does not allow (`handshake_allowed`). TLS 1.2
+ciphers and curves are read later from the connection itself, so the callback sets the chosen
+policy's there when the policies differ; TLS 1.3 key shares are accepted before the callback,
+so the listener offers only the curves all its policies allow (`check_listener_policies` has
+the consequences). With one policy (the usual case) everything is exact.
+
+Curves are Caddy's names (x25519, secp256r1, secp384r1, secp521r1; x25519mlkem768 with an
+OpenSSL that has it, else a config error); without `curves`, Caddy's defaults. A whole list is
+applied (`set_groups`), on every Python: 3.11's `set_ecdh_curve` takes one name, and 3.11.2's
+does not know X25519, so proxy.libssl sets the list through libssl itself.
+
+Session resumption (RFC 8446 §4.6.1, RFC 5077) uses tickets only, like Go's server: OpenSSL's
+session-ID cache is turned off, since it would be one per worker process (and would resume TLS 1.2
+clients with `session_tickets.disabled`). Ticket keys are shared by all workers: with its own key
+per context, a worker could not decrypt another's tickets, and SO_REUSEPORT sends a client's
+reconnects to any worker, so only about 1/N of resumptions succeeded. Options weighed:
+
+- contexts made in the supervisor before the fork inherit one OpenSSL key, but contexts are made
+  per config (reloads) and per certificate (ACME, file changes) in the workers: not possible;
+- pyOpenSSL drives the OpenSSL inside the `cryptography` wheel, another library instance, and
+  its contexts are not `ssl.SSLContext`s, which asyncio needs: not usable;
+- a ticket key callback (SSL_CTX_set_tlsext_ticket_key_evp_cb) through ctypes would keep several
+  keys, but runs Python inside every handshake, with EVP/MAC structures built through ctypes;
+- chosen: set the key itself, SSL_CTX_set_tlsext_ticket_keys, once per listener context and
+  once per rotation, through proxy.libssl (its docstring has why that is safe: the library the
+  ssl module links, a layout probe, checks on every call). The key is derived from a secret the
+  supervisor makes before the fork (`shared_ticket_secret`, `TicketKeys`) and rotated every
+  `rotation_interval` (default 12 h, as Caddy). OpenSSL holds one key per context, so unlike
+  Caddy (max_keys 4) a ticket from before a rotation gets a full handshake once; `max_keys` above
+  1 is a config error. Without the bridge, tickets still work, per worker, with a warning.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import hmac
 import ipaddress
 import logging
 import os
 import shutil
 import ssl
+import struct
 import tempfile
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +77,9 @@ from acme_client.certificates import (
     normalize_host,
     parse_pem_pair,
 )
+from config.errors import ConfigError
+from config.model import parse_duration
+from proxy import libssl
 
 log = logging.getLogger("pyproxy.tls")
 
@@ -103,13 +141,19 @@ DEFAULT_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     )
 )
-# Caddy's curve names -> OpenSSL short names; x25519mlkem768 is not in OpenSSL 3.0.
+# Caddy's curve names (caddytls.SupportedCurves) -> OpenSSL group names. X25519MLKEM768 exists
+# from OpenSSL 3.5 on; with an older libssl a policy naming it is a config error.
 CURVES: Mapping[str, str] = {
+    "x25519mlkem768": "X25519MLKEM768",
     "x25519": "X25519",
     "secp256r1": "prime256v1",
     "secp384r1": "secp384r1",
     "secp521r1": "secp521r1",
 }
+_CADDY_CURVE_NAMES: Mapping[str, str] = {v: k for k, v in CURVES.items()}
+# caddytls defaultCurves, used when a policy names none: X25519MLKEM768 (where libssl has it),
+# X25519, P-256. Not OpenSSL's default list, which adds X448, P-521 and P-384.
+CADDY_DEFAULT_CURVES = ("x25519mlkem768", "x25519", "secp256r1")
 
 
 class TLSConfigError(ValueError):
@@ -127,7 +171,7 @@ class ConnectionPolicy:
     protocol_min: ssl.TLSVersion = DEFAULT_PROTOCOL_MIN
     protocol_max: ssl.TLSVersion = DEFAULT_PROTOCOL_MAX
     ciphers: str = DEFAULT_CIPHERS  # OpenSSL cipher string (TLS <= 1.2)
-    curves: tuple[str, ...] = ()  # OpenSSL group names; () = OpenSSL defaults
+    curves: tuple[str, ...] = ()  # OpenSSL group names; () = Caddy's defaults (`groups`)
     alpn: tuple[str, ...] = DEFAULT_ALPN
     default_sni: str = ""
     fallback_sni: str = ""
@@ -189,6 +233,11 @@ class ConnectionPolicy:
             drop=bool(obj.get("drop")),
         )
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The key-exchange groups this policy allows, most preferred first."""
+        return self.curves or default_groups()
+
     def matches(self, server_name: str) -> bool:
         """MatchServerName: exact or wildcard, case-insensitive; no sni matcher matches all."""
         if not self.sni:
@@ -239,8 +288,76 @@ def _curves(value: Any, where: str) -> tuple[str, ...]:
     for name in _strings(value, where):
         if name not in CURVES:
             raise TLSConfigError(f"{where}: unsupported curve {name!r}")
-        out.append(CURVES[name])
-    return tuple(out)
+        if CURVES[name] not in out:  # Caddy drops repeats too (buildStandardTLSConfig)
+            out.append(CURVES[name])
+    groups = tuple(out)
+    problem = groups_problem(groups)
+    if problem is not None:
+        raise TLSConfigError(f"{where}: {problem}")
+    return groups
+
+
+# ---- key-exchange groups ----------------------------------------------------------------------
+
+
+def set_groups(ctx: ssl.SSLContext, groups: Sequence[str]) -> None:
+    """Restrict `ctx` to exactly these groups, in this order of preference.
+
+    `SSLContext.set_groups` (Python 3.15+) when there is one, else SSL_CTX_set1_groups_list
+    through proxy.libssl. `set_ecdh_curve` is only the last resort, for one EC curve: it takes a
+    single name, and Python 3.11.2 resolves it with EC_KEY_new_by_curve_name, which does not
+    know X25519 (`[EC: UNKNOWN_GROUP]`). Raises ValueError/ssl.SSLError when refused.
+    """
+    text = ":".join(groups)
+    setter = getattr(ctx, "set_groups", None)
+    if setter is not None:
+        setter(text)
+        return
+    lib = libssl.bridge()
+    if lib is not None:
+        lib.set_groups(ctx, text)
+        return
+    if len(groups) == 1 and groups[0] not in ("X25519", "X25519MLKEM768"):
+        ctx.set_ecdh_curve(groups[0])
+        return
+    raise libssl.LibSSLError(
+        f"this Python's ssl module cannot set them ({libssl.unavailable_reason()})"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def groups_problem(groups: tuple[str, ...]) -> str | None:
+    """Why this runtime cannot restrict a context to `groups`, or None when it can (tried on a
+    throwaway context, so `validate` fails where the workers would)."""
+    names = ", ".join(_CADDY_CURVE_NAMES.get(g, g) for g in groups)
+    try:
+        set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), groups)
+    except (ValueError, ssl.SSLError) as exc:
+        can_set_lists = hasattr(ssl.SSLContext, "set_groups") or libssl.bridge() is not None
+        others = tuple(g for g in groups if g != "X25519MLKEM768")
+        if can_set_lists and others != groups and (not others or groups_problem(others) is None):
+            # Caddy (Go 1.24+) always has it; OpenSSL only from 3.5 on.
+            return (
+                f"curve x25519mlkem768 is not available with {ssl.OPENSSL_VERSION} "
+                "(OpenSSL 3.5 or later has X25519MLKEM768)"
+            )
+        return f"curves {names} cannot be applied: {exc}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def default_groups() -> tuple[str, ...]:
+    """Caddy's default curves that this libssl has; () (OpenSSL's own defaults, with a warning)
+    when this Python cannot set a group list at all."""
+    if not hasattr(ssl.SSLContext, "set_groups") and libssl.bridge() is None:
+        log.warning(
+            "TLS: OpenSSL's default curves apply instead of Caddy's (%s)",
+            libssl.unavailable_reason(),
+        )
+        return ()
+    return tuple(
+        CURVES[name] for name in CADDY_DEFAULT_CURVES if groups_problem((CURVES[name],)) is None
+    )
 
 
 def parse_connection_policies(
@@ -255,6 +372,83 @@ def parse_connection_policies(
         ConnectionPolicy.from_json(p, f"{where}[{i}]", supported_alpn)
         for i, p in enumerate(policies)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPlan:
+    """How one listener serves its policies (check_listener_policies)."""
+
+    groups: tuple[str, ...]  # the listener context's groups
+    per_connection_groups: bool  # the SNI callback sets the chosen policy's groups
+    per_connection_ciphers: bool  # ... and its TLS 1.2 cipher list
+
+
+def check_listener_policies(policies: Sequence[ConnectionPolicy], where: str) -> ListenerPlan:
+    """How one listener serves these policies; TLSConfigError when it cannot.
+
+    Ciphers: OpenSSL picks the TLS 1.2 suite after the SNI callback, from the connection's own
+    list, so the callback sets the chosen policy's list and any policies can share a listener.
+
+    Curves: OpenSSL takes the groups from the context the connection starts on. TLS 1.2 picks
+    the ECDHE group after the SNI callback, from the connection's list, which the callback sets
+    to the chosen policy's. TLS 1.3 accepts the client's key share while it parses the
+    ClientHello, before the callback; only when no share is acceptable does it choose, after
+    the callback, the group of its HelloRetryRequest. So the listener context offers only the
+    groups that every policy allows (the intersection): a key share accepted before the callback
+    is then allowed by whichever policy is chosen, and a client without such a share is asked
+    for the chosen policy's most preferred group it supports. Never a group a policy forbids;
+    the cost, when policies differ: a TLS 1.3 client whose share is for a group outside the
+    intersection takes an extra round trip, and one that supports none of the chosen policy's
+    other groups fails (a HelloRetryRequest for a group it already sent is fatal, RFC 8446
+    §4.1.4), where Go (Caddy), which decides after GetConfigForClient, would accept its share.
+    Policies with no group in common cannot share a listener: a config error.
+    """
+    serving = [(i, p) for i, p in enumerate(policies) if not p.drop]
+    if not serving:
+        return ListenerPlan(policies[0].groups if policies else (), False, False)
+    first_index, first = serving[0]
+    common = [g for g in first.groups if all(g in p.groups for _, p in serving)]
+    uniform_groups = all(p.groups == first.groups for _, p in serving)
+    uniform_ciphers = all(p.ciphers == first.ciphers for _, p in serving)
+    other = next((i for i, p in serving if p.groups != first.groups), first_index)
+    if not uniform_groups and not common:
+        raise TLSConfigError(
+            f"{where}[{other}].curves: {_curve_names(policies[other].groups)} have no curve in "
+            f"common with {where}[{first_index}]'s {_curve_names(first.groups)} on the same "
+            "listener; OpenSSL accepts a TLS 1.3 key share before the SNI name selects a "
+            "policy, so the policies of one listener need a common curve (or serve these sites "
+            "on another port)"
+        )
+    if not (uniform_groups and uniform_ciphers) and libssl.bridge() is None:
+        field_name = "curves" if not uniform_groups else "cipher_suites"
+        i = (
+            other
+            if not uniform_groups
+            else next(i for i, p in serving if p.ciphers != first.ciphers)
+        )
+        raise TLSConfigError(
+            f"{where}[{i}].{field_name}: differ from {where}[{first_index}]'s on the same "
+            f"listener, and this Python cannot set them per connection "
+            f"({libssl.unavailable_reason()})"
+        )
+    if not uniform_groups:
+        log.info(
+            "%s: policies differ in curves; TLS 1.3 clients without a key share for %s get a "
+            "HelloRetryRequest",
+            where,
+            _curve_names(common),
+        )
+    return ListenerPlan(
+        groups=first.groups if uniform_groups else tuple(common),
+        per_connection_groups=not uniform_groups,
+        per_connection_ciphers=not uniform_ciphers,
+    )
+
+
+def _curve_names(groups: Sequence[str]) -> str:
+    if not groups:
+        return "(OpenSSL's defaults)"
+    return "[" + ", ".join(_CADDY_CURVE_NAMES.get(g, g) for g in groups) + "]"
 
 
 def check_connection_policies(config: Mapping[str, Any]) -> None:
@@ -272,7 +466,17 @@ def check_connection_policies(config: Mapping[str, Any]) -> None:
         where = f"apps.http.servers.{name}.tls_connection_policies"
         if not isinstance(policies, list):
             raise TLSConfigError(f"{where}: expected a list")
-        parse_connection_policies(policies, where)
+        check_listener_policies(parse_connection_policies(policies, where), where)
+
+
+def check_tls_config(config: Mapping[str, Any]) -> None:
+    """What `validate` runs so that a TLS setting pyproxy cannot apply fails before anything
+    binds: every server's connection policies and `apps.tls.session_tickets`."""
+    check_connection_policies(config)
+    apps = config.get("apps")
+    tls_app = apps.get("tls") if isinstance(apps, Mapping) else None
+    if isinstance(tls_app, Mapping):
+        SessionTickets.from_json(tls_app.get("session_tickets"))
 
 
 def _match_wildcard(subject: str, pattern: str) -> bool:
@@ -295,14 +499,10 @@ def _apply_settings(
     ctx.minimum_version = policy.protocol_min
     ctx.maximum_version = policy.protocol_max
     ctx.set_ciphers(policy.ciphers)
-    if policy.curves:
-        if hasattr(ctx, "set_groups"):  # Python 3.15+
-            ctx.set_groups(":".join(policy.curves))
-        else:
-            # Python < 3.15 can only set one group: use the most preferred one.
-            if len(policy.curves) > 1:
-                log.warning("curves: only %s applied (one group per context)", policy.curves[0])
-            ctx.set_ecdh_curve(policy.curves[0])
+    groups = policy.groups
+    if groups:
+        # Checked when the policy was parsed (groups_problem); a failure here is a bug.
+        set_groups(ctx, groups)
     if policy.alpn:
         ctx.set_alpn_protocols(list(policy.alpn))
     # Go's server never renegotiates; tickets on by default for resumption (RFC 8446 §4.6.1).
@@ -314,6 +514,12 @@ def _apply_settings(
         # Go's server (Caddy) sends one TLS 1.3 ticket per handshake; OpenSSL's default is two,
         # and each costs a session copy, encryption and an HMAC (~15-25 % of a handshake here).
         ctx.num_tickets = 1
+    lib = libssl.bridge()
+    if lib is not None:
+        # Go's server resumes by tickets only: it has no session-ID cache. OpenSSL's would be
+        # per worker process (a reconnect lands on another worker most of the time) and would
+        # keep resuming TLS 1.2 clients with `session_tickets.disabled`.
+        lib.set_session_cache_mode(ctx, libssl.SSL_SESS_CACHE_OFF)
 
 
 def build_server_context(
@@ -323,6 +529,190 @@ def build_server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_settings(ctx, policy or ConnectionPolicy(), session_tickets=session_tickets)
     return ctx
+
+
+# ---- session ticket keys ----------------------------------------------------------------------
+
+# caddytls defaultSTEKRotationInterval.
+DEFAULT_TICKET_KEY_ROTATION_S = 12 * 3600.0
+_TICKET_KEY_INFO = b"pyproxy TLS session ticket key"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTickets:
+    """`apps.tls.session_tickets` as pyproxy applies it (caddytls.SessionTicketService)."""
+
+    enabled: bool = True
+    rotation_interval_s: float = DEFAULT_TICKET_KEY_ROTATION_S
+    rotate: bool = True
+
+    @classmethod
+    def from_json(cls, value: Any, where: str = "apps.tls.session_tickets") -> SessionTickets:
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise TLSConfigError(f"{where}: expected an object")
+        known = {"disabled", "disable_rotation", "rotation_interval", "max_keys", "key_source"}
+        for key in value:
+            if key not in known:
+                raise TLSConfigError(f"{where}.{key}: unknown field")
+        for key in ("disabled", "disable_rotation"):
+            if not isinstance(value.get(key, False), bool):
+                raise TLSConfigError(f"{where}.{key}: expected true or false")
+        interval = DEFAULT_TICKET_KEY_ROTATION_S
+        if value.get("rotation_interval") is not None:
+            try:
+                interval = parse_duration(value["rotation_interval"], f"{where}.rotation_interval")
+            except ConfigError as exc:
+                raise TLSConfigError(str(exc)) from exc
+            if interval < 0:
+                raise TLSConfigError(f"{where}.rotation_interval: must not be negative")
+            interval = interval or DEFAULT_TICKET_KEY_ROTATION_S  # Caddy: 0 means the default
+        max_keys = value.get("max_keys")
+        if max_keys is not None and (
+            isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys > 1
+        ):
+            # Caddy keeps the last max_keys keys (default 4) to decrypt older tickets. OpenSSL
+            # takes one key per context (SSL_CTX_set_tlsext_ticket_keys), so after a rotation a
+            # ticket from before it gets a full handshake: more than one key cannot be honoured.
+            raise TLSConfigError(
+                f"{where}.max_keys: pyproxy keeps one session ticket key (OpenSSL holds one per "
+                "context); set 1 or leave it out"
+            )
+        source = value.get("key_source")
+        if source is not None and (
+            not isinstance(source, Mapping) or source.get("provider", "standard") != "standard"
+        ):
+            # `distributed` (keys in storage, shared by a cluster) is not implemented.
+            raise TLSConfigError(
+                f"{where}.key_source: only the standard provider (keys in memory) is supported"
+            )
+        return cls(
+            enabled=not value.get("disabled", False),
+            rotation_interval_s=interval,
+            rotate=not value.get("disable_rotation", False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TicketSecret:
+    """The secret every worker derives the same ticket keys from, and the epoch origin."""
+
+    secret: bytes
+    origin: float  # time.monotonic() at creation: one clock for all processes of a boot
+
+
+_ticket_secret: TicketSecret | None = None
+_ticket_secret_lock = threading.Lock()
+
+
+def shared_ticket_secret() -> TicketSecret:
+    """This process's ticket secret, made on first use.
+
+    The supervisor calls it before it forks the workers: they inherit the same secret, so a
+    ticket one worker issues decrypts on every other (SO_REUSEPORT sends a client's reconnects
+    to any of them). It lives as long as the process: tickets survive config reloads, as
+    Caddy's standard STEK provider keeps its keys across reloads.
+    """
+    global _ticket_secret
+    with _ticket_secret_lock:
+        if _ticket_secret is None:
+            _ticket_secret = TicketSecret(os.urandom(32), time.monotonic())
+        return _ticket_secret
+
+
+class TicketKeys:
+    """Sets the session ticket keys of listener contexts and rotates them.
+
+    The key of rotation epoch `n` (`n` intervals since the secret was made) is
+    HKDF-Expand(secret, info || interval || n) (RFC 5869 §2.3), so every worker computes the
+    same key at the same time without talking to the others. Only the listener contexts need
+    it: OpenSSL encrypts and decrypts tickets with the connection's `session_ctx`, the context
+    it started on, which the SNI callback's switch to a certificate's context does not change.
+    """
+
+    def __init__(self, settings: SessionTickets, secret: TicketSecret | None = None) -> None:
+        self.settings = settings
+        self.secret = secret or shared_ticket_secret()
+        self._contexts: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+        self._epoch: int | None = None
+        self._lock = threading.Lock()
+
+    def epoch(self, now: float | None = None) -> int:
+        if not self.settings.rotate:
+            return 0
+        elapsed = (time.monotonic() if now is None else now) - self.secret.origin
+        return max(0, int(elapsed // self.settings.rotation_interval_s))
+
+    def seconds_until_rotation(self, now: float | None = None) -> float | None:
+        if not self.settings.rotate:
+            return None
+        now = time.monotonic() if now is None else now
+        interval = self.settings.rotation_interval_s
+        return self.secret.origin + (self.epoch(now) + 1) * interval - now
+
+    def key(self, epoch: int, length: int) -> bytes:
+        info = _TICKET_KEY_INFO + struct.pack(">dQ", self.settings.rotation_interval_s, epoch)
+        out, block, counter = b"", b"", 1
+        while len(out) < length:
+            block = hmac.digest(self.secret.secret, block + info + bytes([counter]), "sha256")
+            out += block
+            counter += 1
+        return out[:length]
+
+    def install(self, ctx: ssl.SSLContext) -> bool:
+        """Give `ctx` the current key and keep it rotated; False when libssl is out of reach
+        (then OpenSSL's own per-context key stays: resumption works on the issuing worker)."""
+        lib = libssl.bridge()
+        if lib is None:
+            _warn_tickets_per_worker()
+            return False
+        with self._lock:
+            self._contexts.add(ctx)
+            self._set_keys(lib, [ctx])
+        return True
+
+    def rotate(self, now: float | None = None) -> int:
+        """Re-key every live context if the epoch changed; returns how many were re-keyed."""
+        lib = libssl.bridge()
+        if lib is None:
+            return 0
+        with self._lock:
+            count = self._set_keys(lib, [], now)
+        if count:
+            log.info("TLS session ticket key rotated (%d listener contexts)", count)
+        return count
+
+    def _set_keys(
+        self, lib: libssl.LibSSL, new: list[ssl.SSLContext], now: float | None = None
+    ) -> int:
+        # Under self._lock. A new epoch re-keys every context, so none keeps an old key.
+        epoch = self.epoch(now)
+        targets = new if epoch == self._epoch else list(self._contexts)
+        self._epoch = epoch
+        for ctx in targets:
+            lib.set_ticket_keys(ctx, self.key(epoch, lib.ticket_key_length(ctx)))
+        return len(targets)
+
+    async def rotate_forever(self) -> None:
+        """Run in each worker's loop (proxy.certs.CertRuntime) while the config serves. That is
+        the thread whose handshakes read the keys, so none reads a key while it changes."""
+        while True:
+            delay = self.seconds_until_rotation()
+            if delay is None:
+                return
+            # A timer, not a synchronisation: the next key is due at this time.
+            await asyncio.sleep(max(delay, 0.0) + 0.001)
+            self.rotate()
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_tickets_per_worker() -> None:
+    log.warning(
+        "TLS session tickets: keys are per worker process (%s); with several workers a "
+        "resumed session works only on the worker that issued the ticket",
+        libssl.unavailable_reason(),
+    )
 
 
 # ---- loading PEM into a context ---------------------------------------------------------------
@@ -420,17 +810,19 @@ class CertificateStore:
     handshake in progress on the event loop never sees a half-updated mapping.
     """
 
-    def __init__(self, *, session_tickets: bool = True) -> None:
+    def __init__(self, *, session_tickets: bool | SessionTickets = True) -> None:
         self._snapshot = _Snapshot({}, None)
         self._write_lock = threading.Lock()
-        self.session_tickets = session_tickets
+        if isinstance(session_tickets, bool):
+            session_tickets = SessionTickets(enabled=session_tickets)
+        self.session_tickets = session_tickets.enabled
+        # None with tickets off: no keys to share or rotate.
+        self.ticket_keys = TicketKeys(session_tickets) if session_tickets.enabled else None
 
     @classmethod
     def from_tls_app(cls, tls_app: Mapping[str, Any] | None) -> CertificateStore:
-        """A store honouring `apps.tls.session_tickets.disabled` (tickets on by default)."""
-        tickets = (tls_app or {}).get("session_tickets") or {}
-        disabled = isinstance(tickets, Mapping) and bool(tickets.get("disabled"))
-        return cls(session_tickets=not disabled)
+        """A store honouring `apps.tls.session_tickets` (tickets on by default)."""
+        return cls(session_tickets=SessionTickets.from_json((tls_app or {}).get("session_tickets")))
 
     @property
     def _by_name(self) -> Mapping[str, _Entry]:
@@ -621,6 +1013,7 @@ class SNISelector:
         self._uniform_protocols = (
             len({(p.protocol_min, p.protocol_max) for p in self.policies}) == 1
         )
+        self._plan = check_listener_policies(self.policies, where)
 
     def policy_for(self, server_name: str | None) -> ConnectionPolicy | None:
         name = normalize_host(server_name) if server_name else ""
@@ -654,14 +1047,16 @@ class SNISelector:
         return policy.protocol_min <= version <= policy.protocol_max
 
     def _listener_settings(self) -> ConnectionPolicy:
-        # The listener context fixes protocol range, ciphers and curves for the whole handshake
-        # (OpenSSL reads them before SNI), so it must admit every policy's range.
-        first = self.policies[0]
+        # The listener context fixes the protocol range for the whole handshake (OpenSSL reads
+        # it before SNI), so it must admit every policy's range; its curves are the ones every
+        # policy allows (check_listener_policies); the chosen policy's own curves and ciphers
+        # are set on the connection by the SNI callback when the policies differ.
+        first = next((p for p in self.policies if not p.drop), self.policies[0])
         return ConnectionPolicy(
             protocol_min=min(p.protocol_min for p in self.policies),
             protocol_max=max(p.protocol_max for p in self.policies),
             ciphers=first.ciphers,
-            curves=first.curves,
+            curves=self._plan.groups,
             alpn=first.alpn,
         )
 
@@ -674,6 +1069,12 @@ class SNISelector:
         """
         ctx = build_server_context(
             self._listener_settings(), session_tickets=self.store.session_tickets
+        )
+        if self.store.ticket_keys is not None:
+            self.store.ticket_keys.install(ctx)
+        plan = self._plan
+        per_connection = (
+            libssl.bridge() if plan.per_connection_groups or plan.per_connection_ciphers else None
         )
         ctx.sslobject_class = AlertFlushingSSLObject
 
@@ -690,6 +1091,16 @@ class SNISelector:
                 # Go's crypto/tls sends internal_error (80) when GetCertificate fails.
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
             policy, ssl_obj.context = chosen
+            if per_connection is not None:
+                # See check_listener_policies: what OpenSSL still reads from the connection.
+                try:
+                    if plan.per_connection_groups:
+                        per_connection.set_connection_groups(ssl_obj, ":".join(policy.groups))
+                    if plan.per_connection_ciphers:
+                        per_connection.set_connection_ciphers(ssl_obj, policy.ciphers)
+                except (libssl.LibSSLError, TypeError):
+                    log.exception("%s: applying the policy to the connection failed", server_name)
+                    return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
             # Remember the policy: its protocol range can only be checked once the handshake is
             # done (see handshake_allowed).
             with contextlib.suppress(AttributeError):

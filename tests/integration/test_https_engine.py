@@ -6,6 +6,7 @@ the test's tmp dir), real clients: Python's ssl, `openssl s_client` and curl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -389,6 +390,112 @@ def test_site_requiring_tls13_closes_tls12_connections(run_proxy: Any, tmp_path:
     assert get("lax.test", ssl.TLSVersion.TLSv1_2) == b"lax"
     with pytest.raises((EOFError, ConnectionError, ssl.SSLError)):
         get("strict.test", ssl.TLSVersion.TLSv1_2)
+
+
+# ---- session resumption across workers -------------------------------------------------------
+
+requires_proc = pytest.mark.skipif(
+    not Path("/proc/net/tcp").exists(), reason="finding the serving worker needs Linux /proc"
+)
+
+
+def child_pids(parent: int) -> set[int]:
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # the process went away
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                children.add(int(entry.name))
+    return children
+
+
+def serving_process(candidates: set[int], server_port: int, client_port: int) -> int | None:
+    """Which of `candidates` holds the accepted socket of the TCP connection from loopback
+    `client_port` to `server_port` (/proc/net/tcp{,6} give its inode, /proc/PID/fd the owner)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in list(fh)[1:]:
+                fields = line.split()
+                local, remote, state = fields[1], fields[2], fields[3]
+                if (
+                    state == "01"  # ESTABLISHED
+                    and int(local.rsplit(":", 1)[1], 16) == server_port
+                    and int(remote.rsplit(":", 1)[1], 16) == client_port
+                ):
+                    inode = fields[9]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in candidates:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return pid
+    return None
+
+
+RESUMING_CONNECTIONS = 20
+
+
+@requires_proc
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+@pytest.mark.parametrize("tickets", ["enabled", "disabled"])
+def test_sessions_resume_on_every_worker(
+    run_proxy: Any, tmp_path: Path, version: ssl.TLSVersion, tickets: str
+) -> None:
+    """With `--workers 2`, SO_REUSEPORT spreads a client's reconnects over both workers. Each
+    worker used to have its own ticket key, so about half of them could not resume. The
+    workers now derive one key from a secret made before the fork (proxy.tls.TicketKeys), and
+    `session_tickets.disabled` still means no tickets and no resumption at all."""
+    from config.adapt import adapt_caddyfile
+
+    ca = trustme.CA()
+    cert, key = write_pair(tmp_path, ca.issue_cert("resume.test"), "resume")
+    http_port, https_port = free_port(), free_port()
+    caddyfile = global_options(tmp_path, http_port, https_port) + (
+        f'resume.test {{\n\ttls {cert} {key}\n\trespond "resumed?"\n}}\n'
+    )
+    config, _ = adapt_caddyfile(caddyfile, "Caddyfile")
+    if tickets == "disabled":  # JSON only: the Caddyfile has no session ticket option
+        config["apps"]["tls"]["session_tickets"] = {"disabled": True}
+    proxy = run_proxy(config, https_port, extra=["--workers", "2"])
+    wait_serving(proxy)
+    workers = child_pids(proxy.proc.pid)
+    assert len(workers) == 2, workers
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ctx.minimum_version = ctx.maximum_version = version
+
+    def connect(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool, int | None]:
+        with (
+            socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="resume.test", session=session) as tls,
+        ):
+            worker = serving_process(workers, https_port, tls.getsockname()[1])
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: resume.test\r\nConnection: close\r\n\r\n")
+            # Reading the response also reads the TLS 1.3 ticket sent after the handshake.
+            assert read_response(tls.makefile("rb"))[2] == b"resumed?"
+            return tls.session, bool(tls.session_reused), worker
+
+    first, reused, first_worker = connect(None)
+    assert first is not None and not reused
+    outcomes = [connect(first) for _ in range(RESUMING_CONNECTIONS)]
+    served_by = {first_worker} | {worker for _, _, worker in outcomes}
+    assert None not in served_by and served_by <= workers
+    # Both workers served some of the 21 connections (all on one: probability 2 * 2**-21).
+    assert len(served_by) == 2
+    if tickets == "enabled":
+        assert first.has_ticket
+        assert [reused for _, reused, _ in outcomes] == [True] * RESUMING_CONNECTIONS
+    else:
+        assert not first.has_ticket
+        assert [reused for _, reused, _ in outcomes] == [False] * RESUMING_CONNECTIONS
 
 
 # ---- storage written by real Caddy ------------------------------------------------------------

@@ -31,12 +31,16 @@ from enginekit import free_port
 from acme_client.certificates import CertificateError
 from config.adapt import adapt_caddyfile
 from config.auto_https import plan_automatic_https
+from proxy import libssl
 from proxy.cli import main as cli_main
 from proxy.tls import (
     DEFAULT_CIPHERS,
     CertificateStore,
     ConnectionPolicy,
+    SessionTickets,
     SNISelector,
+    TicketKeys,
+    TicketSecret,
     TLSConfigError,
     parse_connection_policies,
     selector_for_server,
@@ -82,6 +86,15 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         writer.close()
 
 
+async def reply_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One answer, then the server ends the connection cleanly (close_notify), as the engine
+    does after a response: OpenSSL drops a session from its cache when a connection ends
+    uncleanly, which would hide whether the cache would have resumed it."""
+    writer.write(b"pong:" + await reader.read(16))
+    await writer.drain()
+    writer.close()
+
+
 class Server:
     def __init__(self, server: asyncio.Server) -> None:
         self.server = server
@@ -95,8 +108,8 @@ StartServer = Callable[..., Awaitable[Server]]
 async def start_server() -> AsyncIterator[StartServer]:
     started: list[asyncio.Server] = []
 
-    async def start(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> Server:
-        server = await asyncio.start_server(echo, host, 0, ssl=ctx)
+    async def start(ctx: ssl.SSLContext, host: str = "127.0.0.1", handler: Any = None) -> Server:
+        server = await asyncio.start_server(handler or echo, host, 0, ssl=ctx)
         started.append(server)
         return Server(server)
 
@@ -378,6 +391,98 @@ async def test_cipher_suites_restrict_tls12(
         writer.close()
 
 
+# ---- curves (key-exchange groups) -------------------------------------------------------------
+
+
+async def negotiated_group(
+    port: int, name: str, version: str, groups: str, *extra: str
+) -> str | None:
+    """The group `openssl s_client` reports for a handshake offering only `groups` (in that
+    order; the first gets the TLS 1.3 key share), or None when the handshake failed."""
+    code, out = await s_client(port, "-servername", name, version, "-groups", groups, *extra)
+    match = re.search(r"Server Temp Key: (?:ECDH, )?([\w-]+),", out)
+    if code != 0 or match is None or "Cipher is (NONE)" in out:
+        return None
+    return match.group(1)
+
+
+requires_openssl = pytest.mark.skipif(not HAVE_OPENSSL, reason="openssl not installed")
+# Caddy's curve name -> (what `openssl s_client -groups` takes, what it reports).
+GROUP_NAMES = {
+    "x25519": ("X25519", "X25519"),
+    "secp256r1": ("P-256", "prime256v1"),
+    "secp384r1": ("P-384", "secp384r1"),
+    "secp521r1": ("P-521", "secp521r1"),
+}
+
+
+@requires_openssl
+@pytest.mark.parametrize("curve", list(GROUP_NAMES))
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+async def test_each_caddy_curve_alone_is_the_one_negotiated(
+    store: CertificateStore, start_server: StartServer, curve: str, version: str
+) -> None:
+    # Python 3.11.2's set_ecdh_curve could not set X25519 at all ([EC: UNKNOWN_GROUP]).
+    srv = await start_server(SNISelector(store, [{"curves": [curve]}]).server_context())
+    offered = [name for name, _ in GROUP_NAMES.values()]
+    got = await negotiated_group(srv.port, "a.example.test", version, ":".join(offered))
+    assert got == GROUP_NAMES[curve][1]
+    # Without the policy's curve there is no key exchange. (TLS 1.2 with trustme's ECDSA P-256
+    # certificate also needs P-256 among the client's groups, RFC 8422 §5.1: it is there
+    # unless P-256 is the curve left out.)
+    others = ":".join(name for name in offered if name != GROUP_NAMES[curve][0])
+    assert await negotiated_group(srv.port, "a.example.test", version, others) is None
+
+
+@requires_openssl
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+async def test_a_curve_list_allows_exactly_its_curves(
+    store: CertificateStore, start_server: StartServer, version: str
+) -> None:
+    # Before: only the first curve was applied (with a warning), so x25519 was refused.
+    srv = await start_server(
+        SNISelector(store, [{"curves": ["secp384r1", "x25519"]}]).server_context()
+    )
+    # P-256 is listed for TLS 1.2 only as the ECDSA certificate's curve (see above).
+    cert_curve = ":P-256" if version == "-tls1_2" else ""
+    for offered, expected in (("X25519", "X25519"), ("P-384", "secp384r1"), ("P-521", None)):
+        got = await negotiated_group(srv.port, "a.example.test", version, offered + cert_curve)
+        assert got == expected, offered
+    assert await negotiated_group(srv.port, "a.example.test", version, "P-256") is None
+
+
+@requires_openssl
+async def test_default_curves_are_caddys(
+    store: CertificateStore, start_server: StartServer
+) -> None:
+    """No `curves`: Caddy's defaults (X25519, P-256; X25519MLKEM768 where libssl has it), not
+    OpenSSL's longer list: Caddy 2.6.2 refuses a client offering only P-384, P-521 or X448."""
+    srv = await start_server(SNISelector(store).server_context())
+    for groups, expected in (("X25519", "X25519"), ("P-256", "prime256v1")):
+        assert await negotiated_group(srv.port, "a.example.test", "-tls1_3", groups) == expected
+    for groups in ("P-384", "P-521", "X448"):
+        assert await negotiated_group(srv.port, "a.example.test", "-tls1_3", groups) is None
+
+
+def test_x25519mlkem768_needs_a_libssl_that_has_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if ssl.OPENSSL_VERSION_INFO >= (3, 5):
+        policy = ConnectionPolicy.from_json({"curves": ["x25519mlkem768", "x25519"]})
+        assert policy.curves == ("X25519MLKEM768", "X25519")
+        return
+    with pytest.raises(TLSConfigError, match=r"^p\.curves: curve x25519mlkem768 is not avail"):
+        ConnectionPolicy.from_json({"curves": ["x25519", "x25519mlkem768"]}, "p")
+    # `pyproxy validate` (and so `run`) refuses it, naming the JSON path.
+    server = {"listen": [":8443"], "tls_connection_policies": [{"curves": ["x25519mlkem768"]}]}
+    config = tmp_path / "caddy.json"
+    config.write_text(json.dumps({"apps": {"http": {"servers": {"s": server}}}}))
+    assert cli_main(["validate", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "apps.http.servers.s.tls_connection_policies[0].curves: curve x25519mlkem768" in err
+    assert "OpenSSL 3.5 or later" in err
+
+
 async def test_sni_matched_policies_and_drop(
     ca: trustme.CA, store: CertificateStore, start_server: StartServer
 ) -> None:
@@ -575,6 +680,103 @@ async def test_session_resumption(
     assert reused
 
 
+def resume_once(
+    port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None, name: str = "b.example.test"
+) -> tuple[ssl.SSLSession | None, bool]:
+    """One connection (offering `session`); returns its session and whether it was resumed."""
+    with (
+        socket.create_connection(("127.0.0.1", port), TIMEOUT_S) as raw,
+        ctx.wrap_socket(raw, server_hostname=name, session=session) as tls,
+    ):
+        tls.sendall(b"hi")
+        assert tls.recv(16) == b"pong:hi"  # TLS 1.3 tickets arrive after the handshake
+        return tls.session, bool(tls.session_reused)
+
+
+async def test_tls12_session_ids_are_not_resumed_like_go(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    """Go's server resumes by tickets only. OpenSSL's session-ID cache would be one per worker
+    process (and would keep resuming with `session_tickets.disabled`): it is off."""
+    srv = await start_server(SNISelector(store).server_context(), handler=reply_and_close)
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_TICKET  # a client that only knows session IDs
+    session, reused = await asyncio.to_thread(resume_once, srv.port, ctx, None)
+    assert session is not None and not reused and not session.has_ticket
+    _, reused = await asyncio.to_thread(resume_once, srv.port, ctx, session)
+    assert not reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_stores_with_one_secret_resume_each_others_tickets(
+    ca: trustme.CA, start_server: StartServer, version: ssl.TLSVersion
+) -> None:
+    """What lets every worker resume every other's tickets: listener contexts built from the
+    same secret (inherited over fork) carry the same key, whichever store, config or process
+    built them; another secret's tickets are not accepted."""
+    pair = pem_pair(ca, "b.example.test")
+    stores = [CertificateStore() for _ in range(3)]
+    stores[2].ticket_keys = TicketKeys(SessionTickets(), TicketSecret(os.urandom(32), 0.0))
+    ports = []
+    for one in stores:
+        one.add_pem(*pair)
+        ports.append((await start_server(SNISelector(one).server_context())).port)
+    ctx = client_context(ca)
+    ctx.minimum_version = ctx.maximum_version = version
+    session, reused = await asyncio.to_thread(resume_once, ports[0], ctx, None)
+    assert session is not None and session.has_ticket and not reused
+    assert (await asyncio.to_thread(resume_once, ports[1], ctx, session))[1]
+    assert not (await asyncio.to_thread(resume_once, ports[2], ctx, session))[1]
+
+
+async def test_ticket_key_rotation(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    lib = libssl.bridge()
+    assert lib is not None, libssl.unavailable_reason()
+    keys = TicketKeys(SessionTickets(rotation_interval_s=3600.0), TicketSecret(b"s" * 32, 0.0))
+    store.ticket_keys = keys
+    listener = SNISelector(store).server_context()
+    srv = await start_server(listener)
+    ctx = client_context(ca)
+    before = lib.ticket_keys(listener)
+    assert before == keys.key(keys.epoch(), 80)
+    session, _ = await asyncio.to_thread(resume_once, srv.port, ctx, None)
+    assert keys.rotate(now=keys.epoch() * 3600.0 + 10.0) == 0  # same epoch: nothing to do
+    assert keys.rotate(now=(keys.epoch() + 1) * 3600.0 + 10.0) == 1
+    assert lib.ticket_keys(listener) != before
+    # One key per context (OpenSSL): a ticket from before the rotation gets a full handshake
+    # (Caddy would still accept it with its max_keys=4), a new one resumes.
+    new_session, reused = await asyncio.to_thread(resume_once, srv.port, ctx, session)
+    assert not reused
+    assert (await asyncio.to_thread(resume_once, srv.port, ctx, new_session))[1]
+    # disable_rotation: one key for the life of the process.
+    fixed = TicketKeys(SessionTickets(rotate=False), keys.secret)
+    assert fixed.epoch(now=10**9) == 0 and fixed.seconds_until_rotation() is None
+
+
+async def test_rotation_task_rekeys_listener_contexts(store: CertificateStore) -> None:
+    lib = libssl.bridge()
+    assert lib is not None, libssl.unavailable_reason()
+    keys = TicketKeys(
+        SessionTickets(rotation_interval_s=0.2), TicketSecret(os.urandom(32), time.monotonic())
+    )
+    store.ticket_keys = keys
+    listener = SNISelector(store).server_context()
+    first = lib.ticket_keys(listener)
+    task = asyncio.create_task(keys.rotate_forever())
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while lib.ticket_keys(listener) == first and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert lib.ticket_keys(listener) == keys.key(keys.epoch(), 80) != first
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def test_record_io_goes_straight_to_the_c_object(ca: trustme.CA, store: CertificateStore) -> None:
     # The server context's SSLObjects skip ssl.py's forwarding wrappers for read/write/pending,
     # and still carry a whole exchange (what the loops' TLS transports do per record).
@@ -682,6 +884,87 @@ async def test_adapter_policies_and_per_site_protocols(
         await server.wait_closed()
 
 
+def _adapted_selector(store: CertificateStore, caddyfile: str) -> SNISelector:
+    config, _ = adapt_caddyfile(caddyfile, "Caddyfile")
+    plan = plan_automatic_https(config)
+    (srv_name,) = plan.https_servers
+    selector = selector_for_server(store, plan.config["apps"]["http"]["servers"][srv_name])
+    assert selector is not None
+    return selector
+
+
+@requires_openssl
+async def test_sites_with_different_curves_share_a_listener(
+    store: CertificateStore, start_server: StartServer
+) -> None:
+    """One site `curves x25519`, the other Caddy's defaults (X25519, P-256). Before, the
+    listener carried the first policy's curves for every site, so a.example.test refused
+    P-256. Now the listener offers the common X25519 and the SNI callback sets the chosen
+    policy's curves on the connection."""
+    selector = _adapted_selector(
+        store,
+        "a.example.test {\n\trespond a\n}\n"
+        "b.example.test {\n\ttls {\n\t\tcurves x25519\n\t}\n\trespond b\n}\n",
+    )
+    srv = await start_server(selector.server_context())
+    # TLS 1.2 picks the group after SNI: exactly each site's curves.
+    assert await negotiated_group(srv.port, "a.example.test", "-tls1_2", "P-256") == "prime256v1"
+    assert await negotiated_group(srv.port, "b.example.test", "-tls1_2", "P-256") is None
+    assert await negotiated_group(srv.port, "b.example.test", "-tls1_2", "X25519:P-256") == (
+        "X25519"
+    )
+    # TLS 1.3: an X25519 key share is fine for both; a P-256 share gets a HelloRetryRequest
+    # for the site's preferred curve the client supports.
+    for name in ("a.example.test", "b.example.test"):
+        assert await negotiated_group(srv.port, name, "-tls1_3", "X25519") == "X25519"
+        assert await negotiated_group(srv.port, name, "-tls1_3", "P-256:X25519") == "X25519"
+    assert await negotiated_group(srv.port, "b.example.test", "-tls1_3", "P-256") is None
+    # The documented cost (see check_listener_policies): a TLS 1.3 client supporting P-256
+    # only, with its P-256 share, cannot be asked to retry with the curve it already sent, so
+    # it fails where Caddy would accept its share.
+    assert await negotiated_group(srv.port, "a.example.test", "-tls1_3", "P-256") is None
+
+
+def test_sites_without_a_common_curve_cannot_share_a_listener(store: CertificateStore) -> None:
+    caddyfile = (
+        "a.example.test {\n\trespond a\n}\n"
+        "b.example.test {\n\ttls {\n\t\tcurves secp384r1\n\t}\n\trespond b\n}\n"
+    )
+    with pytest.raises(
+        TLSConfigError,
+        match=r"tls_connection_policies\[1\]\.curves: \[x25519, secp256r1\] have no curve in "
+        r"common with .*tls_connection_policies\[0\]'s \[secp384r1\]",
+    ):
+        _adapted_selector(store, caddyfile)
+
+
+async def test_sites_with_different_cipher_suites_share_a_listener(
+    ca: trustme.CA, store: CertificateStore, start_server: StartServer
+) -> None:
+    """Before, the listener's cipher list was the first policy's for every site."""
+    policies: list[dict[str, Any]] = [
+        {
+            "match": {"sni": ["a.example.test"]},
+            "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"],
+        },
+        {"cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"]},
+    ]
+    srv = await start_server(SNISelector(store, policies).server_context())
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    for name, expected in (
+        ("a.example.test", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ("b.example.test", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    ):
+        _reader, writer = await asyncio.open_connection(
+            "127.0.0.1", srv.port, ssl=ctx, server_hostname=name
+        )
+        try:
+            assert writer.get_extra_info("cipher")[0] == expected
+        finally:
+            writer.close()
+
+
 def test_plain_http_server_has_no_selector(store: CertificateStore) -> None:
     assert selector_for_server(store, {"listen": [":80"]}) is None
 
@@ -738,7 +1021,7 @@ async def test_session_tickets_disabled_by_tls_app(
 ) -> None:
     store = CertificateStore.from_tls_app({"session_tickets": {"disabled": True}})
     store.add_pem(*pem_pair(ca, "b.example.test"))
-    srv = await start_server(SNISelector(store).server_context())
+    srv = await start_server(SNISelector(store).server_context(), handler=reply_and_close)
     ctx = client_context(ca)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
 
@@ -754,6 +1037,11 @@ async def test_session_tickets_disabled_by_tls_app(
 
     assert not await asyncio.to_thread(connect)
     assert CertificateStore.from_tls_app(None).session_tickets
+    assert store.ticket_keys is None
+    # No resumption at all, as Caddy (Go has no session-ID cache): before, OpenSSL's cache
+    # still resumed TLS 1.2 sessions by ID.
+    session, _ = await asyncio.to_thread(resume_once, srv.port, ctx, None)
+    assert not (await asyncio.to_thread(resume_once, srv.port, ctx, session))[1]
 
 
 def test_loading_without_memfd_uses_a_private_temp_dir(

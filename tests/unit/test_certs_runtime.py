@@ -8,8 +8,10 @@ against storage only (the CertificateManager itself is tested with Pebble elsewh
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from acme_client.http01 import Http01Challenge, publish_http01
 from acme_client.local_ca import LocalCA
 from acme_client.storage import CertificateResource, FileStorage, save_certificate_resource
 from config.errors import ConfigError
-from proxy import trust_cli
+from proxy import libssl, trust_cli
 from proxy.certs import (
     CertRuntime,
     certificate_status,
@@ -213,6 +215,41 @@ async def test_cert_file_swap_and_half_written_pair(tmp_path: Path) -> None:
         assert "new.swap.test" in served_names(handshake(ctx, "new.swap.test"))
     finally:
         await runtime.stop()
+
+
+@pytest.mark.parametrize("rotation", ["rotating", "disable_rotation"])
+async def test_session_ticket_keys_rotate_while_the_runtime_runs(
+    tmp_path: Path, rotation: str
+) -> None:
+    lib = libssl.bridge()
+    assert lib is not None, libssl.unavailable_reason()
+    ca = trustme.CA()
+    cert, key = write_pair(tmp_path, ca.issue_cert("tickets.test"), "tickets")
+    tickets: dict[str, Any] = {"rotation_interval": "200ms"}
+    if rotation == "disable_rotation":
+        tickets["disable_rotation"] = True
+    tls = {
+        "certificates": {"load_files": [{"certificate": str(cert), "key": str(key)}]},
+        "session_tickets": tickets,
+    }
+    runtime = CertRuntime(
+        prepare_certificates(https_config(tmp_path / "d", ["tickets.test"], tls=tls))
+    )
+    await runtime.start()
+    try:
+        ctx = runtime.tls_provider("srv0")
+        assert ctx is not None
+        first = lib.ticket_keys(ctx)
+        if rotation == "disable_rotation":
+            assert runtime._ticket_rotation is None  # one key for the process's life
+            return
+        deadline = time.monotonic() + 10.0
+        while lib.ticket_keys(ctx) == first and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert lib.ticket_keys(ctx) != first
+    finally:
+        await runtime.stop()
+    assert runtime._ticket_rotation is None
 
 
 async def test_stored_acme_certificates_served_and_polled(tmp_path: Path) -> None:
