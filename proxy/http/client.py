@@ -4,6 +4,13 @@ The connection parses responses and forwards every event to its current *call* (
 carries, see `proxy.handlers.reverse_proxy.ProxyCall`); between calls it sits idle in a
 keepalive pool. Informational 1xx responses other than 101 are skipped (RFC 9110 §15.2);
 a response to HEAD ends at its head whatever its Content-Length says (RFC 9110 §9.3.2).
+
+A connection is reused only when the response's framing held: the end of a response is
+reported to the call after the whole read is parsed, and a read that carries any byte past that
+end (a body on a 204/304 or HEAD response, more body than Content-Length, a second response)
+closes the connection instead. Bytes arriving while the connection is idle close it too (Go's
+transport: persistConn.readLoop, "Unsolicited response received on idle HTTP channel"). So a
+broken upstream response can never become (part of) the answer to another request.
 """
 
 from __future__ import annotations
@@ -56,10 +63,12 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
+        "_complete",
         "_head_bytes",
         "_headers",
         "_in_body",
         "_informational",
+        "_keep",
         "_length",
         "_status",
         "call",
@@ -105,6 +114,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._status = 0
         self._informational = False
         self._head_bytes = 0  # bytes received while waiting for the current head
+        # The current call's response is complete (its end is reported once the read that
+        # completed it is parsed); any byte the parser meets after this is past its end.
+        self._complete = False
+        self._keep = False  # the parser's keep-alive verdict for the complete response
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.head_only = head_only
         self.requests += 1
+        self._complete = False
         self._reset_head()
 
     def write(self, data: bytes) -> None:
@@ -190,7 +204,7 @@ class UpstreamConnection(asyncio.Protocol):
         call = self.call
         if call is None:
             # Bytes on an idle connection (RFC 9112 §9.3 doesn't allow unsolicited responses):
-            # it can't be reused safely.
+            # it can't be reused safely. Go's transport closes it the same way.
             self.close()
             return
         self.got_bytes = True
@@ -206,24 +220,53 @@ class UpstreamConnection(asyncio.Protocol):
         if owned:
             client._batch = []
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            offset = int(exc.args[0]) if exc.args else len(data)
-            if self.call is not None:
-                self.call.on_upgrade(data[offset:])
-        except httptools.HttpParserCallbackError:
-            if self.call is not None:
-                self.call.upstream_bad_response("response handling failed")
-        except httptools.HttpParserError as exc:
-            if self.call is not None:
-                self.call.upstream_bad_response(f"malformed response: {exc}")
+            beyond_end = False
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                offset = int(exc.args[0]) if exc.args else len(data)
+                if self.call is not None:
+                    self.call.on_upgrade(data[offset:])
+            except httptools.HttpParserError as exc:
+                if self._complete:
+                    # The parser met bytes past the end of the complete response (the callbacks
+                    # stop it at the first one): that response stands, the connection goes.
+                    beyond_end = True
+                else:
+                    self._parse_failed(exc)
+            if self._complete:
+                self._end_response(self._keep and not beyond_end)
         finally:
             if owned:
                 client.end_batch()
 
+    def _parse_failed(self, exc: Exception) -> None:
+        call = self.call
+        if call is None:
+            return
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            call.upstream_bad_response("response handling failed")
+        else:
+            call.upstream_bad_response(f"malformed response: {exc}")
+
+    def _end_response(self, keep: bool) -> None:
+        # Called once the whole read is parsed, never from inside the parser: the call may hand
+        # this connection to the next request at once (a pipelined one), and nothing of this
+        # read may reach that request.
+        self._complete = False
+        call = self.call
+        if call is None:
+            return
+        self.call = None
+        if keep and self.head_only:
+            # The parser still expects the body the head announced: the next response gets a
+            # fresh one.
+            self.parser = httptools.HttpResponseParser(self)
+        call.on_response_end(keep)
+
     def _reset_head(self) -> None:
-        # Not httptools' on_message_begin: one callback less per response. Called when a
-        # request starts and after an interim (1xx) head.
+        # When a request starts and after an interim (1xx) head. Not in on_message_begin: that
+        # runs after data_received counted the read against the head limit reset here.
         self._headers = []
         self.lines = []
         self.has_date = False
@@ -232,6 +275,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._in_body = False
         self._head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # The first byte of another message after the complete response (a body on a
+            # 204/304, more body than Content-Length, a pipelined answer nobody asked for).
+            # llhttp skips CR/LF between messages before calling this; those bytes are consumed
+            # and cannot reach any response.
+            raise ValueError("bytes after the end of the response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) not in _SPECIAL_LENGTHS:
@@ -274,9 +325,11 @@ class UpstreamConnection(asyncio.Protocol):
         length = self._length
         if self.head_only:
             call.on_response_head(status, length)
-            # RFC 9110 §9.3.2: a HEAD response has no content, whatever its framing headers say.
             if self.call is call:
-                self._finish(call)
+                # RFC 9110 §9.3.2: a HEAD response has no content, whatever its framing
+                # headers say: it is complete here.
+                self._keep = self._head_keepalive()
+                self._complete = True
             return
         if status in (204, 304):
             length = 0
@@ -284,31 +337,30 @@ class UpstreamConnection(asyncio.Protocol):
         call.on_response_head(status, length)
 
     def on_body(self, body: bytes) -> None:
+        if self.head_only:
+            # Body bytes after a HEAD response's head are past its end.
+            raise ValueError("body in a response to HEAD")
         call = self.call
-        if call is not None and not self.head_only:
+        if call is not None:
             call.on_response_body(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
             return
+        if self._complete:
+            # HEAD: the parser ends the message it thought had a body. That is only at the head
+            # when the head announced no body; a chunked one means it read a body (RFC 9110
+            # §9.3.2 allows none) that was past the end of the response.
+            if self._chunked and self._status not in (204, 304):
+                raise ValueError("body in a response to HEAD")
+            return
         self._in_body = False
         if self._status == 101:
             return  # the upgrade exception follows: the connection becomes a tunnel
-        call = self.call
-        if call is not None and not self.head_only:
-            self._finish(call)
-
-    def _finish(self, call: ResponseSink) -> None:
-        if self.head_only:
-            keep = self._head_keepalive()
-            # The parser still expects the body the head announced: start the next response
-            # with a fresh one.
-            self.parser = httptools.HttpResponseParser(self)
-        else:
-            keep = self.parser.should_keep_alive()
-        self.call = None
-        call.on_response_end(keep)
+        if self.call is not None:
+            self._keep = self.parser.should_keep_alive()
+            self._complete = True
 
     def _head_keepalive(self) -> bool:
         for name, value in self._headers:
