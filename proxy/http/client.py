@@ -2,8 +2,9 @@
 
 The connection parses responses and forwards every event to its current *call* (the request it
 carries, see `proxy.handlers.reverse_proxy.ProxyCall`); between calls it sits idle in a
-keepalive pool. Informational 1xx responses other than 101 are skipped (RFC 9110 §15.2);
-a response to HEAD ends at its head whatever its Content-Length says (RFC 9110 §9.3.2).
+keepalive pool. Informational 1xx responses other than 101 are skipped (RFC 9110 §15.2), at
+most 5 per request like Go's transport; a response to HEAD ends at its head whatever its
+Content-Length says (RFC 9110 §9.3.2).
 
 A connection is reused only when the response's framing held: the end of a response is
 reported to the call after the whole read is parsed, and a read that carries any byte past that
@@ -16,12 +17,15 @@ broken upstream response can never become (part of) the answer to another reques
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 import httptools
 
 # Go's http.Transport default for MaxResponseHeaderBytes (Caddy's max_response_header_size).
 MAX_RESPONSE_HEAD_BYTES: Final = 10 << 20
+# Go's transport (persistConn.readResponse, max1xxResponses) gives up after this many 1xx
+# informational responses to one request: "net/http: too many 1xx informational responses".
+MAX_INFORMATIONAL_RESPONSES: Final = 5
 
 # Caddy's hop-by-hop fields (reverseproxy.go hopHeaders), removed from responses.
 HOP_BY_HOP_B: Final = frozenset(
@@ -43,6 +47,33 @@ _SPECIAL: Final = HOP_BY_HOP_B | {b"content-length", b"date"}
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 # Most field names miss on length alone, which saves lowercasing them.
 _SPECIAL_LENGTHS: Final = frozenset(len(n) for n in _SPECIAL)
+
+
+def transfer_coding_error(http_11: bool, codings: list[bytes]) -> str:
+    """Why a response's Transfer-Encoding fields (their values, in order) make its framing
+    unusable, or "" when they are fine.
+
+    Go's transport (net/http transfer.go, transferReader.parseTransferEncoding) accepts exactly
+    one Transfer-Encoding field whose value is "chunked" in an HTTP/1.1 response and rejects
+    everything else ("identity", "gzip", "gzip, chunked", two fields), so Caddy answers 502;
+    an HTTP/1.0 response's Transfer-Encoding is ignored (Go issue 12785) and its body ends with
+    the connection. llhttp decodes chunked even in HTTP/1.0, where Go would relay the chunk
+    framing as content: that ambiguity is refused (RFC 9112 §6.1: an HTTP/1.0 message with
+    Transfer-Encoding is to be treated as faulty framing).
+    """
+    if not codings:
+        return ""
+    if not http_11:
+        for value in codings:
+            for coding in value.split(b","):
+                if coding.strip().lower() == b"chunked":
+                    return "chunked transfer coding in an HTTP/1.0 response"
+        return ""
+    if len(codings) != 1:
+        return f"too many transfer encodings: {b', '.join(codings).decode('latin-1')!r}"
+    if codings[0].strip().lower() != b"chunked":
+        return f"unsupported transfer encoding: {codings[0].decode('latin-1')!r}"
+    return ""
 
 
 class ResponseSink(Protocol):
@@ -68,9 +99,12 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_in_body",
         "_informational",
+        "_interim_count",
         "_keep",
         "_length",
+        "_refused",
         "_status",
+        "_te",
         "call",
         "client",
         "closed",
@@ -109,15 +143,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.conn_tokens = False
         self.client: Any = None  # the client connection whose writes we batch
         self._length: int | None = None
-        self._chunked = False
+        self._te = False  # the head has Transfer-Encoding (validated at its end)
+        self._chunked = False  # the body is chunked
         self._in_body = False
         self._status = 0
         self._informational = False
+        self._interim_count = 0  # 1xx responses to the current request
         self._head_bytes = 0  # bytes received while waiting for the current head
         # The current call's response is complete (its end is reported once the read that
         # completed it is parsed); any byte the parser meets after this is past its end.
         self._complete = False
         self._keep = False  # the parser's keep-alive verdict for the complete response
+        self._refused = ""  # why a parser callback refused the response
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -150,6 +187,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.requests += 1
         self._complete = False
+        self._interim_count = 0
+        self._refused = ""
         self._reset_head()
 
     def write(self, data: bytes) -> None:
@@ -244,7 +283,9 @@ class UpstreamConnection(asyncio.Protocol):
         call = self.call
         if call is None:
             return
-        if isinstance(exc, httptools.HttpParserCallbackError):
+        if self._refused:
+            call.upstream_bad_response(self._refused)
+        elif isinstance(exc, httptools.HttpParserCallbackError):
             call.upstream_bad_response("response handling failed")
         else:
             call.upstream_bad_response(f"malformed response: {exc}")
@@ -264,6 +305,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
         call.on_response_end(keep)
 
+    def _refuse(self, reason: str) -> NoReturn:
+        """Stop the parser: the response cannot be relayed (reported as a bad response)."""
+        self._refused = reason
+        raise ValueError(reason)
+
     def _reset_head(self) -> None:
         # When a request starts and after an interim (1xx) head. Not in on_message_begin: that
         # runs after data_received counted the read against the head limit reset here.
@@ -272,6 +318,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.has_date = False
         self.conn_tokens = False
         self._length = None
+        self._te = False
         self._chunked = False
         self._in_body = False
         self._head_bytes = 0
@@ -295,7 +342,7 @@ class UpstreamConnection(asyncio.Protocol):
             if lname == b"content-length":
                 self._length = int(value)
             elif lname == b"transfer-encoding":
-                self._chunked = True
+                self._te = True
             elif lname == b"date":
                 self.has_date = True
                 self.lines.extend((name, b": ", value, b"\r\n"))
@@ -314,7 +361,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._status = self.parser.get_status_code()
+        if status < 100:
+            # llhttp takes any 3 digits. Go's ReadResponse does too, but its server cannot write
+            # a status below 100 (checkWriteHeaderCode), so Caddy gives the client no response.
+            self._refuse(f"malformed HTTP status code {status:03d}")
+        if self._te:
+            self._check_transfer_coding()
         if 100 <= status < 200 and status != 101:
+            self._interim_count += 1
+            if self._interim_count > MAX_INFORMATIONAL_RESPONSES:
+                self._refuse("too many 1xx informational responses")
             self._informational = True
             self._reset_head()
             return
@@ -335,6 +391,15 @@ class UpstreamConnection(asyncio.Protocol):
             length = 0
         self._in_body = True
         call.on_response_head(status, length)
+
+    def _check_transfer_coding(self) -> None:
+        codings = [v for n, v in self._headers if n.lower() == b"transfer-encoding"]
+        http_11 = self.parser.get_http_version() not in ("0.9", "1.0")
+        reason = transfer_coding_error(http_11, codings)
+        if reason:
+            self._refuse(reason)
+        # HTTP/1.0: the coding is ignored (as in Go) and the body ends with the connection.
+        self._chunked = http_11
 
     def on_body(self, body: bytes) -> None:
         if self.head_only:

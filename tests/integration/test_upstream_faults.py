@@ -5,6 +5,8 @@ a test gives it. The rules checked (Go's transport and ReverseProxy, which Caddy
 - a connection whose response framing was violated (any byte past the end of the response, in
   the same read or while idle) is closed, never reused; the client whose response was complete
   still gets exactly that response;
+- more than 5 informational responses, a status below 100, an unusable Transfer-Encoding,
+  Content-Length with Transfer-Encoding, differing Content-Lengths: 502, connection closed;
 """
 
 from __future__ import annotations
@@ -153,6 +155,13 @@ async def assert_first_connection_dropped(origin: ScriptedOrigin, proxy: Any) ->
     assert len(origin.conns[0].heads) == 1
 
 
+async def wait_for_log(proxy: Any, text: str) -> None:
+    deadline = asyncio.get_running_loop().time() + IO_TIMEOUT_S
+    while text not in proxy.log:
+        assert asyncio.get_running_loop().time() < deadline, proxy.log[-3000:]
+        await asyncio.sleep(0.05)
+
+
 # -- framing violations: the complete response stands, the connection goes -----------------
 
 
@@ -240,3 +249,101 @@ async def test_bytes_on_an_idle_connection_close_it(run_proxy: Any) -> None:
         assert (first.status, first.body) == (200, b"ok")
         origin.conns[0].writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nunwanted")
         await assert_first_connection_dropped(origin, proxy)
+
+
+# -- responses that are refused: 502, and the connection is not reused ----------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 6
+            + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "too many 1xx informational responses",
+            id="six-1xx",
+        ),
+        pytest.param(
+            b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok",
+            "malformed HTTP status code 099",
+            id="status-099",
+        ),
+        pytest.param(
+            b"HTTP/1.1 99 Odd\r\nContent-Length: 2\r\n\r\nok", "malformed response", id="status-99"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nall of it",
+            "unsupported transfer encoding: 'identity'",
+            id="te-identity",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "unsupported transfer encoding: 'gzip, chunked'",
+            id="te-gzip-chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "chunked transfer coding in an HTTP/1.0 response",
+            id="te-chunked-http10",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\n\r\n",
+            "malformed response",
+            id="content-length-and-chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+            "malformed response",
+            id="differing-content-lengths",
+        ),
+    ],
+)
+async def test_unusable_response_is_502_and_connection_closed(
+    run_proxy: Any, raw: bytes, reason: str
+) -> None:
+    async with ScriptedOrigin(answer(raw)) as origin:
+        proxy = start_proxy(run_proxy, origin)
+        first = await ask(proxy.port)
+        assert first.status == 502
+        await wait_for_log(proxy, reason)
+        await assert_first_connection_dropped(origin, proxy)
+
+
+async def test_five_1xx_responses_are_accepted(run_proxy: Any) -> None:
+    """Go's limit is more than 5: five interim responses still lead to the final one."""
+    raw = (
+        b"HTTP/1.1 103 Early Hints\r\n\r\n" * 5 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    async with ScriptedOrigin(answer(raw)) as origin:
+        proxy = start_proxy(run_proxy, origin)
+        first = await ask(proxy.port)
+        assert (first.status, first.body) == (200, b"ok")
+
+
+async def test_three_digit_status_above_599_is_relayed(run_proxy: Any) -> None:
+    """Go's ReadResponse takes any 3 digits and its server writes up to 999."""
+    raw = b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok"
+    async with ScriptedOrigin(answer(raw)) as origin:
+        proxy = start_proxy(run_proxy, origin)
+        first = await ask(proxy.port)
+        assert (first.status, first.body) == (600, b"ok")
+
+
+async def test_http10_transfer_encoding_identity_body_ends_with_the_connection(
+    run_proxy: Any,
+) -> None:
+    """Go ignores Transfer-Encoding in HTTP/1.0 responses: the body is read to EOF, complete."""
+    raw = b"HTTP/1.0 200 OK\r\nTransfer-Encoding: identity\r\n\r\nall of it"
+    async with ScriptedOrigin(answer(raw)) as origin:
+        proxy = start_proxy(run_proxy, origin)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            got = await asyncio.wait_for(reader.readuntil(b"all of it\r\n"), IO_TIMEOUT_S)
+            assert b"Transfer-Encoding: chunked" in got
+            origin.conns[0].writer.close()  # the end of the body
+            # The chunked response is terminated: the body was complete.
+            assert await asyncio.wait_for(reader.readexactly(5), IO_TIMEOUT_S) == b"0\r\n\r\n"
+        finally:
+            writer.close()

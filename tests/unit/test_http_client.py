@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.http.client import UpstreamConnection
+from proxy.http.client import UpstreamConnection, transfer_coding_error
 
 
 class Pool:
@@ -245,3 +245,101 @@ def test_bytes_while_idle_close_the_connection() -> None:
     assert call.events[-1] == ("end", True)
     conn.data_received(b"\r\n")
     assert conn.closed
+
+
+# -- refused responses -------------------------------------------------------------------------
+
+
+def test_five_informational_responses_then_the_final_one() -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(
+        b"HTTP/1.1 103 Early Hints\r\n\r\n" * 5 + b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
+    )
+    assert call.events == [("head", 200, 1), ("body", b"x"), ("end", True)]
+
+
+def test_sixth_informational_response_is_refused() -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 3)
+    conn.data_received(b"HTTP/1.1 100 Continue\r\n\r\n" * 3)
+    assert call.events == [("bad", "too many 1xx informational responses")]
+
+
+def test_informational_count_is_per_request() -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 5 + b"HTTP/1.1 204 No\r\n\r\n")
+    call2 = Call()
+    conn.start(call2, head_only=False)
+    conn.data_received(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 5 + b"HTTP/1.1 204 No\r\n\r\n")
+    assert call2.events == [("head", 204, 0), ("end", True)]
+
+
+@pytest.mark.parametrize(
+    ("status_line", "reason"),
+    [
+        (b"HTTP/1.1 099 Odd", "malformed HTTP status code 099"),
+        (b"HTTP/1.1 000 Zero", "malformed HTTP status code 000"),
+    ],
+)
+def test_status_below_100_is_refused(status_line: bytes, reason: str) -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
+    assert call.events == [("bad", reason)]
+
+
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 99 Odd", b"HTTP/1.1 1000 Odd"])
+def test_status_not_three_digits_is_malformed(status_line: bytes) -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
+    assert len(call.events) == 1 and call.events[0][1].startswith("malformed response")
+
+
+def test_unsupported_transfer_encoding_is_refused() -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nall of it")
+    assert call.events == [("bad", "unsupported transfer encoding: 'identity'")]
+
+
+def test_http10_transfer_encoding_is_ignored_and_body_ends_with_connection() -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: identity\r\n\r\nall of it")
+    conn.connection_lost(None)
+    assert call.events == [("head", 200, None), ("body", b"all of it"), ("end", False)]
+
+
+def test_chunked_body_cut_short_is_lost_not_complete() -> None:
+    conn, call = make()
+    conn.start(call, head_only=False)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    conn.connection_lost(None)
+    assert call.events[-1] == ("lost", True)
+
+
+# -- pure decisions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("http_11", "codings", "reason"),
+    [
+        (True, [], ""),
+        (True, [b"chunked"], ""),
+        (True, [b"Chunked"], ""),
+        (True, [b"identity"], "unsupported transfer encoding: 'identity'"),
+        (True, [b"gzip"], "unsupported transfer encoding: 'gzip'"),
+        (True, [b"gzip, chunked"], "unsupported transfer encoding: 'gzip, chunked'"),
+        (True, [b"chunked", b"chunked"], "too many transfer encodings: 'chunked, chunked'"),
+        (False, [b"identity"], ""),
+        (False, [b"gzip"], ""),
+        (False, [b"chunked"], "chunked transfer coding in an HTTP/1.0 response"),
+        (False, [b"gzip, Chunked"], "chunked transfer coding in an HTTP/1.0 response"),
+    ],
+)
+def test_transfer_coding_error(http_11: bool, codings: list[bytes], reason: str) -> None:
+    assert transfer_coding_error(http_11, codings) == reason
