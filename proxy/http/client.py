@@ -76,6 +76,44 @@ def transfer_coding_error(http_11: bool, codings: list[bytes]) -> str:
     return ""
 
 
+def _upgrade_type(fields: list[tuple[bytes, bytes]]) -> bytes:
+    # Go's upgradeType: the Upgrade value, but only when Connection names the "upgrade" token.
+    connection_upgrade = False
+    upgrade = b""
+    for name, value in fields:
+        lname = name.lower()
+        if lname == b"connection":
+            for token in value.split(b","):
+                if token.strip().lower() == b"upgrade":
+                    connection_upgrade = True
+        elif lname == b"upgrade" and not upgrade:
+            upgrade = value.strip()
+    return upgrade if connection_upgrade else b""
+
+
+def upgrade_refusal(requested: bytes, fields: list[tuple[bytes, bytes]]) -> str:
+    """Why a 101 response with these fields must not become a tunnel for a request that asked
+    for the `requested` protocol (b"" when it asked for none), or "" when it may.
+
+    Go's ReverseProxy (httputil handleUpgradeResponse, which Caddy's reverseproxy/streaming.go
+    copies) refuses a protocol that is not printable ASCII or differs, case-insensitively, from
+    the requested one, and a 101 without Connection: upgrade and Upgrade (the transport then
+    gives it no writable body: "101 switching protocols response with non-writable body").
+    """
+    offered = _upgrade_type(fields)
+    if not offered:
+        return "101 Switching Protocols without Connection: upgrade and Upgrade"
+    for byte in offered:
+        if byte < 0x20 or byte > 0x7E:
+            return f"backend tried to switch to invalid protocol {offered.decode('latin-1')!r}"
+    if offered.lower() != requested.lower():
+        return (
+            f"backend tried to switch protocol {offered.decode('latin-1')!r} when "
+            f"{requested.decode('latin-1')!r} was requested"
+        )
+    return ""
+
+
 class ResponseSink(Protocol):
     def on_response_head(self, status: int, length: int | None) -> None:
         """The head arrived; fields are in the connection (`lines`, `headers()`)."""

@@ -7,11 +7,13 @@ a test gives it. The rules checked (Go's transport and ReverseProxy, which Caddy
   still gets exactly that response;
 - more than 5 informational responses, a status below 100, an unusable Transfer-Encoding,
   Content-Length with Transfer-Encoding, differing Content-Lengths: 502, connection closed;
+- a 101 becomes a tunnel only for the protocol the request asked for; else 502.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -272,6 +274,17 @@ async def test_bytes_on_an_idle_connection_close_it(run_proxy: Any) -> None:
             b"HTTP/1.1 99 Odd\r\nContent-Length: 2\r\n\r\nok", "malformed response", id="status-99"
         ),
         pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"\r\n",
+            "backend tried to switch protocol 'websocket' when '' was requested",
+            id="unrequested-101",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "101 Switching Protocols without Connection: upgrade and Upgrade",
+            id="bare-101",
+        ),
+        pytest.param(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nall of it",
             "unsupported transfer encoding: 'identity'",
             id="te-identity",
@@ -347,3 +360,36 @@ async def test_http10_transfer_encoding_identity_body_ends_with_the_connection(
             assert await asyncio.wait_for(reader.readexactly(5), IO_TIMEOUT_S) == b"0\r\n\r\n"
         finally:
             writer.close()
+
+
+async def test_requested_upgrade_matching_case_insensitively_becomes_a_tunnel(
+    run_proxy: Any,
+) -> None:
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: upgrade\r\n\r\n"
+    )
+    async with ScriptedOrigin(answer(switch)) as origin:
+        proxy = start_proxy(run_proxy, origin)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT_S)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), IO_TIMEOUT_S) == b"ping"
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_upgrade_to_another_protocol_than_requested_is_502(run_proxy: Any) -> None:
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+    async with ScriptedOrigin(answer(switch)) as origin:
+        proxy = start_proxy(run_proxy, origin)
+        first = await ask(proxy.port, extra="Upgrade: websocket\r\nConnection: Upgrade\r\n")
+        assert first.status == 502
+        await wait_for_log(proxy, "backend tried to switch protocol 'h2c' when 'websocket'")
+        await assert_first_connection_dropped(origin, proxy)

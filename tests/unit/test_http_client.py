@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.http.client import UpstreamConnection, transfer_coding_error
+from proxy.http.client import UpstreamConnection, transfer_coding_error, upgrade_refusal
 
 
 class Pool:
@@ -343,3 +343,30 @@ def test_chunked_body_cut_short_is_lost_not_complete() -> None:
 )
 def test_transfer_coding_error(http_11: bool, codings: list[bytes], reason: str) -> None:
     assert transfer_coding_error(http_11, codings) == reason
+
+
+UPGRADE_WS = [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
+
+
+@pytest.mark.parametrize(
+    ("requested", "fields", "refused"),
+    [
+        (b"websocket", UPGRADE_WS, False),
+        (b"WebSocket", UPGRADE_WS, False),
+        (
+            b"websocket",
+            [(b"connection", b"keep-alive, upgrade"), (b"upgrade", b"websocket")],
+            False,
+        ),
+        (b"", UPGRADE_WS, True),  # the request asked for no upgrade
+        (b"h2c", UPGRADE_WS, True),
+        (b"websocket", [(b"Upgrade", b"websocket")], True),  # no Connection: upgrade
+        (b"websocket", [(b"Connection", b"Upgrade")], True),  # no protocol
+        (b"", [], True),
+        (b"web\x01socket", [(b"Connection", b"Upgrade"), (b"Upgrade", b"web\x01socket")], True),
+    ],
+)
+def test_upgrade_refusal(
+    requested: bytes, fields: list[tuple[bytes, bytes]], refused: bool
+) -> None:
+    assert bool(upgrade_refusal(requested, fields)) == refused
