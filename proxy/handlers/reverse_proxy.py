@@ -883,8 +883,13 @@ class ProxyCall:
     def upstream_bad_response(self, reason: str) -> None:
         if self.finished:
             return
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
         conn, self.conn = self.conn, None
         if conn is not None:
+            # Whatever else the connection holds is not to be trusted: never reuse it.
             conn.call = None
             conn.abort()
         if self.resp_started:
@@ -893,6 +898,10 @@ class ProxyCall:
             self._uncount()
             self.ex.abort()
             return
+        rp = self.rp
+        if rp.passive is not None and self.upstream is not None:
+            # Caddy counts every failed round trip (a malformed response is one) as a failure.
+            rp.passive.record_error(self.upstream, rp.loop.time())
         self._failed(FailureKind.AFTER_SENT, 502, reason)
 
     def _header_timeout(self) -> None:

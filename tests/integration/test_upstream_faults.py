@@ -393,3 +393,31 @@ async def test_upgrade_to_another_protocol_than_requested_is_502(run_proxy: Any)
         assert first.status == 502
         await wait_for_log(proxy, "backend tried to switch protocol 'h2c' when 'websocket'")
         await assert_first_connection_dropped(origin, proxy)
+
+
+async def test_bad_response_counts_for_passive_health_and_retry_keeps_its_own_timer(
+    run_proxy: Any,
+) -> None:
+    """A malformed response is a failed round trip (Caddy counts it for passive health), and the
+    retry on the next upstream runs under its own response_header_timeout: the first attempt's
+    timer must not cut it short (here it would fire 0.5 s before the retry's answer)."""
+    bad = b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok"
+    async with (
+        ScriptedOrigin(lambda c, n, head: bad) as broken,
+        ScriptedOrigin(lambda c, n, head: FOLLOW, latency_s=1.0) as slow,
+    ):
+        port = free_port()
+        route = rp_route(
+            [f"127.0.0.1:{broken.port}", f"127.0.0.1:{slow.port}"],
+            load_balancing={
+                "selection_policy": {"policy": "first"},
+                "retries": 1,
+                "try_interval": "1.5s",
+            },
+            health_checks={"passive": {"fail_duration": "30s"}},
+            transport={"protocol": "http", "response_header_timeout": "2s"},
+        )
+        proxy = run_proxy(proxy_config(port, [route]), port)
+        got = await ask(proxy.port)
+        assert (got.status, got.body) == (200, b"follow")
+        assert len(broken.conns) == 1  # the broken upstream was marked down after one answer
