@@ -8,7 +8,8 @@ What it does, following Caddy's reverseproxy module:
   Host passed through, `header_up` ops applied; the body streams with back-pressure both ways;
 - streams the response back with hop-by-hop fields removed and `header_down` applied; every read
   event is written through at once, so SSE and unknown-length responses are never held back;
-- 101 Switching Protocols turns both connections into a byte tunnel (RFC 9110 §7.8);
+- 101 Switching Protocols turns both connections into a byte tunnel (RFC 9110 §7.8), but only
+  to the protocol the request asked for (as Go's ReverseProxy); any other 101 is a 502;
 - a request that fails on a *reused* connection before any response byte arrived (the upstream
   closed it while idle) is retried once on a fresh connection when that is safe (idempotent
   method, replayable body) — Go's transport does the same, so no spurious 502;
@@ -28,7 +29,7 @@ from typing import Any, Final
 from config.errors import ConfigError
 from config.model import ReverseProxyHandler
 from proxy.handlers.headers import compile_ops
-from proxy.http.client import UpstreamConnection
+from proxy.http.client import UpstreamConnection, upgrade_refusal
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.request import Request
 from proxy.http.server import status_line
@@ -675,6 +676,12 @@ class ProxyCall:
     # -- response (ResponseSink) -------------------------------------------------------------
 
     def on_response_head(self, status: int, length: int | None) -> None:
+        if status == 101:
+            conn = self.conn
+            refusal = upgrade_refusal(self._requested_upgrade(), conn.headers() if conn else [])
+            if refusal:
+                self.upstream_bad_response(refusal)
+                return
         timer = self._timer
         if timer is not None:
             timer.cancel()
@@ -694,6 +701,14 @@ class ProxyCall:
             self.resp_buf = []
             return
         self._emit_head(status, length)
+
+    def _requested_upgrade(self) -> bytes:
+        # Go's upgradeType of the outgoing request: the head builder sends Upgrade (with
+        # Connection: Upgrade) only when the client's request is an upgrade.
+        req = self.req
+        if not req.upgrade:
+            return b""
+        return (req.header("Upgrade") or "").encode("latin-1")
 
     def _is_event_stream(self) -> bool:
         conn = self.conn
@@ -880,8 +895,13 @@ class ProxyCall:
     def upstream_bad_response(self, reason: str) -> None:
         if self.finished:
             return
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
         conn, self.conn = self.conn, None
         if conn is not None:
+            # Whatever else the connection holds is not to be trusted: never reuse it.
             conn.call = None
             conn.abort()
         if self.resp_started:
@@ -890,6 +910,10 @@ class ProxyCall:
             self._uncount()
             self.ex.abort()
             return
+        rp = self.rp
+        if rp.passive is not None and self.upstream is not None:
+            # Caddy counts every failed round trip (a malformed response is one) as a failure.
+            rp.passive.record_error(self.upstream, rp.loop.time())
         self._failed(FailureKind.AFTER_SENT, 502, reason)
 
     def _header_timeout(self) -> None:

@@ -2,19 +2,30 @@
 
 The connection parses responses and forwards every event to its current *call* (the request it
 carries, see `proxy.handlers.reverse_proxy.ProxyCall`); between calls it sits idle in a
-keepalive pool. Informational 1xx responses other than 101 are skipped (RFC 9110 §15.2);
-a response to HEAD ends at its head whatever its Content-Length says (RFC 9110 §9.3.2).
+keepalive pool. Informational 1xx responses other than 101 are skipped (RFC 9110 §15.2), at
+most 5 per request like Go's transport; a response to HEAD ends at its head whatever its
+Content-Length says (RFC 9110 §9.3.2).
+
+A connection is reused only when the response's framing held: the end of a response is
+reported to the call after the whole read is parsed, and a read that carries any byte past that
+end (a body on a 204/304 or HEAD response, more body than Content-Length, a second response)
+closes the connection instead. Bytes arriving while the connection is idle close it too (Go's
+transport: persistConn.readLoop, "Unsolicited response received on idle HTTP channel"). So a
+broken upstream response can never become (part of) the answer to another request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 import httptools
 
 # Go's http.Transport default for MaxResponseHeaderBytes (Caddy's max_response_header_size).
 MAX_RESPONSE_HEAD_BYTES: Final = 10 << 20
+# Go's transport (persistConn.readResponse, max1xxResponses) gives up after this many 1xx
+# informational responses to one request: "net/http: too many 1xx informational responses".
+MAX_INFORMATIONAL_RESPONSES: Final = 5
 
 # Caddy's hop-by-hop fields (reverseproxy.go hopHeaders), removed from responses.
 HOP_BY_HOP_B: Final = frozenset(
@@ -38,6 +49,71 @@ _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 _SPECIAL_LENGTHS: Final = frozenset(len(n) for n in _SPECIAL)
 
 
+def transfer_coding_error(http_11: bool, codings: list[bytes]) -> str:
+    """Why a response's Transfer-Encoding fields (their values, in order) make its framing
+    unusable, or "" when they are fine.
+
+    Go's transport (net/http transfer.go, transferReader.parseTransferEncoding) accepts exactly
+    one Transfer-Encoding field whose value is "chunked" in an HTTP/1.1 response and rejects
+    everything else ("identity", "gzip", "gzip, chunked", two fields), so Caddy answers 502;
+    an HTTP/1.0 response's Transfer-Encoding is ignored (Go issue 12785) and its body ends with
+    the connection. llhttp decodes chunked even in HTTP/1.0, where Go would relay the chunk
+    framing as content: that ambiguity is refused (RFC 9112 §6.1: an HTTP/1.0 message with
+    Transfer-Encoding is to be treated as faulty framing).
+    """
+    if not codings:
+        return ""
+    if not http_11:
+        for value in codings:
+            for coding in value.split(b","):
+                if coding.strip().lower() == b"chunked":
+                    return "chunked transfer coding in an HTTP/1.0 response"
+        return ""
+    if len(codings) != 1:
+        return f"too many transfer encodings: {b', '.join(codings).decode('latin-1')!r}"
+    if codings[0].strip().lower() != b"chunked":
+        return f"unsupported transfer encoding: {codings[0].decode('latin-1')!r}"
+    return ""
+
+
+def _upgrade_type(fields: list[tuple[bytes, bytes]]) -> bytes:
+    # Go's upgradeType: the Upgrade value, but only when Connection names the "upgrade" token.
+    connection_upgrade = False
+    upgrade = b""
+    for name, value in fields:
+        lname = name.lower()
+        if lname == b"connection":
+            for token in value.split(b","):
+                if token.strip().lower() == b"upgrade":
+                    connection_upgrade = True
+        elif lname == b"upgrade" and not upgrade:
+            upgrade = value.strip()
+    return upgrade if connection_upgrade else b""
+
+
+def upgrade_refusal(requested: bytes, fields: list[tuple[bytes, bytes]]) -> str:
+    """Why a 101 response with these fields must not become a tunnel for a request that asked
+    for the `requested` protocol (b"" when it asked for none), or "" when it may.
+
+    Go's ReverseProxy (httputil handleUpgradeResponse, which Caddy's reverseproxy/streaming.go
+    copies) refuses a protocol that is not printable ASCII or differs, case-insensitively, from
+    the requested one, and a 101 without Connection: upgrade and Upgrade (the transport then
+    gives it no writable body: "101 switching protocols response with non-writable body").
+    """
+    offered = _upgrade_type(fields)
+    if not offered:
+        return "101 Switching Protocols without Connection: upgrade and Upgrade"
+    for byte in offered:
+        if byte < 0x20 or byte > 0x7E:
+            return f"backend tried to switch to invalid protocol {offered.decode('latin-1')!r}"
+    if offered.lower() != requested.lower():
+        return (
+            f"backend tried to switch protocol {offered.decode('latin-1')!r} when "
+            f"{requested.decode('latin-1')!r} was requested"
+        )
+    return ""
+
+
 class ResponseSink(Protocol):
     def on_response_head(self, status: int, length: int | None) -> None:
         """The head arrived; fields are in the connection (`lines`, `headers()`)."""
@@ -56,12 +132,17 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
+        "_complete",
         "_head_bytes",
         "_headers",
         "_in_body",
         "_informational",
+        "_interim_count",
+        "_keep",
         "_length",
+        "_refused",
         "_status",
+        "_te",
         "call",
         "client",
         "closed",
@@ -100,11 +181,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.conn_tokens = False
         self.client: Any = None  # the client connection whose writes we batch
         self._length: int | None = None
-        self._chunked = False
+        self._te = False  # the head has Transfer-Encoding (validated at its end)
+        self._chunked = False  # the body is chunked
         self._in_body = False
         self._status = 0
         self._informational = False
+        self._interim_count = 0  # 1xx responses to the current request
         self._head_bytes = 0  # bytes received while waiting for the current head
+        # The current call's response is complete (its end is reported once the read that
+        # completed it is parsed); any byte the parser meets after this is past its end.
+        self._complete = False
+        self._keep = False  # the parser's keep-alive verdict for the complete response
+        self._refused = ""  # why a parser callback refused the response
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,6 +224,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.head_only = head_only
         self.requests += 1
+        self._complete = False
+        self._interim_count = 0
+        self._refused = ""
         self._reset_head()
 
     def write(self, data: bytes) -> None:
@@ -190,7 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
         call = self.call
         if call is None:
             # Bytes on an idle connection (RFC 9112 §9.3 doesn't allow unsolicited responses):
-            # it can't be reused safely.
+            # it can't be reused safely. Go's transport closes it the same way.
             self.close()
             return
         self.got_bytes = True
@@ -206,32 +297,77 @@ class UpstreamConnection(asyncio.Protocol):
         if owned:
             client._batch = []
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            offset = int(exc.args[0]) if exc.args else len(data)
-            if self.call is not None:
-                self.call.on_upgrade(data[offset:])
-        except httptools.HttpParserCallbackError:
-            if self.call is not None:
-                self.call.upstream_bad_response("response handling failed")
-        except httptools.HttpParserError as exc:
-            if self.call is not None:
-                self.call.upstream_bad_response(f"malformed response: {exc}")
+            beyond_end = False
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                offset = int(exc.args[0]) if exc.args else len(data)
+                if self.call is not None:
+                    self.call.on_upgrade(data[offset:])
+            except httptools.HttpParserError as exc:
+                if self._complete:
+                    # The parser met bytes past the end of the complete response (the callbacks
+                    # stop it at the first one): that response stands, the connection goes.
+                    beyond_end = True
+                else:
+                    self._parse_failed(exc)
+            if self._complete:
+                self._end_response(self._keep and not beyond_end)
         finally:
             if owned:
                 client.end_batch()
 
+    def _parse_failed(self, exc: Exception) -> None:
+        call = self.call
+        if call is None:
+            return
+        if self._refused:
+            call.upstream_bad_response(self._refused)
+        elif isinstance(exc, httptools.HttpParserCallbackError):
+            call.upstream_bad_response("response handling failed")
+        else:
+            call.upstream_bad_response(f"malformed response: {exc}")
+
+    def _end_response(self, keep: bool) -> None:
+        # Called once the whole read is parsed, never from inside the parser: the call may hand
+        # this connection to the next request at once (a pipelined one), and nothing of this
+        # read may reach that request.
+        self._complete = False
+        call = self.call
+        if call is None:
+            return
+        self.call = None
+        if keep and self.head_only:
+            # The parser still expects the body the head announced: the next response gets a
+            # fresh one.
+            self.parser = httptools.HttpResponseParser(self)
+        call.on_response_end(keep)
+
+    def _refuse(self, reason: str) -> NoReturn:
+        """Stop the parser: the response cannot be relayed (reported as a bad response)."""
+        self._refused = reason
+        raise ValueError(reason)
+
     def _reset_head(self) -> None:
-        # Not httptools' on_message_begin: one callback less per response. Called when a
-        # request starts and after an interim (1xx) head.
+        # When a request starts and after an interim (1xx) head. Not in on_message_begin: that
+        # runs after data_received counted the read against the head limit reset here.
         self._headers = []
         self.lines = []
         self.has_date = False
         self.conn_tokens = False
         self._length = None
+        self._te = False
         self._chunked = False
         self._in_body = False
         self._head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # The first byte of another message after the complete response (a body on a
+            # 204/304, more body than Content-Length, a pipelined answer nobody asked for).
+            # llhttp skips CR/LF between messages before calling this; those bytes are consumed
+            # and cannot reach any response.
+            raise ValueError("bytes after the end of the response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) not in _SPECIAL_LENGTHS:
@@ -244,7 +380,7 @@ class UpstreamConnection(asyncio.Protocol):
             if lname == b"content-length":
                 self._length = int(value)
             elif lname == b"transfer-encoding":
-                self._chunked = True
+                self._te = True
             elif lname == b"date":
                 self.has_date = True
                 self.lines.extend((name, b": ", value, b"\r\n"))
@@ -263,7 +399,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._status = self.parser.get_status_code()
+        if status < 100:
+            # llhttp takes any 3 digits. Go's ReadResponse does too, but its server cannot write
+            # a status below 100 (checkWriteHeaderCode), so Caddy gives the client no response.
+            self._refuse(f"malformed HTTP status code {status:03d}")
+        if self._te:
+            self._check_transfer_coding()
         if 100 <= status < 200 and status != 101:
+            self._interim_count += 1
+            if self._interim_count > MAX_INFORMATIONAL_RESPONSES:
+                self._refuse("too many 1xx informational responses")
             self._informational = True
             self._reset_head()
             return
@@ -274,41 +419,51 @@ class UpstreamConnection(asyncio.Protocol):
         length = self._length
         if self.head_only:
             call.on_response_head(status, length)
-            # RFC 9110 §9.3.2: a HEAD response has no content, whatever its framing headers say.
             if self.call is call:
-                self._finish(call)
+                # RFC 9110 §9.3.2: a HEAD response has no content, whatever its framing
+                # headers say: it is complete here.
+                self._keep = self._head_keepalive()
+                self._complete = True
             return
         if status in (204, 304):
             length = 0
         self._in_body = True
         call.on_response_head(status, length)
 
+    def _check_transfer_coding(self) -> None:
+        codings = [v for n, v in self._headers if n.lower() == b"transfer-encoding"]
+        http_11 = self.parser.get_http_version() not in ("0.9", "1.0")
+        reason = transfer_coding_error(http_11, codings)
+        if reason:
+            self._refuse(reason)
+        # HTTP/1.0: the coding is ignored (as in Go) and the body ends with the connection.
+        self._chunked = http_11
+
     def on_body(self, body: bytes) -> None:
+        if self.head_only:
+            # Body bytes after a HEAD response's head are past its end.
+            raise ValueError("body in a response to HEAD")
         call = self.call
-        if call is not None and not self.head_only:
+        if call is not None:
             call.on_response_body(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
             return
+        if self._complete:
+            # HEAD: the parser ends the message it thought had a body. That is only at the head
+            # when the head announced no body; a chunked one means it read a body (RFC 9110
+            # §9.3.2 allows none) that was past the end of the response.
+            if self._chunked and self._status not in (204, 304):
+                raise ValueError("body in a response to HEAD")
+            return
         self._in_body = False
         if self._status == 101:
             return  # the upgrade exception follows: the connection becomes a tunnel
-        call = self.call
-        if call is not None and not self.head_only:
-            self._finish(call)
-
-    def _finish(self, call: ResponseSink) -> None:
-        if self.head_only:
-            keep = self._head_keepalive()
-            # The parser still expects the body the head announced: start the next response
-            # with a fresh one.
-            self.parser = httptools.HttpResponseParser(self)
-        else:
-            keep = self.parser.should_keep_alive()
-        self.call = None
-        call.on_response_end(keep)
+        if self.call is not None:
+            self._keep = self.parser.should_keep_alive()
+            self._complete = True
 
     def _head_keepalive(self) -> bool:
         for name, value in self._headers:
