@@ -223,31 +223,38 @@ def sample_process(pid: int, role: str) -> tuple[ProcSample, set[int]]:
     return s, inodes
 
 
-def tcp_sockets() -> list[tuple[int, int, str, int]]:
-    """(local port, remote port, state, inode) of every TCP socket in this network namespace."""
-    out: list[tuple[int, int, str, int]] = []
+def tcp_sockets() -> tuple[dict[int, tuple[int, int, str]], int]:
+    """{inode: (local port, remote port, state)} of the TCP sockets in this network namespace
+    that have an inode (TIME_WAIT ones have none), and how many lines repeated an inode: the
+    kernel writes these tables a page per read() while sockets come and go, so under churn a
+    socket can be listed twice (or missed)."""
+    out: dict[int, tuple[int, int, str]] = {}
+    repeats = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             next(f, None)
             for line in f:
                 cols = line.split()
-                if len(cols) < 10:
+                if len(cols) < 10 or cols[9] == "0":
                     continue
+                inode = int(cols[9])
+                if inode in out:
+                    repeats += 1
                 local_port = int(cols[1].rpartition(":")[2], 16)
                 remote_port = int(cols[2].rpartition(":")[2], 16)
-                out.append(
-                    (local_port, remote_port, TCP_STATES.get(cols[3], cols[3]), int(cols[9]))
-                )
-    return out
+                out[inode] = (local_port, remote_port, TCP_STATES.get(cols[3], cols[3]))
+    return out, repeats
 
 
 @dataclass
 class Sample:
-    t: float  # seconds since the load started (negative: before it)
+    t: float  # seconds since the load started (0 for the sample just before it)
     phase: str  # "idle-before-load", "load", "after-drain"
     processes: list[ProcSample]
     upstream: dict[str, int]  # pyproxy's sockets to the origin port, by TCP state
+    upstream_by_pid: dict[int, int]  # the ESTABLISHED ones, by the process holding them
     inbound_established: int  # pyproxy's accepted client connections
+    tcp_table_repeats: int = 0
     ok_total: int = 0
     failed_total: int = 0
     ok_interval: int = 0
@@ -256,24 +263,27 @@ class Sample:
 
 def take_sample(sup_pid: int, proxy_port: int, origin_port: int, t: float, phase: str) -> Sample:
     procs: list[ProcSample] = []
-    inodes: set[int] = set()
-    s, ino = sample_process(sup_pid, "supervisor")
-    procs.append(s)
-    inodes |= ino
-    for child in children_of(sup_pid):
-        s, ino = sample_process(child, "worker")
+    owner: dict[int, int] = {}  # socket inode -> pid
+    for pid, role in [(sup_pid, "supervisor")] + [(c, "worker") for c in children_of(sup_pid)]:
+        s, inodes = sample_process(pid, role)
         procs.append(s)
-        inodes |= ino
+        for inode in inodes:
+            owner.setdefault(inode, pid)
     upstream: Counter[str] = Counter()
+    by_pid: Counter[int] = Counter()
     inbound = 0
-    for local_port, remote_port, state, inode in tcp_sockets():
-        if inode not in inodes:
+    table, repeats = tcp_sockets()
+    for inode, (local_port, remote_port, state) in table.items():
+        holder = owner.get(inode)
+        if holder is None:
             continue
         if remote_port == origin_port:
             upstream[state] += 1
+            if state == "ESTABLISHED":
+                by_pid[holder] += 1
         elif local_port == proxy_port and state == "ESTABLISHED":
             inbound += 1
-    return Sample(t, phase, procs, dict(upstream), inbound)
+    return Sample(t, phase, procs, dict(upstream), dict(by_pid), inbound, repeats)
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -687,10 +697,11 @@ async def soak(
             f"{p.role[0]}{p.pid}:{(p.rss_kib or 0) / 1024:.1f}MB/{p.fds}fd" for p in s.processes
         )
         up = sum(s.upstream.values())
-        estab = s.upstream.get("ESTABLISHED", 0)
+        per_pid = ",".join(f"{n}" for _, n in sorted(s.upstream_by_pid.items()))
         print(
             f"t={s.t:7.1f}s {s.phase:17} ok+{s.ok_interval:<6} fail+{s.failed_interval:<4} "
-            f"{mem} upstream={estab}/{up} inbound={s.inbound_established}",
+            f"{mem} upstream={per_pid or 0}/{up} inbound={s.inbound_established} "
+            f"repeats={s.tcp_table_repeats}",
             flush=True,
         )
 
@@ -1121,7 +1132,7 @@ def summary_markdown(
         + " | ".join(f"RSS MB {p}" for p in pids)
         + " | "
         + " | ".join(f"fds {p}" for p in pids)
-        + " | to origin (estab/all) | from clients |"
+        + " | to origin: established (by worker) / all | from clients |"
     )
     out.append("|---:|---|" + "---:|" * (2 + 2 * len(pids) + 2))
     for s in samples:
@@ -1131,10 +1142,17 @@ def summary_markdown(
             + " | ".join(mb(bp[p].rss_kib) if p in bp else "-" for p in pids)
             + " | "
             + " | ".join(str(bp[p].fds) if p in bp else "-" for p in pids)
-            + f" | {s.upstream.get('ESTABLISHED', 0)}/{sum(s.upstream.values())} | "
-            f"{s.inbound_established} |"
+            + f" | {s.upstream.get('ESTABLISHED', 0)} "
+            f"({' + '.join(str(n) for _, n in sorted(s.upstream_by_pid.items())) or '0'})"
+            f" / {sum(s.upstream.values())} | {s.inbound_established} |"
         )
-    out.append("")
+    repeats = sum(s.tcp_table_repeats for s in samples)
+    if repeats:
+        out.append(
+            f"/proc/net/tcp listed {repeats} sockets twice within one read over all samples "
+            "(counted once: the kernel writes the table a page at a time while sockets change)."
+        )
+        out.append("")
     return "\n".join(out)
 
 
