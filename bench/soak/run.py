@@ -1146,6 +1146,7 @@ def summary_markdown(
             f"({' + '.join(str(n) for _, n in sorted(s.upstream_by_pid.items())) or '0'})"
             f" / {sum(s.upstream.values())} | {s.inbound_established} |"
         )
+    out.append("")
     repeats = sum(s.tcp_table_repeats for s in samples)
     if repeats:
         out.append(
