@@ -400,15 +400,17 @@ requires_proc = pytest.mark.skipif(
 
 
 def child_pids(parent: int) -> set[int]:
+    """The worker processes of the supervisor `parent` (not its fork server: proxy.forkserver)."""
     children = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                comm = (entry / "comm").read_text().strip()
             except OSError:  # the process went away
                 continue
             # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and comm == "pyproxy worker":
                 children.add(int(entry.name))
     return children
 
