@@ -34,6 +34,7 @@ from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.request import Request
 from proxy.http.server import status_line
 from proxy.http.target import ascii_query
+from proxy.http.wire import HOP_BY_HOP_FIELDS
 from proxy.placeholders import compile_template
 from proxy.route import compile_match
 from proxy.upstream.errors import DialError, DialTimeout
@@ -46,24 +47,10 @@ from proxy.upstream.upstream import Upstream
 log = logging.getLogger("pyproxy.reverse_proxy")
 _base_response_cookie = SelectionPolicy.response_cookie
 
-# Caddy's hopHeaders (reverseproxy.go), compared lowercase.
-HOP_BY_HOP: Final = frozenset(
-    {
-        "alt-svc",
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+# Caddy's hopHeaders (proxy.http.wire), as text for the header lists the slow paths build.
+HOP_BY_HOP: Final = frozenset([h.decode() for h in HOP_BY_HOP_FIELDS])
 # Content-Length is not hop-by-hop, but the framing of our response is ours to write.
-HOP_BY_HOP_B: Final = frozenset([*[h.encode() for h in HOP_BY_HOP], b"content-length"])
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+HOP_BY_HOP_B: Final = HOP_BY_HOP_FIELDS | {b"content-length"}
 
 
 def _STATUS_LINE_B(status: int) -> bytes:

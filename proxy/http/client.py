@@ -21,30 +21,17 @@ from typing import Any, Final, NoReturn, Protocol
 
 import httptools
 
+from proxy.http.wire import HOP_BY_HOP_FIELDS, PLAIN_CONNECTION_TOKENS
+
 # Go's http.Transport default for MaxResponseHeaderBytes (Caddy's max_response_header_size).
 MAX_RESPONSE_HEAD_BYTES: Final = 10 << 20
 # Go's transport (persistConn.readResponse, max1xxResponses) gives up after this many 1xx
 # informational responses to one request: "net/http: too many 1xx informational responses".
 MAX_INFORMATIONAL_RESPONSES: Final = 5
 
-# Caddy's hop-by-hop fields (reverseproxy.go hopHeaders), removed from responses.
-HOP_BY_HOP_B: Final = frozenset(
-    {
-        b"alt-svc",
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Fields on_header looks at; Content-Length framing is the proxy's to write.
-_SPECIAL: Final = HOP_BY_HOP_B | {b"content-length", b"date"}
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Fields on_header looks at: the hop-by-hop ones (removed from responses); Content-Length
+# framing is the proxy's to write.
+_SPECIAL: Final = HOP_BY_HOP_FIELDS | {b"content-length", b"date"}
 # Most field names miss on length alone, which saves lowercasing them.
 _SPECIAL_LENGTHS: Final = frozenset(len(n) for n in _SPECIAL)
 
@@ -384,7 +371,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == b"date":
                 self.has_date = True
                 self.lines.extend((name, b": ", value, b"\r\n"))
-            elif lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+            elif lname == b"connection" and value.lower() not in PLAIN_CONNECTION_TOKENS:
                 self.conn_tokens = True  # names more hop-by-hop fields: slow path
             return
         # Serialized once, here (as fragments: extend is the cheapest way to collect them);

@@ -67,10 +67,11 @@ _PRINTABLE_ASCII: Final = re.compile(rb"[\x20-\x7e]*")
 SERVER_FIELDS: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"expect", b"connection", b"upgrade"}
 )
-# Hop-by-hop (Caddy's hopHeaders) and X-Forwarded-*: their presence sends the proxy to its
-# slow path (`RequestHead.odd`).
-PROXY_FIELDS: Final = frozenset(
+# Caddy's hopHeaders (reverseproxy.go), lowercase: removed from what the proxy forwards both
+# ways. The one list for the server, the upstream client and the reverse proxy.
+HOP_BY_HOP_FIELDS: Final = frozenset(
     {
+        b"alt-svc",
         b"connection",
         b"proxy-connection",
         b"keep-alive",
@@ -78,13 +79,18 @@ PROXY_FIELDS: Final = frozenset(
         b"proxy-authorization",
         b"te",
         b"trailer",
+        b"transfer-encoding",
         b"upgrade",
-        b"alt-svc",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
     }
 )
+X_FORWARDED_FIELDS: Final = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+# Connection tokens that name no other field (RFC 9110 §7.6.1).
+PLAIN_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Hop-by-hop (but Transfer-Encoding, which the server decodes) and X-Forwarded-*: their presence
+# sends the proxy to its slow path (`RequestHead.odd`).
+PROXY_FIELDS: Final = (HOP_BY_HOP_FIELDS - {b"transfer-encoding"}) | X_FORWARDED_FIELDS
 SPECIAL_FIELDS: Final = SERVER_FIELDS | PROXY_FIELDS
 # Field names seen so far (valid tokens) and their lowercase form: most requests repeat the
 # same dozen names, so a lookup replaces the token check and the lowercasing. Bounded, so a
