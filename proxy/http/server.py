@@ -628,6 +628,7 @@ class HTTP1Connection(asyncio.Protocol):
             # refuse (response_done). Nothing more is read or executed meanwhile.
             self._error_after = err
             self._pause_reading(PAUSE_HOLD)
+            self.flush()  # answers completed in this read still go out now
             return
         # The bad bytes belong to the request being answered (its body broke off), or nothing
         # is in flight: refuse now. A request whose body broke is aborted: the origin, if it

@@ -226,3 +226,25 @@ def test_refusal_waits_for_an_answer_that_comes_later(loop: asyncio.AbstractEven
     assert statuses(t.data) == [200, 400]
     assert t.data.index(b"done") < t.data.index(b"400 Bad Request")
     assert t.ended
+
+
+def test_answers_before_a_queued_refusal_are_not_lost(loop: asyncio.AbstractEventLoop) -> None:
+    """/1 is answered within the read, /2 is still in flight when the garbage is read: /1's
+    answer goes out at once, /2's when it comes, then the refusal."""
+    conn, t = connect(loop)
+    held: list[Any] = []
+
+    def dispatch(ex: Any) -> None:
+        if ex.req.path == "/1":
+            ex.respond(200, None, b"one")
+        else:
+            held.append(ex)
+
+    conn.runtime = DispatchTo(conn.runtime, dispatch)
+    conn.data_received(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n"
+    )
+    assert statuses(t.data) == [200] and t.data.endswith(b"one")
+    held[0].respond(200, None, b"two")
+    assert statuses(t.data) == [200, 200, 400]
+    assert t.ended
