@@ -167,6 +167,13 @@ def children_of(pid: int) -> list[int]:
     return sorted(set(out))
 
 
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (after the parenthesised comm): tells pid reuse apart."""
     try:
@@ -264,7 +271,11 @@ class Sample:
 def take_sample(sup_pid: int, proxy_port: int, origin_port: int, t: float, phase: str) -> Sample:
     procs: list[ProcSample] = []
     owner: dict[int, int] = {}  # socket inode -> pid
-    for pid, role in [(sup_pid, "supervisor")] + [(c, "worker") for c in children_of(sup_pid)]:
+    children = [
+        (c, "fork server" if process_name(c) == "pyproxy forksrv" else "worker")
+        for c in children_of(sup_pid)
+    ]
+    for pid, role in [(sup_pid, "supervisor"), *children]:
         s, inodes = sample_process(pid, role)
         procs.append(s)
         for inode in inodes:
@@ -588,7 +599,8 @@ class Processes:
 
     def workers(self) -> list[int]:
         assert self.proxy is not None
-        pids = children_of(self.proxy.pid)
+        # The supervisor's worker processes, not its fork server (proxy.forkserver).
+        pids = [pid for pid in children_of(self.proxy.pid) if process_name(pid) == "pyproxy worker"]
         for pid in pids:
             self.workers_seen.setdefault(pid, start_time(pid))
         return pids
