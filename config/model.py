@@ -167,6 +167,19 @@ def _obj(value: object, where: str) -> dict[str, Any]:
     return value
 
 
+def _fields(value: object, where: str, allowed: frozenset[str]) -> dict[str, Any]:
+    """An object whose keys must all be in `allowed`: the strict loader's one rule.
+
+    Caddy decodes every module with `DisallowUnknownFields` (caddy.StrictUnmarshalJSON), so a
+    misspelt key (`"lisen"`) is an error worded `json: unknown field "lisen"`, never ignored.
+    """
+    obj = _obj(value, where)
+    for key in obj:
+        if key not in allowed:
+            raise ConfigError(f'{where}: json: unknown field "{key}"')
+    return obj
+
+
 def _list(value: object, where: str) -> list[Any]:
     if value is None:
         return []
