@@ -180,6 +180,217 @@ def _fields(value: object, where: str, allowed: frozenset[str]) -> dict[str, Any
     return obj
 
 
+def _strict(
+    value: object, where: str, allowed: frozenset[str], unsupported: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """`_fields` plus the fields Caddy's JSON has that pyproxy does not implement.
+
+    Those are refused by name ("not supported by pyproxy") rather than accepted and ignored: a
+    config the runtime cannot honour is an error. `@id` is allowed everywhere, as Caddy strips
+    it (caddy.RemoveMetaFields) before decoding.
+    """
+    obj = _obj(value, where)
+    for key in obj:
+        if key in unsupported:
+            raise ConfigError(f"{where}.{key}: field {key!r} is not supported by pyproxy")
+    return _fields(obj, where, allowed | _META_FIELDS)
+
+
+_META_FIELDS = frozenset({"@id"})
+
+# Allowed (honoured) and known-but-unsupported fields of each Caddy JSON object the http app
+# loader reads, named after Caddy's Go struct tags (modules/caddyhttp/...). `_strict` enforces them.
+F = frozenset
+CONFIG_FIELDS = F({"admin", "logging", "storage", "apps"})
+HTTP_APP_FIELDS = F({"http_port", "https_port", "grace_period", "shutdown_delay", "servers"})
+HTTP_APP_UNSUPPORTED = F({"metrics"})
+SERVER_FIELDS = F(
+    {
+        "listen",
+        "read_timeout",
+        "read_header_timeout",
+        "write_timeout",
+        "idle_timeout",
+        "keepalive_interval",
+        "max_header_bytes",
+        "routes",
+        "errors",
+        "tls_connection_policies",
+        "automatic_https",
+        "trusted_proxies",
+        "client_ip_headers",
+        "trusted_proxies_strict",
+        "logs",
+        "protocols",
+    }
+)
+SERVER_UNSUPPORTED = F(
+    {
+        "listener_wrappers",
+        "enable_full_duplex",
+        "named_routes",
+        "strict_sni_host",
+        "listen_protocols",
+        "metrics",
+        "experimental_http3",
+        "allow_0rtt",
+        "keepalive_idle",
+        "keepalive_count",
+    }
+)
+SERVER_ERRORS_FIELDS = F({"routes"})
+SERVER_LOGS_FIELDS = F({"default_logger_name", "logger_names", "skip_hosts", "skip_unmapped_hosts"})
+SERVER_LOGS_UNSUPPORTED = F({"should_log_credentials", "trace"})
+AUTOMATIC_HTTPS_FIELDS = F(
+    {
+        "disable",
+        "disable_redirects",
+        "disable_certificates",
+        "skip",
+        "skip_certificates",
+        "ignore_loaded_certificates",
+    }
+)
+AUTOMATIC_HTTPS_UNSUPPORTED = F({"prefer_wildcard"})
+IP_SOURCE_STATIC_FIELDS = F({"source", "ranges"})
+ROUTE_FIELDS = F({"group", "match", "handle", "terminal"})
+SUBROUTE_FIELDS = F({"handler", "routes", "errors"})
+STATIC_RESPONSE_FIELDS = F({"handler", "status_code", "headers", "body", "close", "abort"})
+ERROR_FIELDS = F({"handler", "error", "status_code"})
+REWRITE_FIELDS = F(
+    {
+        "handler",
+        "method",
+        "uri",
+        "strip_path_prefix",
+        "strip_path_suffix",
+        "uri_substring",
+        "path_regexp",
+    }
+)
+REWRITE_UNSUPPORTED = F({"query"})
+URI_SUBSTRING_FIELDS = F({"find", "replace", "limit"})
+PATH_REGEXP_FIELDS = F({"find", "replace"})
+HEADERS_FIELDS = F({"handler", "request", "response"})
+HEADER_OPS_FIELDS = F({"add", "set", "delete", "replace"})
+RESPONSE_HEADER_OPS_FIELDS = HEADER_OPS_FIELDS | F({"require", "deferred"})
+ENCODE_FIELDS = F({"handler", "encodings", "prefer", "minimum_length", "match"})
+REVERSE_PROXY_FIELDS = F(
+    {
+        "handler",
+        "transport",
+        "load_balancing",
+        "health_checks",
+        "upstreams",
+        # dynamic_upstreams and handle_response are loaded; the runtime refuses them by name.
+        "dynamic_upstreams",
+        "handle_response",
+        "flush_interval",
+        "trusted_proxies",
+        "headers",
+        "request_buffers",
+        "response_buffers",
+        "stream_timeout",
+        "stream_close_delay",
+        "rewrite",
+    }
+)
+REVERSE_PROXY_UNSUPPORTED = F({"circuit_breaker", "max_buffer_size", "verbose_logs"})
+# reverse_proxy's `rewrite` is a rewrite handler; pyproxy applies its method and uri.
+PROXY_REWRITE_FIELDS = F({"method", "uri"})
+PROXY_REWRITE_UNSUPPORTED = REWRITE_FIELDS - PROXY_REWRITE_FIELDS - F({"handler"})
+PROXY_HEADERS_FIELDS = F({"request", "response"})
+UPSTREAM_FIELDS = F({"dial", "max_requests"})
+UPSTREAM_UNSUPPORTED = F({"lookup_srv"})
+LOAD_BALANCING_FIELDS = F(
+    {"selection_policy", "retries", "try_duration", "try_interval", "retry_match"}
+)
+# Each selection policy's own fields, besides `policy` (modules/caddyhttp/reverseproxy/
+# selectionpolicies.go).
+SELECTION_POLICY_FIELDS: dict[str, frozenset[str]] = {
+    "random_choose": F({"choose"}),
+    "weighted_round_robin": F({"weights"}),
+    "query": F({"key", "fallback"}),
+    "header": F({"field", "fallback"}),
+    "cookie": F({"name", "secret", "max_age", "fallback"}),
+}
+HEALTH_CHECKS_FIELDS = F({"active", "passive"})
+ACTIVE_HEALTH_FIELDS = F(
+    {
+        "path",
+        "uri",
+        "upstream",
+        "port",
+        "headers",
+        "method",
+        "body",
+        "follow_redirects",
+        "interval",
+        "timeout",
+        "passes",
+        "fails",
+        "max_size",
+        "expect_status",
+        "expect_body",
+    }
+)
+PASSIVE_HEALTH_FIELDS = F(
+    {
+        "fail_duration",
+        "max_fails",
+        "unhealthy_request_count",
+        "unhealthy_status",
+        "unhealthy_latency",
+    }
+)
+HTTP_TRANSPORT_FIELDS = F(
+    {
+        "protocol",
+        "tls",
+        "keep_alive",
+        "compression",
+        "max_conns_per_host",
+        "dial_timeout",
+        "response_header_timeout",
+        "read_timeout",
+        "write_timeout",
+        "versions",
+    }
+)
+HTTP_TRANSPORT_UNSUPPORTED = F(
+    {
+        "resolver",
+        "proxy_protocol",
+        "forward_proxy_url",
+        "network_proxy",
+        "dial_fallback_delay",
+        "expect_continue_timeout",
+        "max_response_header_size",
+        "write_buffer_size",
+        "read_buffer_size",
+        "local_address",
+    }
+)
+KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns", "max_idle_conns_per_host", "idle_timeout"})
+KEEP_ALIVE_UNSUPPORTED = F({"probe_interval"})
+TRANSPORT_TLS_FIELDS = F(
+    {
+        "root_ca_pool",
+        "root_ca_pem_files",
+        "client_certificate_file",
+        "client_certificate_key_file",
+        "insecure_skip_verify",
+        "handshake_timeout",
+        "server_name",
+        "curves",
+    }
+)
+TRANSPORT_TLS_UNSUPPORTED = F(
+    {"client_certificate_automate", "renegotiation", "except_ports", "ca"}
+)
+del F
+
+
 def _list(value: object, where: str) -> list[Any]:
     if value is None:
         return []
@@ -473,6 +684,10 @@ class Config:
 def load_model(config: Mapping[str, Any]) -> Config:
     """Validate a Caddy JSON config and build the typed model."""
     cfg = _obj(dict(config) if not isinstance(config, dict) else config, "config")
+    for key in cfg:
+        if key not in CONFIG_FIELDS:
+            # Caddy's top-level Config struct; the wording is Caddy's, the path is the key.
+            raise ConfigError(f'{key}: json: unknown field "{key}"')
     admin = _obj(cfg.get("admin"), "admin")
     if "listen" in admin:
         _str(admin["listen"], "admin.listen")
@@ -515,7 +730,7 @@ def _load_logging(value: object) -> dict[str, Any]:
 
 def _load_http(value: object) -> HTTPApp:
     where = "apps.http"
-    app = _obj(value, where)
+    app = _strict(value, where, HTTP_APP_FIELDS, HTTP_APP_UNSUPPORTED)
     http_port = _int(app.get("http_port"), f"{where}.http_port", DEFAULT_HTTP_PORT)
     https_port = _int(app.get("https_port"), f"{where}.https_port", DEFAULT_HTTPS_PORT)
     for key, port in (("http_port", http_port), ("https_port", https_port)):
@@ -547,7 +762,7 @@ def _load_http(value: object) -> HTTPApp:
 
 
 def _load_server(name: str, value: object, where: str) -> Server:
-    srv = _obj(value, where)
+    srv = _strict(value, where, SERVER_FIELDS, SERVER_UNSUPPORTED)
     listen = tuple(
         parse_network_address(_str(a, f"{where}.listen[{i}]"), f"{where}.listen[{i}]")
         for i, a in enumerate(_list(srv.get("listen"), f"{where}.listen"))
@@ -565,10 +780,10 @@ def _load_server(name: str, value: object, where: str) -> Server:
     max_header_bytes = _int(srv.get("max_header_bytes"), f"{where}.max_header_bytes", 0)
     if max_header_bytes < 0:
         raise ConfigError(f"{where}.max_header_bytes: must not be negative")
-    errors_obj = _obj(srv.get("errors"), f"{where}.errors")
+    errors_obj = _strict(srv.get("errors"), f"{where}.errors", SERVER_ERRORS_FIELDS)
     logs = None
     if srv.get("logs") is not None:
-        lg = _obj(srv["logs"], f"{where}.logs")
+        lg = _strict(srv["logs"], f"{where}.logs", SERVER_LOGS_FIELDS, SERVER_LOGS_UNSUPPORTED)
         logs = ServerLogs(
             default_logger_name=_str(
                 lg.get("default_logger_name"), f"{where}.logs.default_logger_name"
@@ -581,7 +796,9 @@ def _load_server(name: str, value: object, where: str) -> Server:
         )
     tp: tuple[str, ...] = ()
     if srv.get("trusted_proxies") is not None:
-        tp_obj = _obj(srv["trusted_proxies"], f"{where}.trusted_proxies")
+        tp_obj = _strict(
+            srv["trusted_proxies"], f"{where}.trusted_proxies", IP_SOURCE_STATIC_FIELDS
+        )
         source = _str(tp_obj.get("source"), f"{where}.trusted_proxies.source")
         if source != "static":
             raise ConfigError(
@@ -605,7 +822,12 @@ def _load_server(name: str, value: object, where: str) -> Server:
         errors=_load_routes(errors_obj.get("routes"), f"{where}.errors.routes"),
         timeouts=timeouts,
         max_header_bytes=max_header_bytes or DEFAULT_MAX_HEADER_BYTES,
-        automatic_https=_obj(srv.get("automatic_https"), f"{where}.automatic_https"),
+        automatic_https=_strict(
+            srv.get("automatic_https"),
+            f"{where}.automatic_https",
+            AUTOMATIC_HTTPS_FIELDS,
+            AUTOMATIC_HTTPS_UNSUPPORTED,
+        ),
         tls_connection_policies=policies,
         trusted_proxies=tp,
         client_ip_headers=_strs(srv.get("client_ip_headers"), f"{where}.client_ip_headers")
@@ -645,10 +867,7 @@ def _load_routes(value: object, where: str) -> tuple[Route, ...]:
 
 
 def _load_route(value: object, where: str) -> Route:
-    route = _obj(value, where)
-    for key in route:
-        if key not in ("group", "match", "handle", "terminal", "@id"):
-            raise ConfigError(f"{where}: unknown field {key!r}")
+    route = _strict(value, where, ROUTE_FIELDS)
     match = tuple(
         _load_matcher_set(m, f"{where}.match[{i}]")
         for i, m in enumerate(_list(route.get("match"), f"{where}.match"))
@@ -726,10 +945,12 @@ def _header_map(value: object, where: str) -> tuple[tuple[str, tuple[str, ...]],
     return tuple((k, _strs(v, f"{where}.{k}")) for k, v in _obj(value, where).items())
 
 
-def _header_ops(value: object, where: str) -> dict[str, Any] | None:
+def _header_ops(
+    value: object, where: str, allowed: frozenset[str] = RESPONSE_HEADER_OPS_FIELDS
+) -> dict[str, Any] | None:
     if value is None:
         return None
-    ops = _obj(value, where)
+    ops = _strict(value, where, allowed)
     for key, arg in ops.items():
         if key in ("set", "add"):
             _header_map(arg, f"{where}.{key}")
@@ -761,7 +982,8 @@ def _load_handler(value: object, where: str) -> Handler:
     if name not in KNOWN_HANDLERS:
         raise ConfigError(f"{where}.handler: unknown module: http.handlers.{name}")
     if name == "subroute":
-        errs = _obj(h.get("errors"), f"{where}.errors")
+        _strict(h, where, SUBROUTE_FIELDS)
+        errs = _strict(h.get("errors"), f"{where}.errors", SERVER_ERRORS_FIELDS)
         return SubrouteHandler(
             name,
             h,
@@ -770,6 +992,7 @@ def _load_handler(value: object, where: str) -> Handler:
             errors=_load_routes(errs.get("routes"), f"{where}.errors.routes"),
         )
     if name == "static_response":
+        _strict(h, where, STATIC_RESPONSE_FIELDS)
         return StaticResponseHandler(
             name,
             h,
@@ -781,6 +1004,7 @@ def _load_handler(value: object, where: str) -> Handler:
             abort=_bool(h.get("abort"), f"{where}.abort"),
         )
     if name == "error":
+        _strict(h, where, ERROR_FIELDS)
         return ErrorHandler(
             name,
             h,
@@ -789,9 +1013,10 @@ def _load_handler(value: object, where: str) -> Handler:
             status_code=_status(h.get("status_code"), f"{where}.status_code"),
         )
     if name == "rewrite":
+        _strict(h, where, REWRITE_FIELDS, REWRITE_UNSUPPORTED)
         subs = []
         for i, s in enumerate(_list(h.get("uri_substring"), f"{where}.uri_substring")):
-            s = _obj(s, f"{where}.uri_substring[{i}]")
+            s = _strict(s, f"{where}.uri_substring[{i}]", URI_SUBSTRING_FIELDS)
             subs.append(
                 (
                     _str(s.get("find"), f"{where}.uri_substring[{i}].find"),
@@ -801,7 +1026,7 @@ def _load_handler(value: object, where: str) -> Handler:
             )
         regs = []
         for i, s in enumerate(_list(h.get("path_regexp"), f"{where}.path_regexp")):
-            s = _obj(s, f"{where}.path_regexp[{i}]")
+            s = _strict(s, f"{where}.path_regexp[{i}]", PATH_REGEXP_FIELDS)
             find = _str(s.get("find"), f"{where}.path_regexp[{i}].find")
             try:
                 re.compile(find)
@@ -820,14 +1045,16 @@ def _load_handler(value: object, where: str) -> Handler:
             path_regexp=tuple(regs),
         )
     if name == "headers":
+        _strict(h, where, HEADERS_FIELDS)
         return HeadersHandler(
             name,
             h,
             where,
-            request=_header_ops(h.get("request"), f"{where}.request"),
+            request=_header_ops(h.get("request"), f"{where}.request", HEADER_OPS_FIELDS),
             response=_header_ops(h.get("response"), f"{where}.response"),
         )
     if name == "encode":
+        _strict(h, where, ENCODE_FIELDS)
         encs = _obj(h.get("encodings"), f"{where}.encodings")
         for enc in encs:
             if enc not in ("gzip", "zstd"):
@@ -848,9 +1075,12 @@ def _load_handler(value: object, where: str) -> Handler:
 
 
 def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
+    _strict(h, where, REVERSE_PROXY_FIELDS, REVERSE_PROXY_UNSUPPORTED)
     upstreams = []
     scheme_tls = False
-    transport_obj = _obj(h.get("transport"), f"{where}.transport")
+    transport_obj = _strict(
+        h.get("transport"), f"{where}.transport", HTTP_TRANSPORT_FIELDS, HTTP_TRANSPORT_UNSUPPORTED
+    )
     if transport_obj:
         proto = _str(transport_obj.get("protocol"), f"{where}.transport.protocol")
         if proto != "http":
@@ -860,7 +1090,7 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
         scheme_tls = transport_obj.get("tls") is not None
     for i, u in enumerate(_list(h.get("upstreams"), f"{where}.upstreams")):
         uw = f"{where}.upstreams[{i}]"
-        u = _obj(u, uw)
+        u = _strict(u, uw, UPSTREAM_FIELDS, UPSTREAM_UNSUPPORTED)
         dial = _str(u.get("dial"), f"{uw}.dial")
         if not dial:
             raise ConfigError(f"{uw}.dial: upstream dial address is required")
@@ -884,7 +1114,7 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
             )
         )
     transport = _load_transport(transport_obj, f"{where}.transport")
-    lb = _obj(h.get("load_balancing"), f"{where}.load_balancing")
+    lb = _strict(h.get("load_balancing"), f"{where}.load_balancing", LOAD_BALANCING_FIELDS)
     policy = _obj(lb.get("selection_policy"), f"{where}.load_balancing.selection_policy") or None
     if policy is not None:
         pname = _str(policy.get("policy"), f"{where}.load_balancing.selection_policy.policy")
@@ -893,11 +1123,15 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
                 f"{where}.load_balancing.selection_policy.policy: unknown module: "
                 f"http.reverse_proxy.selection_policies.{pname}"
             )
+        _load_selection_policy(policy, f"{where}.load_balancing.selection_policy")
     retry_match = tuple(
         _load_matcher_set(m, f"{where}.load_balancing.retry_match[{i}]")
         for i, m in enumerate(_list(lb.get("retry_match"), f"{where}.load_balancing.retry_match"))
     )
-    headers = _obj(h.get("headers"), f"{where}.headers")
+    headers = _strict(h.get("headers"), f"{where}.headers", PROXY_HEADERS_FIELDS)
+    health = _strict(h.get("health_checks"), f"{where}.health_checks", HEALTH_CHECKS_FIELDS)
+    _strict(health.get("active"), f"{where}.health_checks.active", ACTIVE_HEALTH_FIELDS)
+    _strict(health.get("passive"), f"{where}.health_checks.passive", PASSIVE_HEALTH_FIELDS)
     flush = h.get("flush_interval")
     flush_s = _dur(flush, f"{where}.flush_interval", 0.0) or 0.0
     if isinstance(flush, int) and flush < 0:
@@ -918,14 +1152,19 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
         or 0.0,
         retries=_int(lb.get("retries"), f"{where}.load_balancing.retries"),
         retry_match=retry_match,
-        health_checks=_obj(h.get("health_checks"), f"{where}.health_checks") or None,
+        health_checks=health or None,
         flush_interval_s=flush_s,
         request_buffers=_int(h.get("request_buffers"), f"{where}.request_buffers"),
         response_buffers=_int(h.get("response_buffers"), f"{where}.response_buffers"),
         trusted_proxies=_cidrs(h.get("trusted_proxies"), f"{where}.trusted_proxies"),
-        headers_request=_header_ops(headers.get("request"), f"{where}.headers.request"),
+        headers_request=_header_ops(
+            headers.get("request"), f"{where}.headers.request", HEADER_OPS_FIELDS
+        ),
         headers_response=_header_ops(headers.get("response"), f"{where}.headers.response"),
-        rewrite=_obj(h.get("rewrite"), f"{where}.rewrite") or None,
+        rewrite=_strict(
+            h.get("rewrite"), f"{where}.rewrite", PROXY_REWRITE_FIELDS, PROXY_REWRITE_UNSUPPORTED
+        )
+        or None,
         handle_response=tuple(
             _obj(x, f"{where}.handle_response[{i}]")
             for i, x in enumerate(_list(h.get("handle_response"), f"{where}.handle_response"))
@@ -936,13 +1175,28 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
     )
 
 
+def _load_selection_policy(policy: dict[str, Any], where: str) -> None:
+    name = str(policy.get("policy"))
+    _strict(policy, where, SELECTION_POLICY_FIELDS.get(name, frozenset()) | {"policy"})
+    fallback = policy.get("fallback")
+    if fallback is not None:
+        fb = _obj(fallback, f"{where}.fallback")
+        fname = _str(fb.get("policy"), f"{where}.fallback.policy")
+        if fname not in SELECTION_POLICIES:
+            raise ConfigError(
+                f"{where}.fallback.policy: unknown module: "
+                f"http.reverse_proxy.selection_policies.{fname}"
+            )
+        _load_selection_policy(fb, f"{where}.fallback")
+
+
 def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
     if not t:
         return HTTPTransport()
     tls = None
     if t.get("tls") is not None:
         tw = f"{where}.tls"
-        tt = _obj(t["tls"], tw)
+        tt = _strict(t["tls"], tw, TRANSPORT_TLS_FIELDS, TRANSPORT_TLS_UNSUPPORTED)
         tls = TransportTLS(
             insecure_skip_verify=_bool(
                 tt.get("insecure_skip_verify"), f"{tw}.insecure_skip_verify"
@@ -958,7 +1212,9 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             ),
             handshake_timeout_s=_dur(tt.get("handshake_timeout"), f"{tw}.handshake_timeout"),
         )
-    ka = _obj(t.get("keep_alive"), f"{where}.keep_alive")
+    ka = _strict(
+        t.get("keep_alive"), f"{where}.keep_alive", KEEP_ALIVE_FIELDS, KEEP_ALIVE_UNSUPPORTED
+    )
     versions = _strs(t.get("versions"), f"{where}.versions") or ("1.1", "2")
     for i, v in enumerate(versions):
         if v not in ("1.1", "2", "h2c", "3"):
