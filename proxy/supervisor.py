@@ -715,6 +715,7 @@ class Supervisor:
 def run(args: argparse.Namespace, workers: int) -> int:
     """`pyproxy run` after argument parsing: validate, fork the workers, supervise."""
     from proxy.tls import shared_ticket_secret
+    from proxy.upstream.shared_failures import create_shared_failures
     from proxy.worker import run_spawned_worker, worker_main
 
     # Said before any worker exists: which build serves (proxy/native.py).
@@ -730,6 +731,9 @@ def run(args: argparse.Namespace, workers: int) -> int:
     # inherits it and derives the same TLS session ticket keys: a ticket from one worker
     # resumes on any other (proxy.tls.TicketKeys).
     shared_ticket_secret()
+    # Likewise the passive-health failure table: a failure one worker saw marks the upstream
+    # down for all of them, as in Caddy's single process (proxy.upstream.shared_failures).
+    create_shared_failures()
     # Then, while this process holds nothing a worker must not inherit (proxy.forkserver).
     fork_server = ForkServer.start(run_spawned_worker)
     handles: list[WorkerHandle] = []

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from config.errors import ConfigError
 from config.model import parse_duration
+from proxy.upstream.shared_failures import SharedFailures, shared_failures
 
 if TYPE_CHECKING:
     from proxy.upstream.health import PassiveHealth
@@ -103,10 +104,12 @@ def parse_dial(dial: str) -> tuple[str, str, int]:
 class HostState:
     """State of one backend address, shared by all handlers and kept across reloads."""
 
-    __slots__ = ("_fail_expiries", "num_requests")
+    __slots__ = ("_fail_expiries", "_shared", "num_requests")
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedFailures | None = None) -> None:
         self.num_requests = 0
+        # The same address's failures as recorded by every worker (proxy.upstream.shared_failures).
+        self._shared = shared
         # Min-heap of expiry times, one per remembered failure. A heap (not a deque) because
         # handlers with different fail_duration values may record failures for the same host,
         # so expiries are not appended in order.
@@ -115,16 +118,23 @@ class HostState:
     def count_failure(self, now: float, duration_s: float) -> None:
         """Remember one failure until ``now + duration_s``."""
         heapq.heappush(self._fail_expiries, now + duration_s)
+        if self._shared is not None:
+            self._shared.record(now + duration_s)
 
     def fails(self, now: float) -> int:
         """Number of failures not yet expired at ``now`` (expired ones are dropped)."""
         expiries = self._fail_expiries
         while expiries and expiries[0] <= now:
             heapq.heappop(expiries)
+        if self._shared is not None:
+            # Those of other workers too; the own count stays exact past the shared ring's size.
+            return max(len(expiries), self._shared.count(now))
         return len(expiries)
 
     def clear_failures(self) -> None:
         self._fail_expiries.clear()
+        if self._shared is not None:
+            self._shared.clear()
 
 
 class HostRegistry:
@@ -138,7 +148,7 @@ class HostRegistry:
     def get(self, dial: str) -> HostState:
         state = self._hosts.get(dial)
         if state is None:
-            state = self._hosts[dial] = HostState()
+            state = self._hosts[dial] = HostState(shared_failures(dial))
         return state
 
     def retain(self, dials: Iterable[str]) -> None:

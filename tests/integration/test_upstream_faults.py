@@ -421,3 +421,29 @@ async def test_bad_response_counts_for_passive_health_and_retry_keeps_its_own_ti
         got = await ask(proxy.port)
         assert (got.status, got.body) == (200, b"follow")
         assert len(broken.conns) == 1  # the broken upstream was marked down after one answer
+
+
+async def test_dial_failure_marks_the_first_upstream_down_in_every_worker(
+    run_proxy: Any,
+) -> None:
+    """lb_policy first + fail_duration, no lb_try_duration: a refused dial is a 502 (no retry)
+    and is counted (Caddy's countFailure), so with max_fails 1 every *later* request goes to the
+    next available upstream. With two workers the failure must be seen by both (Caddy is one
+    process): each request below is a new connection, which SO_REUSEPORT spreads over them."""
+    refused_port = free_port()  # nothing listens there: the dial is refused
+    async with ScriptedOrigin(lambda c, n, head: FOLLOW) as second:
+        port = free_port()
+        caddyfile = (
+            f":{port} {{\n\treverse_proxy 127.0.0.1:{refused_port} 127.0.0.1:{second.port} {{\n"
+            "\t\tlb_policy first\n\t\tfail_duration 30s\n\t}\n}\n"
+        )
+        proxy = run_proxy(caddyfile, port, extra=["--workers", "2"])
+        first = await ask(proxy.port)
+        assert first.status == 502
+        assert second.conns == []
+        later = [await ask(proxy.port) for _ in range(SPREAD_REQUESTS)]
+        assert [(r.status, r.body) for r in later] == [(200, b"follow")] * SPREAD_REQUESTS
+        assert sum(len(c.heads) for c in second.conns) == SPREAD_REQUESTS
+
+
+SPREAD_REQUESTS = 12
