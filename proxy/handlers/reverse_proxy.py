@@ -27,8 +27,9 @@ import ssl
 from typing import Any, Final
 
 from config.errors import ConfigError
-from config.model import ReverseProxyHandler
+from config.model import ReverseProxyHandler, RewriteHandler, _load_handler
 from proxy.handlers.headers import compile_ops
+from proxy.handlers.rewrite import Rewrite
 from proxy.http.client import UpstreamConnection, upgrade_refusal
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.request import Request
@@ -118,6 +119,8 @@ class ReverseProxy:
         "resp_buffers",
         "retry",
         "retry_match",
+        "rewrite",
+        "rewrite_drops_body",
         "server_name",
         "ssl",
         "trusted",
@@ -165,6 +168,16 @@ class ReverseProxy:
             else:
                 self.header_up = host_op or user_op
         self.header_down = compile_ops(cfg.headers_response)
+        self.rewrite: Rewrite | None = None
+        self.rewrite_drops_body = False
+        if cfg.rewrite:
+            # The `method` / `rewrite` subdirectives: Caddy's rewrite.Rewrite, validated like
+            # the rewrite handler and applied by the same code (proxy.handlers.rewrite).
+            rw = _load_handler({**cfg.rewrite, "handler": "rewrite"}, f"{cfg.where}.rewrite")
+            assert isinstance(rw, RewriteHandler)
+            self.rewrite = Rewrite(rw)
+            # prepareRequest: a rewrite to GET or HEAD sends no body upstream.
+            self.rewrite_drops_body = rw.method in ("GET", "HEAD")
         self.up_vars: dict[str, dict[str, str]] = {}
         self.req_buffers = _buffer_limit(cfg.request_buffers)
         self.resp_buffers = _buffer_limit(cfg.response_buffers)
@@ -313,6 +326,9 @@ class ProxyCall:
         "retries",
         "rp",
         "start_time",
+        "up_method",
+        "up_path",
+        "up_query",
         "upstream",
         "upstream_paused",
     )
@@ -335,6 +351,13 @@ class ProxyCall:
             self.body_mode = 2
         else:
             self.body_mode = 0
+        # The method and target sent upstream (EscapedPath, RawQuery): the client's, unless the
+        # handler's own rewrite changes them.
+        self.up_method = req.method
+        self.up_path = req.raw_path
+        self.up_query = req.query
+        if rp.rewrite is not None:
+            self._rewrite_upstream(rp.rewrite, ex)
         self.body_copy: list[bytes] | None = [] if self.body_mode else None
         self.body_copy_bytes = 0
         self.body_done = not self.body_mode
@@ -359,6 +382,32 @@ class ProxyCall:
         self._dial_task: asyncio.Task[None] | None = None
         ex.flow = self
         ex.on_client_gone = self.client_gone
+
+    def _rewrite_upstream(self, rewrite: Rewrite, ex: Exchange) -> None:
+        """Apply the handler's rewrite to what goes upstream only.
+
+        Caddy's prepareRequest rewrites a clone of the request once, before the first attempt,
+        so placeholders see the client's request and later handlers, logs and `header_down`
+        still see it unchanged: here the request is rewritten in place and put back.
+        """
+        req = ex.req
+        saved = (req.method, req.path, req.raw_path, req.query, req.uri)
+        had_orig = "_orig_uri" in req.vars
+        try:
+            rewrite.serve(ex)
+            self.up_method, self.up_path, self.up_query = req.method, req.raw_path, req.query
+        finally:
+            req.method, req.path, req.raw_path, req.query, req.uri = saved
+            if not had_orig:
+                for key in ("_orig_method", "_orig_uri", "_orig_path", "_orig_query"):
+                    req.vars.pop(key, None)
+        changed = (self.up_method, self.up_path, self.up_query) != (
+            saved[0],
+            saved[2],
+            saved[3],
+        )
+        if changed and self.rp.rewrite_drops_body:
+            self.body_mode = 0
 
     # -- attempts ----------------------------------------------------------------------------
 
@@ -462,7 +511,7 @@ class ProxyCall:
             up.inc()
             self.counted = True
         req = self.req
-        conn.start(self, req.method == "HEAD", self.ex.conn)
+        conn.start(self, self.up_method == "HEAD", self.ex.conn)
         head = self.head
         if head is None:
             head = self.head = self._build_head()
@@ -502,7 +551,7 @@ class ProxyCall:
             else:
                 framing = "\r\n"
             host = req.host
-            query = req.query
+            query = self.up_query
             if not query.isascii():
                 query = ascii_query(query)
             return b"".join(
@@ -510,7 +559,7 @@ class ProxyCall:
                     (
                         # raw_path is URL.EscapedPath(); "" (from "http://host") goes as "/"
                         # like Go's URL.RequestURI().
-                        f"{req.method} {req.raw_path or '/'}{'?' if query else ''}{query}"
+                        f"{self.up_method} {self.up_path or '/'}{'?' if query else ''}{query}"
                         " HTTP/1.1\r\n"
                         f"Host: {host or req.vars['http.reverse_proxy.upstream.hostport']}\r\n"
                     ).encode("latin-1"),
@@ -534,9 +583,9 @@ class ProxyCall:
             trusted = rp.is_trusted(req.remote_ip)
         # Go's URL.RequestURI(): EscapedPath() ("/" when empty) and the raw query (its
         # non-ASCII bytes escaped: see ascii_query).
-        query = req.query if req.query.isascii() else ascii_query(req.query)
-        target = (req.raw_path or "/") + ("?" + query if query else "")
-        parts = [f"{req.method} {target} HTTP/1.1\r\n"]
+        query = self.up_query if self.up_query.isascii() else ascii_query(self.up_query)
+        target = (self.up_path or "/") + ("?" + query if query else "")
+        parts = [f"{self.up_method} {target} HTTP/1.1\r\n"]
         host_sent = False
         prior_xff = ""
         xfp = xfh = ""
@@ -918,7 +967,8 @@ class ProxyCall:
 
     def _replayable(self) -> bool:
         req = self.req
-        if req.method not in IDEMPOTENT and (
+        # Caddy decides on the clone that went upstream (its method may be rewritten).
+        if self.up_method not in IDEMPOTENT and (
             # Go's transport also replays requests that carry an idempotency key.
             req.header("Idempotency-Key") is None and req.header("X-Idempotency-Key") is None
         ):
