@@ -389,6 +389,8 @@ class HTTPTransport:
     max_idle_conns: int = 0
     max_conns_per_host: int = 0
     versions: tuple[str, ...] = ("1.1", "2")
+    # Go's transport asks for gzip and decodes it when the client did not (DisableCompression).
+    compression: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -985,4 +987,5 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
         max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
         max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
         versions=versions,
+        compression=_bool(t.get("compression"), f"{where}.compression", True),
     )

@@ -13,6 +13,13 @@ What it does, following Caddy's reverseproxy module:
 - a request that fails on a *reused* connection before any response byte arrived (the upstream
   closed it while idle) is retried once on a fresh connection when that is safe (idempotent
   method, replayable body) — Go's transport does the same, so no spurious 502;
+- the handler's own `rewrite` (Caddyfile `method` / `rewrite`) changes only what goes
+  upstream, applied once before the first attempt (Caddy's prepareRequest on a clone);
+- like Go's transport, asks for gzip when the client's request has no Accept-Encoding, no
+  Range and is not HEAD, and then decodes a gzip answer for the client, streaming and in
+  bounded pieces; a malformed one aborts the client's response (current Caddy panics with
+  http.ErrAbortHandler; 2.6.2 ended the chunked body as if complete). `compression off`
+  (transport.compression false) turns it off;
 - errors: dial failure/reset/bad response → 502, timeouts → 504, no upstream → 503;
   a client that goes away is logged as 499.
 """
@@ -24,6 +31,7 @@ import base64
 import ipaddress
 import logging
 import ssl
+import zlib
 from typing import Any, Final
 
 from config.errors import ConfigError
@@ -46,6 +54,10 @@ from proxy.upstream.selection import SelectionPolicy, make_selection_policy
 from proxy.upstream.upstream import Upstream
 
 log = logging.getLogger("pyproxy.reverse_proxy")
+# zlib's gzip container; decoded output is produced (and sent on) in pieces of at most this
+# size, so one highly compressed read cannot expand into memory at once.
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+_GUNZIP_CHUNK: Final = 64 * 1024
 _base_response_cookie = SelectionPolicy.response_cookie
 
 # Caddy's hopHeaders (proxy.http.wire), as text for the header lists the slow paths build.
@@ -104,6 +116,7 @@ class ReverseProxy:
         "_pools",
         "active",
         "cfg",
+        "compression",
         "ctx",
         "dynamic",
         "fast_response",
@@ -185,6 +198,7 @@ class ReverseProxy:
         # default buffers up to Go's 4 KiB writer; ours is never later than that).
         self.flush_s = cfg.flush_interval_s if cfg.flush_interval_s > 0 else 0.0
         self.header_timeout_s = cfg.transport.response_header_timeout_s
+        self.compression = cfg.transport.compression
         self.needs_clock = self.retry.enabled or self.passive is not None
         nets = [*ctx.server_trusted, *cfg.trusted_proxies]
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in nets]
@@ -307,6 +321,7 @@ class ProxyCall:
         "body_mode",
         "buffering",
         "cl_override",
+        "client_paused",
         "coalesce",
         "coalesce_bytes",
         "conn",
@@ -314,11 +329,16 @@ class ProxyCall:
         "ex",
         "finished",
         "fresh_retry_used",
+        "gunzip",
+        "gz_end",
+        "gz_seen",
+        "gz_tail",
         "head",
         "head_time",
         "pool",
         "prebuf",
         "req",
+        "requested_gzip",
         "resp_buf",
         "resp_buf_bytes",
         "resp_head",
@@ -379,6 +399,15 @@ class ProxyCall:
         self.coalesce: list[bytes] | None = None
         self.coalesce_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        # Go's transport gzip: asked for when the client did not (requestedGzip), then the
+        # answer is decoded here. gz_tail: compressed input not decoded yet because the client
+        # pushed back; gz_end: the upstream's end, held until that tail is decoded.
+        self.requested_gzip = False
+        self.gunzip: Any = None
+        self.gz_seen = False
+        self.gz_tail = b""
+        self.gz_end: bool | None = None
+        self.client_paused = False
         self._dial_task: asyncio.Task[None] | None = None
         ex.flow = self
         ex.on_client_gone = self.client_gone
@@ -551,6 +580,12 @@ class ProxyCall:
             else:
                 framing = "\r\n"
             host = req.host
+            gzip_field = ""
+            if rp.compression and self.up_method != "HEAD":
+                fields = b"\n" + raw.lower()
+                if b"\naccept-encoding:" not in fields and b"\nrange:" not in fields:
+                    self.requested_gzip = True
+                    gzip_field = "Accept-Encoding: gzip\r\n"
             query = self.up_query
             if not query.isascii():
                 query = ascii_query(query)
@@ -567,7 +602,7 @@ class ProxyCall:
                     (
                         f"X-Forwarded-For: {req.remote_ip}\r\n"
                         f"X-Forwarded-Proto: {req.scheme}\r\n"
-                        f"X-Forwarded-Host: {host}\r\n{framing}"
+                        f"X-Forwarded-Host: {host}\r\n{gzip_field}{framing}"
                     ).encode("latin-1"),
                 )
             )
@@ -630,6 +665,18 @@ class ProxyCall:
         parts.append(f"X-Forwarded-For: {prior_xff + ', ' + ip if prior_xff else ip}\r\n")
         parts.append(f"X-Forwarded-Proto: {xfp or req.scheme}\r\n")
         parts.append(f"X-Forwarded-Host: {xfh or req.host}\r\n")
+        if rp.compression and self.up_method != "HEAD":
+            # net/http transport.go roundTrip: requestedGzip only when the outgoing request has
+            # no Accept-Encoding (an empty value counts as none) and no Range, and is not HEAD.
+            asked = False
+            for k, v in headers:
+                lk = k.lower()
+                if (lk == "accept-encoding" and v) or lk == "range":
+                    asked = True
+                    break
+            if not asked:
+                self.requested_gzip = True
+                parts.append("Accept-Encoding: gzip\r\n")
         if req.upgrade:
             up_value = req.header("Upgrade")
             if up_value:
@@ -694,11 +741,23 @@ class ProxyCall:
         self.req.resume_body()
 
     def client_pause(self) -> None:
+        self.client_paused = True
         if self.conn is not None:
             self.upstream_paused = True
             self.conn.pause_reading()
 
     def client_resume(self) -> None:
+        self.client_paused = False
+        if self.gz_tail:
+            tail, self.gz_tail = self.gz_tail, b""
+            self._gunzip(tail)
+            if self.finished or self.gz_tail:
+                return
+            end = self.gz_end
+            if end is not None:
+                self.gz_end = None
+                self.on_response_end(end)
+                return
         if self.conn is not None and self.upstream_paused:
             self.upstream_paused = False
             self.conn.resume_reading()
@@ -725,6 +784,12 @@ class ProxyCall:
         self.resp_started = True
         rp = self.rp
         up = self.upstream
+        if self.requested_gzip and self._upstream_gzipped():
+            # Go's transport (persistConn.readLoop): the gzip it asked for is decoded and
+            # Content-Encoding / Content-Length removed; the client gets the identity body.
+            self.gunzip = zlib.decompressobj(_GZIP_WBITS)
+            if status != 101:
+                length = None
         if rp.passive is not None and up is not None:
             now = rp.loop.time()
             rp.passive.record_response(up, status, now - self.start_time, now)
@@ -737,6 +802,15 @@ class ProxyCall:
             self.resp_buf = []
             return
         self._emit_head(status, length)
+
+    def _upstream_gzipped(self) -> bool:
+        conn = self.conn
+        if conn is None:
+            return False
+        for k, v in conn.headers():
+            if k.lower() == b"content-encoding":
+                return v.strip().lower() == b"gzip"
+        return False
 
     def _requested_upgrade(self) -> bytes:
         # Go's upgradeType of the outgoing request: the head builder sends Upgrade (with
@@ -796,6 +870,7 @@ class ProxyCall:
             and status != 101
             and conn is not None
             and not conn.conn_tokens
+            and self.gunzip is None
         ):
             # Fast path: the upstream connection serialized the end-to-end fields already.
             self.req.vars["http.reverse_proxy.status_code"] = status
@@ -820,6 +895,8 @@ class ProxyCall:
         headers: list[tuple[str, str]] = []
         for k, v in raw:
             lk = k.lower()
+            if self.gunzip is not None and lk == b"content-encoding":
+                continue  # decoded here
             if lk in HOP_BY_HOP_B or (conn_tokens and lk in conn_tokens):
                 if upgrade and lk == b"upgrade":
                     headers.append(("Connection", "Upgrade"))
@@ -837,6 +914,40 @@ class ProxyCall:
         self.ex.send_head(status, headers, length)
 
     def on_response_body(self, data: bytes) -> None:
+        if self.gunzip is not None:
+            if self.gz_tail:
+                self.gz_tail += data  # the client is still pushing back
+            else:
+                self._gunzip(data)
+            return
+        self._relay_body(data)
+
+    def _gunzip(self, data: bytes) -> None:
+        """Decode gzip input and relay it, at most _GUNZIP_CHUNK at a time; the rest waits in
+        gz_tail while the client pushes back. Go's gzip.Reader reads concatenated members
+        (multistream), so input after a member's end starts the next one; anything that is no
+        gzip aborts the response like Caddy's copy error (502 before any byte was sent).
+        """
+        if data:
+            self.gz_seen = True
+        try:
+            while data:
+                d = self.gunzip
+                if d.eof:
+                    d = self.gunzip = zlib.decompressobj(_GZIP_WBITS)
+                out = d.decompress(data, _GUNZIP_CHUNK)
+                data = d.unused_data if d.eof else d.unconsumed_tail
+                if out:
+                    self._relay_body(out)
+                if self.finished:
+                    return
+                if data and self.client_paused:
+                    self.gz_tail = data
+                    return
+        except zlib.error as exc:
+            self.upstream_bad_response(f"gzip: {exc}")
+
+    def _relay_body(self, data: bytes) -> None:
         buf = self.resp_buf
         if buf is not None:
             buf.append(data)
@@ -858,6 +969,15 @@ class ProxyCall:
     def on_response_end(self, keep_alive: bool) -> None:
         if self.finished:
             return
+        gunzip = self.gunzip
+        if gunzip is not None:
+            if self.gz_tail:
+                self.gz_end = keep_alive  # ends once the client took the decoded rest
+                return
+            if self.gz_seen and not gunzip.eof:
+                # Go: io.ErrUnexpectedEOF from the gzip reader, a copy error.
+                self.upstream_bad_response("gzip: unexpected end of the compressed body")
+                return
         if self.resp_buf is not None:
             self._flush_response(True)  # while the upstream connection still holds the head
         if self.coalesce is not None:
