@@ -374,6 +374,7 @@ class TransportTLS:
     client_certificate_file: str = ""
     client_certificate_key_file: str = ""
     handshake_timeout_s: float | None = None
+    curves: tuple[str, ...] = ()  # Caddy's names (x25519, secp256r1, ...); () = defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -959,6 +960,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
                 tt.get("client_certificate_key_file"), f"{tw}.client_certificate_key_file"
             ),
             handshake_timeout_s=_dur(tt.get("handshake_timeout"), f"{tw}.handshake_timeout"),
+            curves=_strs(tt.get("curves"), f"{tw}.curves"),
         )
     ka = _obj(t.get("keep_alive"), f"{where}.keep_alive")
     versions = _strs(t.get("versions"), f"{where}.versions") or ("1.1", "2")

@@ -46,6 +46,8 @@ from proxy.http.target import ascii_query
 from proxy.http.wire import HOP_BY_HOP_FIELDS
 from proxy.placeholders import compile_template
 from proxy.route import compile_match
+from proxy.tls import CURVES as TLS_CURVES
+from proxy.tls import groups_problem, set_groups
 from proxy.upstream.errors import DialError, DialTimeout
 from proxy.upstream.health import ActiveHealthChecker, PassiveHealth
 from proxy.upstream.pool import ConnectionPool
@@ -93,8 +95,22 @@ def _buffer_limit(n: int) -> int:
     return MAX_BUFFER_BYTES if n < 0 else min(n, MAX_BUFFER_BYTES)
 
 
-def build_ssl_context(tls: Any) -> ssl.SSLContext:
+def build_ssl_context(tls: Any, where: str = "transport.tls") -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if tls.curves:
+        # Caddy's TLSConfig.MakeTLSClientConfig: only caddytls.SupportedCurves, in the given
+        # order; a list this libssl cannot apply is a config error, as for the listeners.
+        groups: list[str] = []
+        for i, name in enumerate(tls.curves):
+            group = TLS_CURVES.get(name)
+            if group is None:
+                raise ConfigError(f"{where}.curves[{i}]: unsupported curve: {name}")
+            if group not in groups:
+                groups.append(group)
+        problem = groups_problem(tuple(groups))
+        if problem is not None:
+            raise ConfigError(f"{where}.curves: {problem}")
+        set_groups(ctx, groups)
     for path in tls.root_ca_pem_files:
         ctx.load_verify_locations(cafile=path)
     for der_b64 in tls.root_ca_pool:
@@ -168,7 +184,7 @@ class ReverseProxy:
         self.retry = RetryPolicy.from_config(cfg.raw.get("load_balancing"))
         self.retry_match = compile_match(cfg.retry_match) if cfg.retry_match else None
         tls = cfg.transport.tls
-        self.ssl = build_ssl_context(tls) if tls is not None else None
+        self.ssl = build_ssl_context(tls, f"{cfg.where}.transport.tls") if tls is not None else None
         self.server_name = tls.server_name if tls is not None and tls.server_name else None
         self.header_up = compile_ops(cfg.headers_request)
         if tls is not None:
