@@ -60,6 +60,9 @@ log = logging.getLogger("pyproxy.reverse_proxy")
 # size, so one highly compressed read cannot expand into memory at once.
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 _GUNZIP_CHUNK: Final = 64 * 1024
+# Decoded bytes relayed per upstream read (or continuation) before the rest waits for the next
+# loop turn: the client's writes are batched until then, so only then can it push back.
+_GUNZIP_BUDGET: Final = 1024 * 1024
 _base_response_cookie = SelectionPolicy.response_cookie
 
 # Caddy's hopHeaders (proxy.http.wire), as text for the header lists the slow paths build.
@@ -765,15 +768,8 @@ class ProxyCall:
     def client_resume(self) -> None:
         self.client_paused = False
         if self.gz_tail:
-            tail, self.gz_tail = self.gz_tail, b""
-            self._gunzip(tail)
-            if self.finished or self.gz_tail:
-                return
-            end = self.gz_end
-            if end is not None:
-                self.gz_end = None
-                self.on_response_end(end)
-                return
+            self._drain_gz_tail()
+            return
         if self.conn is not None and self.upstream_paused:
             self.upstream_paused = False
             self.conn.resume_reading()
@@ -946,6 +942,7 @@ class ProxyCall:
         """
         if data:
             self.gz_seen = True
+        budget = _GUNZIP_BUDGET
         try:
             while data:
                 d = self.gunzip
@@ -955,13 +952,47 @@ class ProxyCall:
                 data = d.unused_data if d.eof else d.unconsumed_tail
                 if out:
                     self._relay_body(out)
+                    budget -= len(out)
                 if self.finished:
                     return
-                if data and self.client_paused:
+                if data and (self.client_paused or budget <= 0):
                     self.gz_tail = data
+                    conn = self.conn
+                    if conn is not None and not self.upstream_paused:
+                        self.upstream_paused = True
+                        conn.pause_reading()
+                    if not self.client_paused:
+                        # Go on once this batch reached the client (client_resume otherwise).
+                        self.rp.loop.call_soon(self._gunzip_more)
                     return
         except zlib.error as exc:
             self.upstream_bad_response(f"gzip: {exc}")
+
+    def _gunzip_more(self) -> None:
+        if self.finished or not self.gz_tail or self.client_paused:
+            return
+        client = self.ex.conn
+        owned = client.begin_batch()
+        try:
+            self._drain_gz_tail()
+        finally:
+            if owned:
+                client.end_batch()
+
+    def _drain_gz_tail(self) -> None:
+        tail, self.gz_tail = self.gz_tail, b""
+        self._gunzip(tail)
+        if self.finished or self.gz_tail:
+            return
+        end = self.gz_end
+        if end is not None:
+            self.gz_end = None
+            self.on_response_end(end)
+            return
+        conn = self.conn
+        if conn is not None and self.upstream_paused and not self.client_paused:
+            self.upstream_paused = False
+            conn.resume_reading()
 
     def _relay_body(self, data: bytes) -> None:
         buf = self.resp_buf
