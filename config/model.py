@@ -585,6 +585,7 @@ class TransportTLS:
     client_certificate_file: str = ""
     client_certificate_key_file: str = ""
     handshake_timeout_s: float | None = None
+    curves: tuple[str, ...] = ()  # Caddy's names (x25519, secp256r1, ...); () = defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +601,8 @@ class HTTPTransport:
     max_idle_conns: int = 0
     max_conns_per_host: int = 0
     versions: tuple[str, ...] = ("1.1", "2")
+    # Go's transport asks for gzip and decodes it when the client did not (DisableCompression).
+    compression: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -1211,6 +1214,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
                 tt.get("client_certificate_key_file"), f"{tw}.client_certificate_key_file"
             ),
             handshake_timeout_s=_dur(tt.get("handshake_timeout"), f"{tw}.handshake_timeout"),
+            curves=_strs(tt.get("curves"), f"{tw}.curves"),
         )
     ka = _strict(
         t.get("keep_alive"), f"{where}.keep_alive", KEEP_ALIVE_FIELDS, KEEP_ALIVE_UNSUPPORTED
@@ -1241,4 +1245,5 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
         max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
         max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
         versions=versions,
+        compression=_bool(t.get("compression"), f"{where}.compression", True),
     )

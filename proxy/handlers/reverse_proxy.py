@@ -13,6 +13,13 @@ What it does, following Caddy's reverseproxy module:
 - a request that fails on a *reused* connection before any response byte arrived (the upstream
   closed it while idle) is retried once on a fresh connection when that is safe (idempotent
   method, replayable body) — Go's transport does the same, so no spurious 502;
+- the handler's own `rewrite` (Caddyfile `method` / `rewrite`) changes only what goes
+  upstream, applied once before the first attempt (Caddy's prepareRequest on a clone);
+- like Go's transport, asks for gzip when the client's request has no Accept-Encoding, no
+  Range and is not HEAD, and then decodes a gzip answer for the client, streaming and in
+  bounded pieces; a malformed one aborts the client's response (current Caddy panics with
+  http.ErrAbortHandler; 2.6.2 ended the chunked body as if complete). `compression off`
+  (transport.compression false) turns it off;
 - errors: dial failure/reset/bad response → 502, timeouts → 504, no upstream → 503;
   a client that goes away is logged as 499.
 """
@@ -24,11 +31,13 @@ import base64
 import ipaddress
 import logging
 import ssl
+import zlib
 from typing import Any, Final
 
 from config.errors import ConfigError
-from config.model import ReverseProxyHandler
+from config.model import ReverseProxyHandler, RewriteHandler, _load_handler
 from proxy.handlers.headers import compile_ops
+from proxy.handlers.rewrite import Rewrite
 from proxy.http.client import UpstreamConnection, upgrade_refusal
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.request import Request
@@ -37,6 +46,8 @@ from proxy.http.target import ascii_query
 from proxy.http.wire import HOP_BY_HOP_FIELDS
 from proxy.placeholders import compile_template
 from proxy.route import compile_match
+from proxy.tls import CURVES as TLS_CURVES
+from proxy.tls import groups_problem, set_groups
 from proxy.upstream.errors import DialError, DialTimeout
 from proxy.upstream.health import ActiveHealthChecker, PassiveHealth
 from proxy.upstream.pool import ConnectionPool
@@ -45,6 +56,13 @@ from proxy.upstream.selection import SelectionPolicy, make_selection_policy
 from proxy.upstream.upstream import Upstream
 
 log = logging.getLogger("pyproxy.reverse_proxy")
+# zlib's gzip container; decoded output is produced (and sent on) in pieces of at most this
+# size, so one highly compressed read cannot expand into memory at once.
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+_GUNZIP_CHUNK: Final = 64 * 1024
+# Decoded bytes relayed per upstream read (or continuation) before the rest waits for the next
+# loop turn: the client's writes are batched until then, so only then can it push back.
+_GUNZIP_BUDGET: Final = 1024 * 1024
 _base_response_cookie = SelectionPolicy.response_cookie
 
 # Caddy's hopHeaders (proxy.http.wire), as text for the header lists the slow paths build.
@@ -80,8 +98,22 @@ def _buffer_limit(n: int) -> int:
     return MAX_BUFFER_BYTES if n < 0 else min(n, MAX_BUFFER_BYTES)
 
 
-def build_ssl_context(tls: Any) -> ssl.SSLContext:
+def build_ssl_context(tls: Any, where: str = "transport.tls") -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if tls.curves:
+        # Caddy's TLSConfig.MakeTLSClientConfig: only caddytls.SupportedCurves, in the given
+        # order; a list this libssl cannot apply is a config error, as for the listeners.
+        groups: list[str] = []
+        for i, name in enumerate(tls.curves):
+            group = TLS_CURVES.get(name)
+            if group is None:
+                raise ConfigError(f"{where}.curves[{i}]: unsupported curve: {name}")
+            if group not in groups:
+                groups.append(group)
+        problem = groups_problem(tuple(groups))
+        if problem is not None:
+            raise ConfigError(f"{where}.curves: {problem}")
+        set_groups(ctx, groups)
     for path in tls.root_ca_pem_files:
         ctx.load_verify_locations(cafile=path)
     for der_b64 in tls.root_ca_pool:
@@ -103,6 +135,7 @@ class ReverseProxy:
         "_pools",
         "active",
         "cfg",
+        "compression",
         "ctx",
         "dynamic",
         "fast_response",
@@ -118,6 +151,8 @@ class ReverseProxy:
         "resp_buffers",
         "retry",
         "retry_match",
+        "rewrite",
+        "rewrite_drops_body",
         "server_name",
         "ssl",
         "trusted",
@@ -152,7 +187,7 @@ class ReverseProxy:
         self.retry = RetryPolicy.from_config(cfg.raw.get("load_balancing"))
         self.retry_match = compile_match(cfg.retry_match) if cfg.retry_match else None
         tls = cfg.transport.tls
-        self.ssl = build_ssl_context(tls) if tls is not None else None
+        self.ssl = build_ssl_context(tls, f"{cfg.where}.transport.tls") if tls is not None else None
         self.server_name = tls.server_name if tls is not None and tls.server_name else None
         self.header_up = compile_ops(cfg.headers_request)
         if tls is not None:
@@ -165,6 +200,16 @@ class ReverseProxy:
             else:
                 self.header_up = host_op or user_op
         self.header_down = compile_ops(cfg.headers_response)
+        self.rewrite: Rewrite | None = None
+        self.rewrite_drops_body = False
+        if cfg.rewrite:
+            # The `method` / `rewrite` subdirectives: Caddy's rewrite.Rewrite, validated like
+            # the rewrite handler and applied by the same code (proxy.handlers.rewrite).
+            rw = _load_handler({**cfg.rewrite, "handler": "rewrite"}, f"{cfg.where}.rewrite")
+            assert isinstance(rw, RewriteHandler)
+            self.rewrite = Rewrite(rw)
+            # prepareRequest: a rewrite to GET or HEAD sends no body upstream.
+            self.rewrite_drops_body = rw.method in ("GET", "HEAD")
         self.up_vars: dict[str, dict[str, str]] = {}
         self.req_buffers = _buffer_limit(cfg.request_buffers)
         self.resp_buffers = _buffer_limit(cfg.response_buffers)
@@ -172,6 +217,7 @@ class ReverseProxy:
         # default buffers up to Go's 4 KiB writer; ours is never later than that).
         self.flush_s = cfg.flush_interval_s if cfg.flush_interval_s > 0 else 0.0
         self.header_timeout_s = cfg.transport.response_header_timeout_s
+        self.compression = cfg.transport.compression
         self.needs_clock = self.retry.enabled or self.passive is not None
         nets = [*ctx.server_trusted, *cfg.trusted_proxies]
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in nets]
@@ -294,6 +340,7 @@ class ProxyCall:
         "body_mode",
         "buffering",
         "cl_override",
+        "client_paused",
         "coalesce",
         "coalesce_bytes",
         "conn",
@@ -301,11 +348,16 @@ class ProxyCall:
         "ex",
         "finished",
         "fresh_retry_used",
+        "gunzip",
+        "gz_end",
+        "gz_seen",
+        "gz_tail",
         "head",
         "head_time",
         "pool",
         "prebuf",
         "req",
+        "requested_gzip",
         "resp_buf",
         "resp_buf_bytes",
         "resp_head",
@@ -313,6 +365,9 @@ class ProxyCall:
         "retries",
         "rp",
         "start_time",
+        "up_method",
+        "up_path",
+        "up_query",
         "upstream",
         "upstream_paused",
     )
@@ -335,6 +390,13 @@ class ProxyCall:
             self.body_mode = 2
         else:
             self.body_mode = 0
+        # The method and target sent upstream (EscapedPath, RawQuery): the client's, unless the
+        # handler's own rewrite changes them.
+        self.up_method = req.method
+        self.up_path = req.raw_path
+        self.up_query = req.query
+        if rp.rewrite is not None:
+            self._rewrite_upstream(rp.rewrite, ex)
         self.body_copy: list[bytes] | None = [] if self.body_mode else None
         self.body_copy_bytes = 0
         self.body_done = not self.body_mode
@@ -356,9 +418,44 @@ class ProxyCall:
         self.coalesce: list[bytes] | None = None
         self.coalesce_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        # Go's transport gzip: asked for when the client did not (requestedGzip), then the
+        # answer is decoded here. gz_tail: compressed input not decoded yet because the client
+        # pushed back; gz_end: the upstream's end, held until that tail is decoded.
+        self.requested_gzip = False
+        self.gunzip: Any = None
+        self.gz_seen = False
+        self.gz_tail = b""
+        self.gz_end: bool | None = None
+        self.client_paused = False
         self._dial_task: asyncio.Task[None] | None = None
         ex.flow = self
         ex.on_client_gone = self.client_gone
+
+    def _rewrite_upstream(self, rewrite: Rewrite, ex: Exchange) -> None:
+        """Apply the handler's rewrite to what goes upstream only.
+
+        Caddy's prepareRequest rewrites a clone of the request once, before the first attempt,
+        so placeholders see the client's request and later handlers, logs and `header_down`
+        still see it unchanged: here the request is rewritten in place and put back.
+        """
+        req = ex.req
+        saved = (req.method, req.path, req.raw_path, req.query, req.uri)
+        had_orig = "_orig_uri" in req.vars
+        try:
+            rewrite.serve(ex)
+            self.up_method, self.up_path, self.up_query = req.method, req.raw_path, req.query
+        finally:
+            req.method, req.path, req.raw_path, req.query, req.uri = saved
+            if not had_orig:
+                for key in ("_orig_method", "_orig_uri", "_orig_path", "_orig_query"):
+                    req.vars.pop(key, None)
+        changed = (self.up_method, self.up_path, self.up_query) != (
+            saved[0],
+            saved[2],
+            saved[3],
+        )
+        if changed and self.rp.rewrite_drops_body:
+            self.body_mode = 0
 
     # -- attempts ----------------------------------------------------------------------------
 
@@ -462,7 +559,7 @@ class ProxyCall:
             up.inc()
             self.counted = True
         req = self.req
-        conn.start(self, req.method == "HEAD", self.ex.conn)
+        conn.start(self, self.up_method == "HEAD", self.ex.conn)
         head = self.head
         if head is None:
             head = self.head = self._build_head()
@@ -502,7 +599,13 @@ class ProxyCall:
             else:
                 framing = "\r\n"
             host = req.host
-            query = req.query
+            gzip_field = ""
+            if rp.compression and self.up_method != "HEAD":
+                fields = b"\n" + raw.lower()
+                if b"\naccept-encoding:" not in fields and b"\nrange:" not in fields:
+                    self.requested_gzip = True
+                    gzip_field = "Accept-Encoding: gzip\r\n"
+            query = self.up_query
             if not query.isascii():
                 query = ascii_query(query)
             return b"".join(
@@ -510,7 +613,7 @@ class ProxyCall:
                     (
                         # raw_path is URL.EscapedPath(); "" (from "http://host") goes as "/"
                         # like Go's URL.RequestURI().
-                        f"{req.method} {req.raw_path or '/'}{'?' if query else ''}{query}"
+                        f"{self.up_method} {self.up_path or '/'}{'?' if query else ''}{query}"
                         " HTTP/1.1\r\n"
                         f"Host: {host or req.vars['http.reverse_proxy.upstream.hostport']}\r\n"
                     ).encode("latin-1"),
@@ -518,7 +621,7 @@ class ProxyCall:
                     (
                         f"X-Forwarded-For: {req.remote_ip}\r\n"
                         f"X-Forwarded-Proto: {req.scheme}\r\n"
-                        f"X-Forwarded-Host: {host}\r\n{framing}"
+                        f"X-Forwarded-Host: {host}\r\n{gzip_field}{framing}"
                     ).encode("latin-1"),
                 )
             )
@@ -534,9 +637,9 @@ class ProxyCall:
             trusted = rp.is_trusted(req.remote_ip)
         # Go's URL.RequestURI(): EscapedPath() ("/" when empty) and the raw query (its
         # non-ASCII bytes escaped: see ascii_query).
-        query = req.query if req.query.isascii() else ascii_query(req.query)
-        target = (req.raw_path or "/") + ("?" + query if query else "")
-        parts = [f"{req.method} {target} HTTP/1.1\r\n"]
+        query = self.up_query if self.up_query.isascii() else ascii_query(self.up_query)
+        target = (self.up_path or "/") + ("?" + query if query else "")
+        parts = [f"{self.up_method} {target} HTTP/1.1\r\n"]
         host_sent = False
         prior_xff = ""
         xfp = xfh = ""
@@ -581,6 +684,18 @@ class ProxyCall:
         parts.append(f"X-Forwarded-For: {prior_xff + ', ' + ip if prior_xff else ip}\r\n")
         parts.append(f"X-Forwarded-Proto: {xfp or req.scheme}\r\n")
         parts.append(f"X-Forwarded-Host: {xfh or req.host}\r\n")
+        if rp.compression and self.up_method != "HEAD":
+            # net/http transport.go roundTrip: requestedGzip only when the outgoing request has
+            # no Accept-Encoding (an empty value counts as none) and no Range, and is not HEAD.
+            asked = False
+            for k, v in headers:
+                lk = k.lower()
+                if (lk == "accept-encoding" and v) or lk == "range":
+                    asked = True
+                    break
+            if not asked:
+                self.requested_gzip = True
+                parts.append("Accept-Encoding: gzip\r\n")
         if req.upgrade:
             up_value = req.header("Upgrade")
             if up_value:
@@ -645,11 +760,16 @@ class ProxyCall:
         self.req.resume_body()
 
     def client_pause(self) -> None:
+        self.client_paused = True
         if self.conn is not None:
             self.upstream_paused = True
             self.conn.pause_reading()
 
     def client_resume(self) -> None:
+        self.client_paused = False
+        if self.gz_tail:
+            self._drain_gz_tail()
+            return
         if self.conn is not None and self.upstream_paused:
             self.upstream_paused = False
             self.conn.resume_reading()
@@ -676,6 +796,12 @@ class ProxyCall:
         self.resp_started = True
         rp = self.rp
         up = self.upstream
+        if self.requested_gzip and self._upstream_gzipped():
+            # Go's transport (persistConn.readLoop): the gzip it asked for is decoded and
+            # Content-Encoding / Content-Length removed; the client gets the identity body.
+            self.gunzip = zlib.decompressobj(_GZIP_WBITS)
+            if status != 101:
+                length = None
         if rp.passive is not None and up is not None:
             now = rp.loop.time()
             rp.passive.record_response(up, status, now - self.start_time, now)
@@ -688,6 +814,15 @@ class ProxyCall:
             self.resp_buf = []
             return
         self._emit_head(status, length)
+
+    def _upstream_gzipped(self) -> bool:
+        conn = self.conn
+        if conn is None:
+            return False
+        for k, v in conn.headers():
+            if k.lower() == b"content-encoding":
+                return v.strip().lower() == b"gzip"
+        return False
 
     def _requested_upgrade(self) -> bytes:
         # Go's upgradeType of the outgoing request: the head builder sends Upgrade (with
@@ -747,6 +882,7 @@ class ProxyCall:
             and status != 101
             and conn is not None
             and not conn.conn_tokens
+            and self.gunzip is None
         ):
             # Fast path: the upstream connection serialized the end-to-end fields already.
             self.req.vars["http.reverse_proxy.status_code"] = status
@@ -771,6 +907,8 @@ class ProxyCall:
         headers: list[tuple[str, str]] = []
         for k, v in raw:
             lk = k.lower()
+            if self.gunzip is not None and lk == b"content-encoding":
+                continue  # decoded here
             if lk in HOP_BY_HOP_B or (conn_tokens and lk in conn_tokens):
                 if upgrade and lk == b"upgrade":
                     headers.append(("Connection", "Upgrade"))
@@ -788,6 +926,75 @@ class ProxyCall:
         self.ex.send_head(status, headers, length)
 
     def on_response_body(self, data: bytes) -> None:
+        if self.gunzip is not None:
+            if self.gz_tail:
+                self.gz_tail += data  # the client is still pushing back
+            else:
+                self._gunzip(data)
+            return
+        self._relay_body(data)
+
+    def _gunzip(self, data: bytes) -> None:
+        """Decode gzip input and relay it, at most _GUNZIP_CHUNK at a time; the rest waits in
+        gz_tail while the client pushes back. Go's gzip.Reader reads concatenated members
+        (multistream), so input after a member's end starts the next one; anything that is no
+        gzip aborts the response like Caddy's copy error (502 before any byte was sent).
+        """
+        if data:
+            self.gz_seen = True
+        budget = _GUNZIP_BUDGET
+        try:
+            while data:
+                d = self.gunzip
+                if d.eof:
+                    d = self.gunzip = zlib.decompressobj(_GZIP_WBITS)
+                out = d.decompress(data, _GUNZIP_CHUNK)
+                data = d.unused_data if d.eof else d.unconsumed_tail
+                if out:
+                    self._relay_body(out)
+                    budget -= len(out)
+                if self.finished:
+                    return
+                if data and (self.client_paused or budget <= 0):
+                    self.gz_tail = data
+                    conn = self.conn
+                    if conn is not None and not self.upstream_paused:
+                        self.upstream_paused = True
+                        conn.pause_reading()
+                    if not self.client_paused:
+                        # Go on once this batch reached the client (client_resume otherwise).
+                        self.rp.loop.call_soon(self._gunzip_more)
+                    return
+        except zlib.error as exc:
+            self.upstream_bad_response(f"gzip: {exc}")
+
+    def _gunzip_more(self) -> None:
+        if self.finished or not self.gz_tail or self.client_paused:
+            return
+        client = self.ex.conn
+        owned = client.begin_batch()
+        try:
+            self._drain_gz_tail()
+        finally:
+            if owned:
+                client.end_batch()
+
+    def _drain_gz_tail(self) -> None:
+        tail, self.gz_tail = self.gz_tail, b""
+        self._gunzip(tail)
+        if self.finished or self.gz_tail:
+            return
+        end = self.gz_end
+        if end is not None:
+            self.gz_end = None
+            self.on_response_end(end)
+            return
+        conn = self.conn
+        if conn is not None and self.upstream_paused and not self.client_paused:
+            self.upstream_paused = False
+            conn.resume_reading()
+
+    def _relay_body(self, data: bytes) -> None:
         buf = self.resp_buf
         if buf is not None:
             buf.append(data)
@@ -809,6 +1016,15 @@ class ProxyCall:
     def on_response_end(self, keep_alive: bool) -> None:
         if self.finished:
             return
+        gunzip = self.gunzip
+        if gunzip is not None:
+            if self.gz_tail:
+                self.gz_end = keep_alive  # ends once the client took the decoded rest
+                return
+            if self.gz_seen and not gunzip.eof:
+                # Go: io.ErrUnexpectedEOF from the gzip reader, a copy error.
+                self.upstream_bad_response("gzip: unexpected end of the compressed body")
+                return
         if self.resp_buf is not None:
             self._flush_response(True)  # while the upstream connection still holds the head
         if self.coalesce is not None:
@@ -918,7 +1134,8 @@ class ProxyCall:
 
     def _replayable(self) -> bool:
         req = self.req
-        if req.method not in IDEMPOTENT and (
+        # Caddy decides on the clone that went upstream (its method may be rewritten).
+        if self.up_method not in IDEMPOTENT and (
             # Go's transport also replays requests that carry an idempotency key.
             req.header("Idempotency-Key") is None and req.header("X-Idempotency-Key") is None
         ):
