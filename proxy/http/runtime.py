@@ -198,8 +198,9 @@ class ServerRuntime:
         v["http.error.message"] = err.message
         v["http.error.id"] = err.err_id
         routes = ex.error_routes or self.errors
-        # Error routes start from a fresh response (Caddy keeps the Server header).
-        ex.resp_headers = [("Server", "Caddy")]
+        # Caddy runs the error routes on the same ResponseWriter, so the header map keeps what
+        # non-deferred `header` ops (and the Server header) put there. Deferred ops live in a
+        # wrapper of that writer which the error chain does not use: they are dropped.
         ex.head_hooks = None
         ex.body_filter = None
         ex.status = err.status
