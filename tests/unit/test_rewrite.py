@@ -82,6 +82,16 @@ REWRITE_CASES = [
     ("/a/b.html", {"strip_path_suffix": ".html"}, ("/a/b", "/a/b", "/a/b", "")),
     # substring replacement also applies to the query (Caddy's substrReplacer)
     ("/a/x?a=1", {"uri_substring": (("a", "b", 0),)}, ("/b/x?b=1", "/b/x", "/b/x", "b=1")),
+    (  # issue #11 item 5: Caddy 2.6.2 and current Caddy forward /new/page?ref=/new/x
+        "/old/page?ref=/old/x",
+        {"uri_substring": (("/old/", "/new/", 0),)},
+        ("/new/page?ref=/new/x", "/new/page", "/new/page", "ref=/new/x"),
+    ),
+    (  # the limit counts in the path and in the query separately (two strings.Replace calls)
+        "/old/old/?q=/old/&r=/old/",
+        {"uri_substring": (("/old/", "/new/", 1),)},
+        ("/new/old/?q=/new/&r=/old/", "/new/old/", "/new/old/", "q=/new/&r=/old/"),
+    ),
     ("/a%20b", {"uri_substring": (("%20", "_", 0),)}, ("/a_b", "/a_b", "/a_b", "")),
     ("/a%2Fb", {"path_regexp": (("%2F", "-"),)}, ("/a-b", "/a-b", "/a-b", "")),
     ("/v1/x", {"path_regexp": (("^/v(\\d)/", "/api$1/"),)}, ("/api1/x", "/api1/x", "/api1/x", "")),
