@@ -147,7 +147,9 @@ class ServerRuntime:
         if self.trusted:
             self._resolve_client_ip(req)
         if not self.routes.serve(ex) and not ex.done and not ex.head_sent:
-            # Caddy: a request no route handled gets an empty 200.
+            # Caddy: a request no route handled gets an empty 200, written on the server's own
+            # ResponseWriter, so the wrappers of deferred `header` ops and `encode` never see it.
+            ex.head_hooks = None
             ex.respond(200, None)
 
     def _resolve_client_ip(self, req: Any) -> None:

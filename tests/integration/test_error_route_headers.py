@@ -45,3 +45,16 @@ def test_site_headers_survive_into_error_routes(run_proxy: Any) -> None:
     # The deferred ops of the main routes are not applied to the error response.
     assert b"Server: Caddy" in lines
     assert not any(line.startswith(b"X-Def:") for line in lines)
+
+
+def test_unhandled_request_gets_no_deferred_headers(run_proxy: Any) -> None:
+    # Caddy writes the empty 200 of a request no handler answered on its own ResponseWriter,
+    # not through the deferred-header wrapper: only the non-deferred ops show (Caddy 2.6.2).
+    port = free_port()
+    run_proxy(CADDYFILE.format(port=port), port)
+    resp = raw_exchange(port, b"GET /fine HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    lines = resp.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert lines[0].startswith(b"HTTP/1.1 200 ")
+    assert b"X-Site: yes" in lines
+    assert b"Server: Caddy" in lines
+    assert not any(line.startswith(b"X-Def:") for line in lines)
