@@ -8,7 +8,9 @@ escaped path and re-derives the decoded one (proxy.http.target has those rules):
   `{http.request.uri.path}` stands for the *escaped* path; the result is percent-decoded
   into the new path (kept literally if it is no valid encoding). A new path without `?`
   keeps the query; with `?` the query part replaces it (placeholders such as `{query}` see
-  the old one). The fragment is dropped: it is never forwarded.
+  the old one), built like Caddy's buildQueryString: split at `=`/`&` first, placeholder
+  values query-escaped (`{query}` in a key position excepted), empty keys dropped. The
+  fragment is dropped: it is never forwarded.
 - strip prefix / suffix: on the cleaned escaped path (dot segments resolved, slashes merged
   unless the prefix has "//"), case-insensitively, escapes in the prefix matching only the
   same escapes; so `handle_path /a/*` turns "/a//b", "/a/./b" and "/a/x/../b" into "/b".
@@ -21,6 +23,7 @@ The request as first received stays available to placeholders and logs via `_ori
 from __future__ import annotations
 
 import re
+from urllib.parse import quote_plus
 
 from config.model import RewriteHandler
 from proxy.http.exchange import Exchange
@@ -34,7 +37,7 @@ from proxy.http.target import (
     strip_path_suffix,
     unescape_path,
 )
-from proxy.placeholders import Template, compile_template
+from proxy.placeholders import Template, _parse, compile_template
 
 # Replaced by the request's escaped path, not its decoded one (rewrite.go
 # escapePathPlaceholders): a decoded '?', '#' or '%' must not become a delimiter or escape.
@@ -86,6 +89,64 @@ class _PathTemplate:
         return req.raw_path.join([piece(req) for piece in pieces])
 
 
+_QUERY_PLACEHOLDER = "http.request.uri.query"
+
+
+class _QueryTemplate:
+    """The query part of a `uri` template, built like Caddy's buildQueryString.
+
+    The template is split into keys and values at `=` and `&` (after a key's `=`, only `&`
+    ends the value) before placeholders are replaced; each placeholder value is query-escaped
+    (Go's url.QueryEscape: a space becomes `+`), except `{http.request.uri.query}` where a key
+    is expected, which is escaped already. Empty keys are dropped with their `&`.
+    """
+
+    __slots__ = ("_components",)
+
+    def __init__(self, text: str) -> None:
+        # (is_key, pieces): a piece is literal text or a (template, escape the value) pair.
+        self._components: list[tuple[bool, list[str | tuple[Template, bool]]]] = []
+        wrote_val = True
+        qs = text
+        while qs:
+            next_eq = qs.find("=") if wrote_val else -1
+            next_amp = qs.find("&")
+            amp_is_next = next_amp >= 0 and (next_eq < 0 or next_amp < next_eq)
+            end = len(qs)
+            if amp_is_next:
+                end = next_amp
+            elif next_eq >= 0:
+                end = next_eq
+            pieces: list[str | tuple[Template, bool]] = []
+            for part in _parse(qs[:end], True):
+                if isinstance(part, str):
+                    pieces.append(part)
+                else:
+                    key = part[0]
+                    escape = not (key == _QUERY_PLACEHOLDER and wrote_val)
+                    pieces.append((_template("{" + key + "}"), escape))
+            self._components.append((wrote_val, pieces))
+            qs = qs[end + 1 :] if end < len(qs) else ""
+            wrote_val = amp_is_next
+
+    def __call__(self, req: Request) -> str:
+        out: list[str] = []
+        for is_key, pieces in self._components:
+            comp = "".join(
+                piece
+                if isinstance(piece, str)
+                else (quote_plus(piece[0](req), safe="") if piece[1] else piece[0](req))
+                for piece in pieces
+            )
+            if is_key:
+                if out and comp:
+                    out.append("&")
+            else:
+                out.append("=")
+            out.append(comp)
+        return "".join(out)
+
+
 class Rewrite:
     __slots__ = (
         "method",
@@ -102,7 +163,7 @@ class Rewrite:
         self.method = _template(cfg.method) if cfg.method else None
         path_part, query_part = _split_uri_template(cfg.uri)
         self.uri_path = _PathTemplate(path_part) if path_part is not None else None
-        self.uri_query = _template(query_part) if query_part is not None else None
+        self.uri_query = _QueryTemplate(query_part) if query_part is not None else None
         self.uri_query_given = bool(query_part)  # Caddy tests the unreplaced query part
         self.strip_prefix = _template(cfg.strip_path_prefix) if cfg.strip_path_prefix else None
         self.strip_suffix = _template(cfg.strip_path_suffix) if cfg.strip_path_suffix else None

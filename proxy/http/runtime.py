@@ -147,7 +147,9 @@ class ServerRuntime:
         if self.trusted:
             self._resolve_client_ip(req)
         if not self.routes.serve(ex) and not ex.done and not ex.head_sent:
-            # Caddy: a request no route handled gets an empty 200.
+            # Caddy: a request no route handled gets an empty 200, written on the server's own
+            # ResponseWriter, so the wrappers of deferred `header` ops and `encode` never see it.
+            ex.head_hooks = None
             ex.respond(200, None)
 
     def _resolve_client_ip(self, req: Any) -> None:
@@ -198,8 +200,9 @@ class ServerRuntime:
         v["http.error.message"] = err.message
         v["http.error.id"] = err.err_id
         routes = ex.error_routes or self.errors
-        # Error routes start from a fresh response (Caddy keeps the Server header).
-        ex.resp_headers = [("Server", "Caddy")]
+        # Caddy runs the error routes on the same ResponseWriter, so the header map keeps what
+        # non-deferred `header` ops (and the Server header) put there. Deferred ops live in a
+        # wrapper of that writer which the error chain does not use: they are dropped.
         ex.head_hooks = None
         ex.body_filter = None
         ex.status = err.status

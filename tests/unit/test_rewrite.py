@@ -67,6 +67,19 @@ REWRITE_CASES = [
     # RawPath is reset: a non-canonical escape is forwarded canonically after a uri rewrite
     ("/a%2fb", {"uri": "/x{http.request.uri.path}"}, ("/x/a/b", "/x/a/b", "/x/a/b", "")),
     ("/p?q=1", {"uri": "/new"}, ("/new?q=1", "/new", "/new", "q=1")),
+    # the query part is built like Caddy's buildQueryString: placeholder values query-escaped,
+    # except {http.request.uri.query} where a key goes; '=' in a value literal; empty keys go
+    (
+        "/a%20b?x=1",
+        {"uri": "/r?p={http.request.uri.path}&{http.request.uri.query}"},
+        ("/r?p=%2Fa+b&x=1", "/r", "/r", "p=%2Fa+b&x=1"),
+    ),
+    (
+        "/a?x=1&y=2",
+        {"uri": "/r?q={http.request.uri.query}"},
+        ("/r?q=x%3D1%26y%3D2", "/r", "/r", "q=x%3D1%26y%3D2"),
+    ),
+    ("/a", {"uri": "/r?sig=ab==&&k"}, ("/r?sig=ab==&k", "/r", "/r", "sig=ab==&k")),
     ("/p?q=1", {"uri": "/new?r=2"}, ("/new?r=2", "/new", "/new", "r=2")),
     ("/p?q=1", {"uri": "?r=2&{http.request.uri.query}"}, ("/p?r=2&q=1", "/p", "/p", "r=2&q=1")),
     ("/p?q=1", {"uri": "/new#frag"}, ("/new?q=1", "/new", "/new", "q=1")),
@@ -82,6 +95,16 @@ REWRITE_CASES = [
     ("/a/b.html", {"strip_path_suffix": ".html"}, ("/a/b", "/a/b", "/a/b", "")),
     # substring replacement also applies to the query (Caddy's substrReplacer)
     ("/a/x?a=1", {"uri_substring": (("a", "b", 0),)}, ("/b/x?b=1", "/b/x", "/b/x", "b=1")),
+    (  # issue #11 item 5: Caddy 2.6.2 and current Caddy forward /new/page?ref=/new/x
+        "/old/page?ref=/old/x",
+        {"uri_substring": (("/old/", "/new/", 0),)},
+        ("/new/page?ref=/new/x", "/new/page", "/new/page", "ref=/new/x"),
+    ),
+    (  # the limit counts in the path and in the query separately (two strings.Replace calls)
+        "/old/old/?q=/old/&r=/old/",
+        {"uri_substring": (("/old/", "/new/", 1),)},
+        ("/new/old/?q=/new/&r=/old/", "/new/old/", "/new/old/", "q=/new/&r=/old/"),
+    ),
     ("/a%20b", {"uri_substring": (("%20", "_", 0),)}, ("/a_b", "/a_b", "/a_b", "")),
     ("/a%2Fb", {"path_regexp": (("%2F", "-"),)}, ("/a-b", "/a-b", "/a-b", "")),
     ("/v1/x", {"path_regexp": (("^/v(\\d)/", "/api$1/"),)}, ("/api1/x", "/api1/x", "/api1/x", "")),
