@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -684,12 +685,11 @@ class Supervisor:
                 trust_dir=SYSTEM_TRUST_DIR,
             )
         except ConfigError as exc:  # validated already; a summary never stops the start
-            lines = [f"workers: {len(self.workers)}", f"(no listener summary: {exc})"]
+            lines = [f"no listener summary: {exc}", f"serving with {len(self.workers)} worker(s)"]
         for line in lines:
             # Caddy warns about a root clients do not trust.
             level = logging.WARNING if line.startswith(ROOT_UNTRUSTED) else logging.INFO
             log.log(level, "%s", line)
-        log.info("serving")
 
     async def _until_forced(self) -> None:
         while self._signals < 2:
@@ -757,6 +757,12 @@ def run(args: argparse.Namespace, workers: int) -> int:
     # inherits it and derives the same TLS session ticket keys: a ticket from one worker
     # resumes on any other (proxy.tls.TicketKeys).
     shared_ticket_secret()
+    # Everything imported so far is shared with the workers copy-on-write. A collection in a
+    # worker would write to every object it scans (its GC header), copying those pages into the
+    # worker: frozen objects are never scanned, so the pages stay shared (gc.freeze docs:
+    # "freeze before fork"). The supervisor's own later garbage is collected as usual.
+    gc.collect()
+    gc.freeze()
     # Then, while this process holds nothing a worker must not inherit (proxy.forkserver).
     fork_server = ForkServer.start(run_spawned_worker)
     handles: list[WorkerHandle] = []
@@ -880,6 +886,6 @@ def startup_lines(
     if trust is not None:
         lines.append(trust)
     lines.append(f"admin endpoint: {admin or 'off'}")
-    lines.append(f"workers: {workers}")
     lines.append(f"native build: {native_status}")
+    lines.append(f"serving with {workers} worker(s)")
     return lines
