@@ -61,6 +61,8 @@ RUN /opt/pyproxy/bin/pip install --no-cache-dir --disable-pip-version-check --no
 # ---- the image ---------------------------------------------------------------------------------
 FROM ${BASE}
 
+# PYPROXY_WORKERS=N sets the number of worker processes when `--workers` is not given (default:
+# one per usable core); e.g. `docker run -e PYPROXY_WORKERS=2 …`. A bad value fails the start.
 ENV XDG_CONFIG_HOME=/config \
     XDG_DATA_HOME=/data \
     PYTHONDONTWRITEBYTECODE=1 \

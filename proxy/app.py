@@ -42,7 +42,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "-w",
         type=int,
         default=0,
-        help="worker processes sharing the listeners via SO_REUSEPORT (default: one per core)",
+        help="worker processes sharing the listeners via SO_REUSEPORT "
+        "(default: $PYPROXY_WORKERS, else one per core)",
     )
     parser.add_argument(
         "--envfile", default=None, help="KEY=VALUE file loaded into the environment"
@@ -79,7 +80,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"Error: loading config: {exc}", file=sys.stderr)
         return 1
-    workers = args.workers if args.workers > 0 else _usable_cores()
+    try:
+        workers = supervisor.worker_count(args.workers, os.environ, _usable_cores())
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     # The lifecycle (config loading, workers, reloads, admin API, signals) lives in
     # proxy.supervisor; serving and config switching in proxy.worker.
     return supervisor.run(args, workers)

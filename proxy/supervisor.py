@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -77,6 +78,8 @@ WORKER_QUERY_TIMEOUT_S = 5.0
 WORKER_EXIT_TIMEOUT_S = 10.0
 # How long a replacement worker may take to prepare and commit the config before it is killed.
 WORKER_START_TIMEOUT_S = 60.0
+# Where `pyproxy trust --install` puts the local root (proxy.trust_cli.SYSTEM_CA_DIR).
+SYSTEM_TRUST_DIR = Path("/usr/local/share/ca-certificates")
 # Between a worker's control channel closing and its exit status being there (milliseconds).
 REAP_POLL_S = 0.01
 # The directory holding the `proxy` package: a replacement worker imports from it.
@@ -502,10 +505,13 @@ class Supervisor:
             asyncio.get_running_loop().remove_reader(w.share.fileno())
             w.share.close()
 
-    async def _start_worker(self, listeners: ListenerCopies) -> WorkerHandle:
+    async def _start_worker(
+        self, listeners: ListenerCopies, reports_node: bool = False
+    ) -> WorkerHandle:
         """A new worker process inheriting `listeners` (not yet talked to)."""
         spec = {
             "reuse_port": self.reuse_port,
+            "reports_node": reports_node,
             "uvloop": not self.args.no_uvloop,
             "listeners": listeners.spec(),
         }
@@ -580,7 +586,7 @@ class Supervisor:
                 if self._stop.is_set():
                     return False
                 try:
-                    w = await self._start_worker(slot.listeners)
+                    w = await self._start_worker(slot.listeners, reports_node=slot.index == 0)
                 except OSError as exc:
                     # No process: a zero-length life for the next decision.
                     log.error("starting a replacement for worker %d: %s", old.pid, exc)
@@ -644,7 +650,7 @@ class Supervisor:
             self._spawn(self._watch())
         for slot in self.slots:
             self._spawn(self._keep_slot(slot))
-        log.info("serving with %d worker(s)", len(self.workers))
+        self._report_startup()
         await self._stop.wait()
         log.info("shutting down")
         if self.admin is not None:
@@ -661,6 +667,29 @@ class Supervisor:
             task.cancel()
         log.info("shutdown complete")
         return self.exit_code
+
+    def _report_startup(self) -> None:
+        admin = ""
+        if self.admin is not None and self.admin.serving and self.admin.address is not None:
+            a = self.admin.address
+            if a.is_unix:
+                admin = f"unix/{a.host}"
+            else:
+                admin = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
+        try:
+            lines = startup_lines(
+                strip_meta_fields(self.config),
+                workers=len(self.workers),
+                admin=admin,
+                native_status=native.STATUS.describe(),
+                trust_dir=SYSTEM_TRUST_DIR,
+            )
+        except ConfigError as exc:  # validated already; a summary never stops the start
+            lines = [f"no listener summary: {exc}", f"serving with {len(self.workers)} worker(s)"]
+        for line in lines:
+            # Caddy warns about a root clients do not trust.
+            level = logging.WARNING if line.startswith(ROOT_UNTRUSTED) else logging.INFO
+            log.log(level, "%s", line)
 
     async def _until_forced(self) -> None:
         while self._signals < 2:
@@ -718,8 +747,6 @@ def run(args: argparse.Namespace, workers: int) -> int:
     from proxy.upstream.shared_failures import create_shared_failures
     from proxy.worker import run_spawned_worker, worker_main
 
-    # Said before any worker exists: which build serves (proxy/native.py).
-    log.info("native build: %s", native.STATUS.describe())
     signature = file_signature(args.config)
     try:
         config = read_config_file(args)
@@ -734,10 +761,16 @@ def run(args: argparse.Namespace, workers: int) -> int:
     # Likewise the passive-health failure table: a failure one worker saw marks the upstream
     # down for all of them, as in Caddy's single process (proxy.upstream.shared_failures).
     create_shared_failures()
+    # Everything imported so far is shared with the workers copy-on-write. A collection in a
+    # worker would write to every object it scans (its GC header), copying those pages into the
+    # worker: frozen objects are never scanned, so the pages stay shared (gc.freeze docs:
+    # "freeze before fork"). The supervisor's own later garbage is collected as usual.
+    gc.collect()
+    gc.freeze()
     # Then, while this process holds nothing a worker must not inherit (proxy.forkserver).
     fork_server = ForkServer.start(run_spawned_worker)
     handles: list[WorkerHandle] = []
-    for _ in range(workers):
+    for index in range(workers):
         parent_sock, child_sock = socket.socketpair()
         parent_share, child_share = listener_share_pair()
         sys.stdout.flush()
@@ -760,6 +793,9 @@ def run(args: argparse.Namespace, workers: int) -> int:
                     reuse_port=workers > 1,
                     use_uvloop=not args.no_uvloop,
                     share=child_share,
+                    # The first worker reports the node's certificate events; its siblings
+                    # would repeat them (proxy.worker.SiblingQuiet).
+                    reports_node=index == 0,
                 )
             finally:
                 sys.stdout.flush()
@@ -771,3 +807,89 @@ def run(args: argparse.Namespace, workers: int) -> int:
     supervisor = Supervisor(args, handles, config, fork_server)
     supervisor.file_signature = signature
     return asyncio.run(supervisor.main())
+
+
+# ---- startup feedback ---------------------------------------------------------------------------
+# Said once per node, by the supervisor: the workers serve the same config, so a per-worker line
+# ("serving", "certificate in service") would only repeat itself N times (pyproxy issue #15).
+
+WORKERS_ENV = "PYPROXY_WORKERS"
+ROOT_UNTRUSTED = (
+    "root certificate trust store installation disabled; unconfigured clients may show warnings"
+)
+
+
+def worker_count(cli_workers: int, environ: dict[str, str] | os._Environ[str], cores: int) -> int:
+    """The number of workers: `--workers` when given (> 0), else `PYPROXY_WORKERS`, else one per
+    usable core. A bad `PYPROXY_WORKERS` is a ConfigError naming the variable, never a silent
+    fallback to the default."""
+    if cli_workers > 0:
+        return cli_workers
+    text = environ.get(WORKERS_ENV, "").strip()
+    if not text:
+        return cores
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{WORKERS_ENV}: want a positive whole number of workers, got {text!r}")
+    return value
+
+
+def _address_text(addr: Any) -> str:
+    host = addr.host if addr.host else ""
+    if ":" in host:
+        host = f"[{host}]"
+    ports = (
+        str(addr.port_start)
+        if addr.port_start == addr.port_end
+        else f"{addr.port_start}-{addr.port_end}"
+    )
+    prefix = "" if addr.network in ("tcp", "") else f"{addr.network}/"
+    return f"{prefix}{host}:{ports}"
+
+
+def _root_trust_line(internal: bool, trust_dir: Path) -> str | None:
+    """Caddy's pki app logs whether it installed the local root; pyproxy never touches the
+    system trust store at run time (that is `pyproxy trust --install`), so it says which state
+    the store is in — Caddy's wording when the root is not there."""
+    if not internal:
+        return None
+    if any(trust_dir.glob("pyproxy-*-root.crt")):
+        return "local CA root certificate is installed in the system trust store"
+    return f"{ROOT_UNTRUSTED} (install it with `pyproxy trust --install`)"
+
+
+def startup_lines(
+    config: dict[str, Any], *, workers: int, admin: str, native_status: str, trust_dir: Path
+) -> list[str]:
+    """The node's startup summary: every listener with its protocols and whether it speaks TLS,
+    the managed certificate names, the local root's trust state, the admin address, the worker
+    count and the build. Pure: computed from the config the workers were given."""
+    from config.auto_https import plan_automatic_https
+    from config.model import load_model
+
+    plan = plan_automatic_https(config, loaded_names=[], env=os.environ)
+    model = load_model(plan.config)
+    lines: list[str] = []
+    for name, server in model.http.servers.items() if model.http else ():
+        tls = name in plan.https_servers or bool(server.tls_connection_policies)
+        protocols = [p for p in server.protocols if p != "h3"]  # no QUIC here
+        if not tls:
+            # h2 without TLS is h2c, which Caddy serves only when asked for ("h2c").
+            protocols = [p for p in protocols if p != "h2"]
+        for addr in server.listen:
+            lines.append(
+                f"listener {_address_text(addr)} ({name}): {'/'.join(protocols)}, "
+                f"{'TLS' if tls else 'plain HTTP'}"
+            )
+    if plan.managed:
+        lines.append("managed certificates: " + ", ".join(plan.managed_names))
+    trust = _root_trust_line(bool(plan.internal_names), trust_dir)
+    if trust is not None:
+        lines.append(trust)
+    lines.append(f"admin endpoint: {admin or 'off'}")
+    lines.append(f"native build: {native_status}")
+    lines.append(f"serving with {workers} worker(s)")
+    return lines

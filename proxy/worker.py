@@ -477,16 +477,45 @@ async def _worker_main(
     return 0
 
 
+# The loggers whose news is the node's, not the process's: every worker runs the same
+# certificate maintenance on the same storage, so N workers would say each thing N times.
+NODE_LOGGERS = ("pyproxy.certs", "acme_client")
+
+
+class SiblingQuiet(logging.Filter):
+    """Installed in every worker but the first of a node: drops the certificate and ACME
+    loggers' records below ERROR. The first worker (and its replacement) says them once; a
+    sibling waiting for the storage lock its sibling holds is then silent too, instead of
+    claiming "another instance" holds it (pyproxy issue #15). Errors stay: they may be this
+    process's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        name = record.name
+        return not any(name == n or name.startswith(n + ".") for n in NODE_LOGGERS)
+
+
+def quiet_sibling_logs() -> None:
+    quiet = SiblingQuiet()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quiet)
+
+
 def worker_main(
     sock: socket.socket,
     reuse_port: bool,
     use_uvloop: bool,
     share: socket.socket | None = None,
     inherited: dict[NetworkAddress, list[socket.socket]] | None = None,
+    reports_node: bool = True,
 ) -> int:
     """Entry point of a worker (forked at startup, or started by `spawned_worker_main`).
     Signals are the supervisor's business: a Ctrl-C reaches the whole process group, and the
-    supervisor turns it into an orderly `stop`."""
+    supervisor turns it into an orderly `stop`. `reports_node`: this worker logs the node's
+    certificate events (the first worker); the others keep quiet about them."""
+    if not reports_node:
+        quiet_sibling_logs()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
     set_process_name("pyproxy worker")
@@ -521,6 +550,7 @@ def run_spawned_worker(spec: dict[str, Any], fds: list[int]) -> int:
         use_uvloop=bool(spec["uvloop"]),
         share=socket.socket(fileno=fds[1]),
         inherited=inherited,
+        reports_node=bool(spec.get("reports_node", True)),
     )
 
 

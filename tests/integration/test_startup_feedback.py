@@ -1,0 +1,153 @@
+"""Startup feedback once per node (pyproxy issue #15): the supervisor says each startup fact
+once, however many workers there are; `PYPROXY_WORKERS` sets the worker count."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import PYPROXY, ROOT, ProxyProcess, wait_port
+from enginekit import free_port
+
+WAIT_S = 20.0
+
+
+def caddyfile(http_port: int, https_port: int, plain_port: int, admin_port: int) -> str:
+    return (
+        "{\n"
+        f"\tadmin 127.0.0.1:{admin_port}\n"
+        "\tdefault_bind 127.0.0.1\n"
+        f"\thttp_port {http_port}\n"
+        f"\thttps_port {https_port}\n"
+        "}\n"
+        f'localhost:{https_port} {{\n\ttls internal\n\trespond "tls"\n}}\n'
+        f'http://127.0.0.1:{plain_port} {{\n\trespond "plain"\n}}\n'
+    )
+
+
+def wait_log(proc: ProxyProcess, pattern: str) -> str:
+    """The process log once `pattern` is in it (bounded wait on the log, not a sleep)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        text = proc.log
+        if re.search(pattern, text, re.MULTILINE):
+            return text
+        assert proc.proc.poll() is None, f"pyproxy exited early:\n{text}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {pattern!r} in:\n{proc.log}")
+
+
+def messages(log: str) -> list[str]:
+    """The log's messages without the timestamp (`<date> <time> LEVEL logger: message`)."""
+    out = []
+    for line in log.splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) == 4 and parts[2] in ("INFO", "WARNING", "ERROR"):
+            out.append(parts[3])
+    return out
+
+
+def start_two_workers(
+    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> tuple[ProxyProcess, list[str], tuple[int, int, int, int]]:
+    ports = (free_port(), free_port(), free_port(), free_port())
+    _, _, plain_port, admin_port = ports
+    proc = run_proxy(
+        caddyfile(*ports),
+        plain_port,
+        extra=["--workers", "2"],
+        env_extra={"XDG_DATA_HOME": str(tmp_path / "data"), "PYPROXY_NATIVE": "0"},
+    )
+    wait_port("127.0.0.1", admin_port, proc=proc.proc)
+    log = wait_log(proc, r"pyproxy: serving with \d+ worker")
+    return proc, messages(log), ports
+
+
+def test_startup_lines_appear_once_with_two_workers(
+    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    proc, lines, (http_port, https_port, plain_port, admin_port) = start_two_workers(
+        run_proxy, tmp_path
+    )
+    listeners = {re.sub(r" \(\w+\)", "", m) for m in lines if m.startswith("pyproxy: listener ")}
+    # Server names are the adapter's business; the address, protocols and TLS are the facts.
+    assert listeners == {
+        f"pyproxy: listener 127.0.0.1:{plain_port}: h1, plain HTTP",
+        f"pyproxy: listener 127.0.0.1:{https_port}: h1/h2, TLS",
+        f"pyproxy: listener 127.0.0.1:{http_port}: h1, plain HTTP",  # the HTTP->HTTPS redirects
+    }, lines
+    expected = [
+        "pyproxy: managed certificates: localhost",
+        f"pyproxy: admin endpoint: 127.0.0.1:{admin_port}",
+        "pyproxy: native build: off: disabled by PYPROXY_NATIVE",
+        "pyproxy: serving with 2 worker(s)",
+    ]
+    for line in expected:
+        assert lines.count(line) == 1, (line, lines)
+    trust = [m for m in lines if "trust store" in m]
+    assert len(trust) == 1, lines
+    # Not one message twice: the second worker keeps the node's certificate news to itself.
+    repeated = {m for m in lines if lines.count(m) > 1}
+    assert not repeated, repeated
+    assert not any("waiting for another instance holding the lock" in m for m in lines), lines
+    assert proc.stop() == 0
+
+
+def test_pyproxy_workers_sets_the_worker_count(
+    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    ports = (free_port(), free_port(), free_port(), free_port())
+    proc = run_proxy(
+        caddyfile(*ports),
+        ports[2],
+        extra=[],  # no --workers
+        env_extra={
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+            "PYPROXY_NATIVE": "0",
+            "PYPROXY_WORKERS": "3",
+        },
+    )
+    lines = messages(wait_log(proc, r"pyproxy: serving with \d+ worker"))
+    assert "pyproxy: serving with 3 worker(s)" in lines, lines
+    assert proc.stop() == 0
+
+
+def test_workers_flag_wins_over_pyproxy_workers(
+    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    ports = (free_port(), free_port(), free_port(), free_port())
+    proc = run_proxy(
+        caddyfile(*ports),
+        ports[2],
+        extra=["--workers", "1"],
+        env_extra={
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+            "PYPROXY_NATIVE": "0",
+            "PYPROXY_WORKERS": "3",
+        },
+    )
+    lines = messages(wait_log(proc, r"pyproxy: serving with \d+ worker"))
+    assert "pyproxy: serving with 1 worker(s)" in lines, lines
+    assert proc.stop() == 0
+
+
+def test_bad_pyproxy_workers_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "Caddyfile"
+    path.write_text(caddyfile(free_port(), free_port(), free_port(), free_port()))
+    for bad in ("abc", "0", "-2", "1.5"):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYPROXY_NATIVE="0", PYPROXY_WORKERS=bad)
+        done = subprocess.run(
+            [*PYPROXY, "run", "--config", str(path), "--adapter", "caddyfile"],
+            env=env,
+            capture_output=True,
+            timeout=WAIT_S,
+        )
+        assert done.returncode == 1, (bad, done.stderr)
+        assert (
+            f"Error: PYPROXY_WORKERS: want a positive whole number of workers, got {bad!r}"
+            in done.stderr.decode()
+        ), done.stderr
