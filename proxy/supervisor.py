@@ -875,13 +875,11 @@ def startup_lines(
     lines: list[str] = []
     for name, server in model.http.servers.items() if model.http else ():
         tls = name in plan.https_servers or bool(server.tls_connection_policies)
-        protocols = [p for p in server.protocols if p != "h3"]  # no QUIC here
-        if not tls:
-            # h2 without TLS is h2c, which Caddy serves only when asked for ("h2c").
-            protocols = [p for p in protocols if p != "h2"]
+        # What is served, not what the config lists: the engine speaks HTTP/1.1 only (HTTP/2
+        # and HTTP/3 are not implemented yet; `protocols` is a known unhonoured field).
         for addr in server.listen:
             lines.append(
-                f"listener {_address_text(addr)} ({name}): {'/'.join(protocols)}, "
+                f"listener {_address_text(addr)} ({name}): h1, "
                 f"{'TLS' if tls else 'plain HTTP'}"
             )
     if plan.managed:
