@@ -11,6 +11,7 @@ Caddy does. Where an entry goes follows the top-level `logging.logs` config
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -70,14 +71,184 @@ def tls_object(tls: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Sink:
-    __slots__ = ("exclude", "include", "level", "stream")
+# zapcore.CapitalColorLevelEncoder's colours.
+_LEVEL_COLORS: Mapping[str, int] = {"debug": 35, "info": 34, "warn": 33, "error": 31}
 
-    def __init__(self, stream: TextIO, include: list[str], exclude: list[str], level: str) -> None:
+
+def go_float(x: float) -> str:
+    """Go's `strconv.FormatFloat(x, 'g', -1, 64)` (what zap's console encoder prints for a
+    float via fmt's %v): shortest digits, exponent form once the decimal exponent is < -4 or
+    >= 6, so an epoch `ts` reads 1.7962888370366518e+09."""
+    if x == 0:
+        return "0"
+    exp_s = f"{x:.17e}".partition("e")[2]
+    r = repr(x)
+    mant = r.replace("-", "").replace(".", "").split("e")[0].lstrip("0") or "0"
+    mant = mant.rstrip("0") or "0"
+    exp = int(exp_s)
+    if -4 <= exp < 6:
+        return r[:-2] if r.endswith(".0") else r
+    sign = "-" if x < 0 else ""
+    frac = mant[1:]
+    return f"{sign}{mant[0]}{'.' + frac if frac else ''}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+
+
+def go_duration(seconds: float) -> str:
+    """Go's time.Duration.String(), from seconds."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+
+    def frac(value: int, unit: int) -> str:
+        whole, rest = divmod(value, unit)
+        if not rest:
+            return str(whole)
+        width = len(str(unit)) - 1
+        return f"{whole}.{str(rest).rjust(width, '0').rstrip('0')}"
+
+    if ns < 1000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{frac(ns, 1000)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{frac(ns, 1_000_000)}ms"
+    h, rem = divmod(ns, 3600 * 10**9)
+    m, rem = divmod(rem, 60 * 10**9)
+    out = f"{h}h" if h else ""
+    out += f"{m}m" if h or m else ""
+    return f"{sign}{out}{frac(rem, 10**9)}s"
+
+
+class Encoder:
+    """Caddy's `json` and `console` log encoders (zapcore JSON / console layouts) with the
+    LogEncoderConfig options. The console layout is zap's: time, level, logger, message
+    separated by tabs, then a tab and the other fields as one JSON object (left out when there
+    are none). Defaults follow Caddy 2.6.2 (ts as epoch seconds, lowercase level, for both)."""
+
+    __slots__ = (
+        "console",
+        "duration_format",
+        "level_format",
+        "level_key",
+        "line_ending",
+        "message_key",
+        "name_key",
+        "time_format",
+        "time_key",
+        "time_local",
+    )
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
+        cfg = cfg or {}
+        self.console = cfg.get("format") == "console"
+        self.message_key = str(cfg.get("message_key", "msg"))
+        self.level_key = str(cfg.get("level_key", "level"))
+        self.time_key = str(cfg.get("time_key", "ts"))
+        self.name_key = str(cfg.get("name_key", "logger"))
+        self.line_ending = str(cfg.get("line_ending", "\n"))
+        self.time_format = str(cfg.get("time_format") or "unix_seconds_float")
+        self.duration_format = str(cfg.get("duration_format") or "seconds")
+        self.level_format = str(cfg.get("level_format") or "lower")
+        self.time_local = bool(cfg.get("time_local"))
+
+    @property
+    def is_default_json(self) -> bool:
+        return (
+            not self.console
+            and (self.message_key, self.level_key, self.time_key, self.name_key)
+            == ("msg", "level", "ts", "logger")
+            and self.line_ending == "\n"
+            and self.time_format == "unix_seconds_float"
+            and self.duration_format == "seconds"
+            and self.level_format == "lower"
+        )
+
+    def _time(self, ts: float) -> float | int | str:
+        fmt = self.time_format
+        if fmt == "unix_seconds_float":
+            return ts
+        if fmt == "unix_milli_float":
+            return ts * 1000.0
+        if fmt == "unix_nano":
+            return int(ts * 1e9)
+        local = fmt == "iso8601" or self.time_local  # zap's ISO8601 encoder keeps the zone
+        dt = datetime.datetime.fromtimestamp(ts, tz=None if local else datetime.UTC)
+        if local:
+            dt = dt.astimezone()
+        zone = dt.strftime("%z")
+        zone_colon = "Z" if zone in ("+0000", "") else f"{zone[:3]}:{zone[3:]}"
+        if fmt == "iso8601":  # 2006-01-02T15:04:05.000Z0700
+            z = "Z" if zone in ("+0000", "") else zone
+            return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}{z}"
+        if fmt == "rfc3339":
+            return dt.strftime("%Y-%m-%dT%H:%M:%S") + zone_colon
+        if fmt == "rfc3339_nano":
+            frac = f"{dt.microsecond:06d}000".rstrip("0")
+            return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + zone_colon
+        if fmt == "wall":
+            return dt.strftime("%Y/%m/%d %H:%M:%S")
+        if fmt == "wall_milli":
+            return dt.strftime("%Y/%m/%d %H:%M:%S.") + f"{dt.microsecond // 1000:03d}"
+        if fmt == "wall_nano":
+            return dt.strftime("%Y/%m/%d %H:%M:%S.") + f"{dt.microsecond:06d}000"
+        return dt.strftime("%d/%b/%Y:%H:%M:%S ") + (zone or "+0000")  # common_log
+
+    def _level(self, level: str) -> str:
+        if self.level_format == "lower":
+            return level
+        if self.level_format == "upper":
+            return level.upper()
+        return f"\x1b[{_LEVEL_COLORS.get(level, 31)}m{level.upper()}\x1b[0m"
+
+    def encode(self, entry: Mapping[str, Any]) -> str:
+        fields = {k: v for k, v in entry.items() if k not in ("level", "ts", "logger", "msg")}
+        if "duration" in fields and isinstance(fields["duration"], float):
+            if self.duration_format == "nano":
+                fields["duration"] = round(fields["duration"] * 1e9)
+            elif self.duration_format == "string":
+                fields["duration"] = go_duration(fields["duration"])
+        level = self._level(str(entry.get("level", "info")))
+        ts = self._time(float(entry.get("ts", 0.0)))
+        logger = entry.get("logger")
+        msg = str(entry.get("msg", ""))
+        if self.console:
+            parts = [go_float(ts) if isinstance(ts, float) else str(ts), level]
+            if logger:
+                parts.append(str(logger))
+            parts.append(msg)
+            line = "\t".join(parts)
+            if fields:
+                line += "\t" + json.dumps(fields, separators=(",", ":"), default=str)
+            return line + self.line_ending
+        head: dict[str, Any] = {self.level_key: level, self.time_key: ts}
+        if logger:
+            head[self.name_key] = logger
+        head[self.message_key] = msg
+        head.update(fields)
+        return json.dumps(head, separators=(",", ":"), default=str) + self.line_ending
+
+
+_DEFAULT_JSON = Encoder()
+
+
+class _Sink:
+    __slots__ = ("encoder", "exclude", "include", "level", "stream")
+
+    def __init__(
+        self,
+        stream: TextIO,
+        include: list[str],
+        exclude: list[str],
+        level: str,
+        encoder: Encoder = _DEFAULT_JSON,
+    ) -> None:
         self.stream = stream
         self.include = include
         self.exclude = exclude
         self.level = level
+        self.encoder = encoder
 
     def wants(self, logger: str, is_default: bool) -> bool:
         def covered(names: list[str]) -> bool:
@@ -109,6 +280,7 @@ class AccessLog:
                 list(log.get("include") or []),
                 list(log.get("exclude") or []),
                 str(log.get("level") or "INFO"),
+                Encoder(log.get("encoder")),
             )
             if name == "default":
                 default_seen = True
@@ -122,11 +294,16 @@ class AccessLog:
             self.sinks.append(_Sink(sys.stderr, [], [], "INFO"))
 
     def write(self, logger: str, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, separators=(",", ":"), default=str) + "\n"
+        line = ""
         for sink in self.sinks:
             if sink.wants(logger, True):
                 try:
-                    sink.stream.write(line)
+                    if sink.encoder.is_default_json:
+                        if not line:
+                            line = json.dumps(entry, separators=(",", ":"), default=str) + "\n"
+                        sink.stream.write(line)
+                    else:
+                        sink.stream.write(sink.encoder.encode(entry))
                     sink.stream.flush()
                 except (OSError, ValueError):
                     pass

@@ -9,6 +9,7 @@ a site with a file access log; a Python client makes the request; the test reads
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import time
@@ -78,3 +79,29 @@ def test_tls_request_entry_has_caddys_tls_object(run_proxy: Any, tmp_path: Path)
     # An ECDHE suite: the defaults offer only forward-secret ones (0xC0xx or 0xCCA8/9).
     assert isinstance(tls12["cipher_suite"], int) and tls12["cipher_suite"] >> 8 in (0xC0, 0xCC)
     assert list(first["request"])[-1] == "tls"  # Caddy appends it after headers
+
+
+def test_site_log_format_console_writes_zaps_console_layout(run_proxy: Any, tmp_path: Path) -> None:
+    """`log { format console }` used to come out as JSON."""
+    log_file = tmp_path / "console.log"
+    http_port = dual_free_port()
+    site = (
+        f"http://a.test:{http_port} {{\n\tbind 127.0.0.1\n\tlog {{\n\t\toutput file {log_file}\n"
+        '\t\tformat console {\n\t\t\ttime_format wall_milli\n\t\t}\n\t}\n\trespond "ok"\n}\n'
+    )
+    proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
+    wait_serving(proc)
+    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as conn:
+        conn.sendall(b"GET /c HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        while conn.recv(65536):
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (log_file.exists() and log_file.read_text()):
+        time.sleep(0.05)
+    line = log_file.read_text().splitlines()[0]
+    ts, level, logger, msg, fields = line.split("\t")
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{3}", ts)
+    assert (level, logger, msg) == ("info", "http.log.access.log0", "handled request")
+    parsed = json.loads(fields)
+    assert parsed["request"]["uri"] == "/c"
+    assert parsed["status"] == 200
