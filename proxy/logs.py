@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import os
 import ssl
 import sys
@@ -352,3 +353,62 @@ def access_entry(ex: Any, duration_s: float, status: int, logger: str) -> dict[s
         "status": status,
         "resp_headers": _headers_dict(ex.resp_headers),
     }
+
+
+# ---- pyproxy's own (non-access) logs -------------------------------------------------------------
+
+# Python logger -> the Caddy logger name whose messages it carries (what a log collector or a
+# `log { include … }` filter expects to see).
+_CADDY_LOGGERS: tuple[tuple[str, str], ...] = (
+    ("pyproxy.admin", "admin"),
+    ("pyproxy.certs", "tls"),
+    ("pyproxy.tls", "tls"),
+    ("pyproxy.worker", "http"),
+    ("acme_client.issuer", "tls.issuance.acme"),
+    ("acme_client.manager", "tls.obtain"),
+    ("acme_client.local_ca", "pki.ca.local"),
+)
+_PY_LEVELS: Mapping[int, str] = {10: "debug", 20: "info", 30: "warn", 40: "error", 50: "fatal"}
+
+
+def caddy_logger_name(python_name: str) -> str:
+    for prefix, caddy in _CADDY_LOGGERS:
+        if python_name == prefix or python_name.startswith(prefix + "."):
+            return caddy
+    return "" if python_name in ("pyproxy", "root") else python_name
+
+
+class CaddyFormatter(logging.Formatter):
+    """Formats Python log records as Caddy's default logger does: JSON lines
+    `{"level","ts","logger","msg",...}` (what Docker log collectors parse), or zap's console
+    layout when `console` (Caddy picks that when stderr is a terminal). An exception goes in
+    an `error` field, a record's `caddy_fields` (extra=) are appended as fields."""
+
+    def __init__(self, console: bool) -> None:
+        super().__init__()
+        self.encoder = Encoder({"format": "console" if console else "json"})
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "level": _PY_LEVELS.get(record.levelno, "info"),
+            "ts": record.created,
+            "logger": caddy_logger_name(record.name),
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "caddy_fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return self.encoder.encode(entry).rstrip("\n")
+
+
+def own_log_handler(stream: TextIO) -> logging.Handler:
+    """The handler of pyproxy's process log: console format on a terminal, JSON otherwise."""
+    handler = logging.StreamHandler(stream)
+    try:
+        console = stream.isatty()
+    except (AttributeError, ValueError):
+        console = False
+    handler.setFormatter(CaddyFormatter(console))
+    return handler

@@ -105,3 +105,20 @@ def test_site_log_format_console_writes_zaps_console_layout(run_proxy: Any, tmp_
     parsed = json.loads(fields)
     assert parsed["request"]["uri"] == "/c"
     assert parsed["status"] == 200
+
+
+def test_own_process_log_is_caddy_json_lines(run_proxy: Any, tmp_path: Path) -> None:
+    """stderr is a file here (as under Docker): every line of pyproxy's own log is a JSON
+    object shaped like Caddy's (level, ts, optional logger, msg)."""
+    http_port = dual_free_port()
+    site = f'http://a.test:{http_port} {{\n\tbind 127.0.0.1\n\trespond "ok"\n}}\n'
+    proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
+    wait_serving(proc)
+    lines = [ln for ln in proc.log.splitlines() if ln.strip()]
+    assert lines
+    for ln in lines:
+        entry = json.loads(ln)
+        assert entry["level"] in ("debug", "info", "warn", "error")
+        assert isinstance(entry["ts"], float)
+        assert isinstance(entry["msg"], str)
+    assert any("serving" in json.loads(ln)["msg"] for ln in lines)

@@ -182,3 +182,43 @@ def test_json_encoder_options() -> None:
     assert out["time"] == "2026-12-03T09:07:17.036652Z"
     assert out["duration"] == "18.608µs"
     assert Encoder({"duration_format": "nano"}).encode(_entry()).count('"duration":18608,') == 1
+
+
+# ---- pyproxy's own logs -------------------------------------------------------------------------
+
+
+def _record(name: str, msg: str, level: int = 30) -> Any:
+    import logging
+
+    return logging.LogRecord(name, level, __file__, 1, msg, ("x",), None)
+
+
+def test_own_logs_are_caddy_json_lines_off_a_terminal() -> None:
+    import io
+    import json
+
+    from proxy.logs import own_log_handler
+
+    handler = own_log_handler(io.StringIO())
+    line = handler.format(_record("pyproxy.admin", "admin endpoint %s"))
+    out = json.loads(line)
+    assert list(out) == ["level", "ts", "logger", "msg"]
+    assert (out["level"], out["logger"], out["msg"]) == ("warn", "admin", "admin endpoint x")
+    assert isinstance(out["ts"], float)
+    # The supervisor's own logger is Caddy's unnamed default logger: no `logger` key.
+    assert "logger" not in json.loads(handler.format(_record("pyproxy", "serving %s", 20)))
+
+
+def test_own_logs_use_the_console_layout_on_a_terminal() -> None:
+    import io
+
+    from proxy.logs import own_log_handler
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    line = own_log_handler(Terminal()).format(_record("acme_client.manager", "obtained %s"))
+    ts, level, logger, msg = line.split("\t")
+    assert float(ts) > 0
+    assert (level, logger, msg) == ("warn", "tls.obtain", "obtained x")
