@@ -325,8 +325,8 @@ def _open_writer(writer: Mapping[str, Any]) -> TextIO | None:
     return sys.stderr
 
 
-def access_entry(ex: Any, duration_s: float, status: int, logger: str) -> dict[str, Any]:
-    req = ex.req
+def loggable_request(req: Any) -> dict[str, Any]:
+    """Caddy's `request` object (caddyhttp.LoggableHTTPRequest)."""
     request: dict[str, Any] = {
         "remote_ip": req.remote_ip,
         "remote_port": str(req.remote_port),
@@ -340,6 +340,12 @@ def access_entry(ex: Any, duration_s: float, status: int, logger: str) -> dict[s
     tls = req.vars.get("tls")
     if tls is not None:
         request["tls"] = tls_object(tls)
+    return request
+
+
+def access_entry(ex: Any, duration_s: float, status: int, logger: str) -> dict[str, Any]:
+    req = ex.req
+    request = loggable_request(req)
     return {
         "level": "error" if status >= 500 else "info",
         "ts": time.time(),
@@ -412,3 +418,26 @@ def own_log_handler(stream: TextIO) -> logging.Handler:
         console = False
     handler.setFormatter(CaddyFormatter(console))
     return handler
+
+
+# ---- handler errors (Caddy's http.log.error) ---------------------------------------------------
+
+error_log = logging.getLogger("http.log.error")
+
+
+def log_handler_error(ex: Any, status: int, message: str, err_id: str) -> None:
+    """Caddy's server logs a handler error as `http.log.error`: level error for a 5xx, debug
+    otherwise, msg the error text, fields request, duration, status, err_id (err_trace, Go's
+    caller frame, has no Python equivalent and is left out). Free when the level is off."""
+    level = logging.ERROR if status >= 500 else logging.DEBUG
+    if not error_log.isEnabledFor(level):
+        return
+    req = ex.req
+    request = loggable_request(req)
+    fields = {
+        "request": request,
+        "duration": time.monotonic() - req.start_time,
+        "status": status,
+        "err_id": err_id,
+    }
+    error_log.log(level, "%s", message or f"HTTP {status}", extra={"caddy_fields": fields})

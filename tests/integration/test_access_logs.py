@@ -122,3 +122,38 @@ def test_own_process_log_is_caddy_json_lines(run_proxy: Any, tmp_path: Path) -> 
         assert isinstance(entry["ts"], float)
         assert isinstance(entry["msg"], str)
     assert any("serving" in json.loads(ln)["msg"] for ln in lines)
+
+
+def test_failed_proxied_request_logs_caddys_http_log_error(run_proxy: Any, tmp_path: Path) -> None:
+    http_port, dead_port = dual_free_port(), dual_free_port()
+    site = (
+        f"http://a.test:{http_port} {{\n\tbind 127.0.0.1\n"
+        f"\treverse_proxy 127.0.0.1:{dead_port}\n}}\n"
+    )
+    proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
+    wait_serving(proc)
+    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as conn:
+        conn.sendall(b"GET /e?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 502")
+
+    def error_entries() -> list[dict[str, Any]]:
+        entries = [json.loads(ln) for ln in proc.log.splitlines() if ln.strip()]
+        return [e for e in entries if e.get("logger") == "http.log.error"]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not error_entries():
+        time.sleep(0.05)
+    (entry,) = error_entries()
+    assert entry["level"] == "error"
+    assert entry["status"] == 502
+    assert isinstance(entry["duration"], float)
+    assert isinstance(entry["err_id"], str)
+    request = entry["request"]
+    assert (request["method"], request["host"], request["uri"]) == ("GET", "a.test", "/e?q=1")
+    assert request["remote_ip"] == "127.0.0.1"
+    assert request["proto"] == "HTTP/1.1"
+    assert isinstance(request["remote_port"], str)
+    assert "headers" in request
