@@ -707,12 +707,72 @@ def load_model(config: Mapping[str, Any]) -> Config:
     return Config(http=http, admin=admin, logging=logging, storage=storage, tls=tls, raw=cfg)
 
 
+# Caddy's LogEncoderConfig (modules/logging/encoders.go): the named time formats; a Go layout
+# string is not one pyproxy can honour (_load_logging rejects it; proxy/logs.py formats these).
+LOG_TIME_FORMATS = frozenset(
+    {
+        "unix_seconds_float",
+        "unix_milli_float",
+        "unix_nano",
+        "iso8601",
+        "rfc3339",
+        "rfc3339_nano",
+        "wall",
+        "wall_milli",
+        "wall_nano",
+        "common_log",
+    }
+)
+LOG_DURATION_FORMATS = frozenset({"seconds", "nano", "string"})
+LOG_LEVEL_FORMATS = frozenset({"lower", "upper", "color"})
+_LOG_FIELDS = frozenset({"writer", "encoder", "level", "sampling", "include", "exclude"})
+_ENCODER_FIELDS = frozenset(
+    {
+        "format",
+        "message_key",
+        "level_key",
+        "time_key",
+        "name_key",
+        "caller_key",
+        "stacktrace_key",
+        "line_ending",
+        "time_format",
+        "time_local",
+        "duration_format",
+        "level_format",
+    }
+)
+
+
 def _load_logging(value: object) -> dict[str, Any]:
     logging = _obj(value, "logging")
     logs = _obj(logging.get("logs"), "logging.logs")
     for name, log in logs.items():
         where = f"logging.logs.{name}"
-        log = _obj(log, where)
+        log = _fields(log, where, _LOG_FIELDS)
+        if "encoder" in log:
+            enc_where = f"{where}.encoder"
+            encoder = _fields(log["encoder"], enc_where, _ENCODER_FIELDS)
+            fmt = _str(encoder.get("format"), f"{enc_where}.format")
+            if fmt not in ("json", "console"):
+                raise ConfigError(
+                    f"{enc_where}.format: unknown module: caddy.logging.encoders.{fmt}"
+                    " (pyproxy has json and console)"
+                )
+            # Go time layouts are not something pyproxy can format: only Caddy's names.
+            for key, allowed in (
+                ("time_format", LOG_TIME_FORMATS),
+                ("duration_format", LOG_DURATION_FORMATS),
+                ("level_format", LOG_LEVEL_FORMATS),
+            ):
+                option = _str(encoder.get(key), f"{enc_where}.{key}")
+                if option and option not in allowed:
+                    raise ConfigError(
+                        f"{enc_where}.{key}: {option!r} is not supported by pyproxy"
+                        f" (one of {', '.join(sorted(allowed))})"
+                    )
+            for key in _ENCODER_FIELDS - {"format", "time_local"}:
+                _str(encoder.get(key), f"{enc_where}.{key}")
         writer = _obj(log.get("writer"), f"{where}.writer")
         if writer:
             output = _str(writer.get("output"), f"{where}.writer.output")

@@ -63,11 +63,10 @@ def _usable_cores() -> int:
 def configure_logging() -> None:
     """The process log of `run`: the supervisor and every worker, also a respawned one that
     starts as a new interpreter (proxy.worker.spawned_worker_main)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from proxy.logs import own_log_handler
+
+    # Caddy's default logger: JSON lines unless stderr is a terminal (proxy/logs.py).
+    logging.basicConfig(level=logging.INFO, handlers=[own_log_handler(sys.stderr)])
 
 
 def cmd_run(args: argparse.Namespace) -> int:

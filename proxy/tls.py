@@ -1105,6 +1105,8 @@ class SNISelector:
             # done (see handshake_allowed).
             with contextlib.suppress(AttributeError):
                 ssl_obj.pyproxy_policy = policy  # type: ignore[union-attr]
+                # A server-side SSLObject has no server_hostname: logs and placeholders read this.
+                ssl_obj.pyproxy_sni = server_name or ""  # type: ignore[union-attr]
             return None
 
         ctx.sni_callback = sni_callback

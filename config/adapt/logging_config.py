@@ -17,6 +17,7 @@ from config.adapt.helper import ConfigValue, Helper, JSONDict
 from config.adapt.server_options import parse_bytes
 from config.caddyfile.dispenser import Dispenser
 from config.errors import ConfigError
+from config.model import LOG_DURATION_FORMATS, LOG_LEVEL_FORMATS, LOG_TIME_FORMATS
 
 DEFAULT_LOGGER_NAME = "default"
 ACCESS_LOGGER_PREFIX = "http.log.access."
@@ -124,6 +125,13 @@ _ENCODER_FIELDS = (
 )
 
 
+_ENCODER_CHOICES: dict[str, frozenset[str]] = {
+    "time_format": LOG_TIME_FORMATS,
+    "duration_format": LOG_DURATION_FORMATS,
+    "level_format": LOG_LEVEL_FORMATS,
+}
+
+
 def _encoder(d: Dispenser) -> JSONDict:
     """`format json|console [{ ... }]`."""
     name = d.val()
@@ -144,6 +152,13 @@ def _encoder(d: Dispenser) -> JSONDict:
             args = sub.all_args(1)
             if args is None:
                 raise sub.arg_err()
+            allowed = _ENCODER_CHOICES.get(key)
+            if allowed is not None and args[0] not in allowed:
+                # A Go time layout (Caddy accepts one) is not something pyproxy can format.
+                raise sub.err(
+                    f"{key} '{args[0]}' is not supported by pyproxy"
+                    f" (one of {', '.join(sorted(allowed))})"
+                )
             encoder[key] = args[0]
         else:
             raise sub.err(f"unrecognized subdirective {key}")

@@ -19,7 +19,7 @@ from config.model import Server
 from proxy.handlers import BuildContext, build_handler
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.server import HTTP1Connection
-from proxy.logs import AccessLog, access_entry
+from proxy.logs import AccessLog, access_entry, log_handler_error
 from proxy.metrics import HandlerMetrics, ProxyMetrics
 from proxy.route import RouteList
 
@@ -191,6 +191,7 @@ class ServerRuntime:
         req = ex.req
         v = req.vars
         v["_handler_error"] = err
+        log_handler_error(ex, err.status, err.message, err.err_id)
         v["http.error"] = f"{err.status} {err.message}" if err.message else str(err.status)
         v["http.error.status_code"] = err.status
         try:

@@ -175,7 +175,7 @@ class HTTP1Connection(asyncio.Protocol):
                 "version": sslobj.version() or "",
                 "cipher_suite": cipher[0] if cipher else "",
                 "proto": sslobj.selected_alpn_protocol() or "",
-                "server_name": sslobj.server_hostname or "",
+                "server_name": getattr(sslobj, "pyproxy_sni", None) or "",  # tls.sni_callback
                 "resumed": bool(sslobj.session_reused),
             }
 

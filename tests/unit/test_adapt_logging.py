@@ -84,3 +84,141 @@ def test_several_global_loggers() -> None:
 def test_log_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         adapt(text)
+
+
+# ---- encoders (format json|console) ---------------------------------------------------------
+
+
+def test_encoder_options_reach_the_config_and_load() -> None:
+    from config.model import load_model
+
+    text = (
+        "a.com {\n\tlog {\n\t\tformat console {\n\t\t\ttime_format iso8601\n"
+        "\t\t\tlevel_format upper\n\t\t\tduration_format nano\n\t\t}\n\t}\n}\n"
+    )
+    config = adapt(text)
+    encoder = config["logging"]["logs"]["log0"]["encoder"]
+    assert encoder == {
+        "format": "console",
+        "time_format": "iso8601",
+        "level_format": "upper",
+        "duration_format": "nano",
+    }
+    load_model(config)
+
+
+def test_go_time_layout_is_a_caddyfile_error_with_line() -> None:
+    text = "a.com {\n\tlog {\n\t\tformat json {\n\t\t\ttime_format 2006-01-02\n\t\t}\n\t}\n}\n"
+    with pytest.raises(ConfigError, match=r"'2006-01-02' is not supported.*Caddyfile:4"):
+        adapt(text)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "message"),
+    [
+        ({"format": "logfmt"}, r"encoder\.format: unknown module: caddy\.logging\.encoders\.lo"),
+        ({"format": "json", "time_format": "Jan 2"}, r"encoder\.time_format: 'Jan 2' is not"),
+        ({"format": "json", "levl_format": "upper"}, r'encoder: json: unknown field "levl_format"'),
+        ({"format": "json", "level_format": "rainbow"}, r"encoder\.level_format"),
+    ],
+)
+def test_json_encoder_options_pyproxy_cannot_honour_are_errors(
+    encoder: dict[str, Any], message: str
+) -> None:
+    from config.model import load_model
+
+    config = {"logging": {"logs": {"a": {"encoder": encoder}}}}
+    with pytest.raises(ConfigError, match=r"logging\.logs\.a\." + message):
+        load_model(config)
+
+
+def test_unknown_log_field_is_an_error() -> None:
+    from config.model import load_model
+
+    with pytest.raises(ConfigError, match=r'logging\.logs\.a: json: unknown field "levle"'):
+        load_model({"logging": {"logs": {"a": {"levle": "INFO"}}}})
+
+
+def _entry() -> dict[str, Any]:
+    return {
+        "level": "info",
+        "ts": 1796288837.0366518,
+        "logger": "http.log.access.log0",
+        "msg": "handled request",
+        "request": {"method": "GET"},
+        "duration": 0.000018608,
+        "status": 200,
+    }
+
+
+def test_console_encoder_is_zaps_tab_separated_layout() -> None:
+    from proxy.logs import Encoder
+
+    line = Encoder({"format": "console"}).encode(_entry())
+    assert line == (
+        "1.7962888370366518e+09\tinfo\thttp.log.access.log0\thandled request\t"
+        '{"request":{"method":"GET"},"duration":1.8608e-05,"status":200}\n'
+    )
+
+
+def test_json_encoder_options() -> None:
+    import json
+
+    from proxy.logs import Encoder
+
+    enc = Encoder(
+        {
+            "format": "json",
+            "time_format": "rfc3339_nano",
+            "duration_format": "string",
+            "level_format": "upper",
+            "message_key": "message",
+            "time_key": "time",
+        }
+    )
+    out = json.loads(enc.encode(_entry()))
+    assert list(out)[:4] == ["level", "time", "logger", "message"]
+    assert out["level"] == "INFO"
+    assert out["time"] == "2026-12-03T09:07:17.036652Z"
+    assert out["duration"] == "18.608µs"
+    assert Encoder({"duration_format": "nano"}).encode(_entry()).count('"duration":18608,') == 1
+
+
+# ---- pyproxy's own logs -------------------------------------------------------------------------
+
+
+def _record(name: str, msg: str, level: int = 30) -> Any:
+    import logging
+
+    return logging.LogRecord(name, level, __file__, 1, msg, ("x",), None)
+
+
+def test_own_logs_are_caddy_json_lines_off_a_terminal() -> None:
+    import io
+    import json
+
+    from proxy.logs import own_log_handler
+
+    handler = own_log_handler(io.StringIO())
+    line = handler.format(_record("pyproxy.admin", "admin endpoint %s"))
+    out = json.loads(line)
+    assert list(out) == ["level", "ts", "logger", "msg"]
+    assert (out["level"], out["logger"], out["msg"]) == ("warn", "admin", "admin endpoint x")
+    assert isinstance(out["ts"], float)
+    # The supervisor's own logger is Caddy's unnamed default logger: no `logger` key.
+    assert "logger" not in json.loads(handler.format(_record("pyproxy", "serving %s", 20)))
+
+
+def test_own_logs_use_the_console_layout_on_a_terminal() -> None:
+    import io
+
+    from proxy.logs import own_log_handler
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    line = own_log_handler(Terminal()).format(_record("acme_client.manager", "obtained %s"))
+    ts, level, logger, msg = line.split("\t")
+    assert float(ts) > 0
+    assert (level, logger, msg) == ("warn", "tls.obtain", "obtained x")

@@ -1,0 +1,159 @@
+"""Access-log entries of TLS requests carry Caddy's `request.tls` object.
+
+Caddy (modules/caddyhttp/marshalers.go, LoggableTLSConnState) logs `resumed` (bool),
+`version` and `cipher_suite` as the IANA uint16 codes Go's crypto/tls uses, `proto` (ALPN,
+"" when none was negotiated) and `server_name` (SNI). A real `pyproxy run` on loopback serves
+a site with a file access log; a Python client makes the request; the test reads the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import trustme
+from test_https_engine import dual_free_port, global_options, wait_serving, write_pair
+
+
+def read_entries(path: Path, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            if len(lines) >= count:
+                return [json.loads(ln) for ln in lines]
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {count} entries in {path}")
+
+
+def tls_get(port: int, sni: str, cafile: Path, alpn: list[str] | None, version: Any) -> None:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.minimum_version = ctx.maximum_version = version
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        tls.sendall(f"GET /x HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+        while tls.recv(65536):
+            pass
+
+
+def test_tls_request_entry_has_caddys_tls_object(run_proxy: Any, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert, key = write_pair(tmp_path, ca.issue_cert("a.test"), "a")
+    log_file = tmp_path / "access.log"
+    http_port, https_port = dual_free_port(), dual_free_port()
+    site = (
+        f"a.test {{\n\ttls {cert} {key}\n\tlog {{\n\t\toutput file {log_file}\n\t}}\n"
+        '\trespond "ok"\n}\n'
+    )
+    proc = run_proxy(global_options(tmp_path, http_port, https_port) + site, https_port)
+    wait_serving(proc)
+
+    tls_get(https_port, "a.test", ca_file, ["http/1.1"], ssl.TLSVersion.TLSv1_3)
+    tls_get(https_port, "a.test", ca_file, None, ssl.TLSVersion.TLSv1_2)
+    first, second = read_entries(log_file, 2)
+
+    assert first["request"]["tls"] == {
+        "resumed": False,
+        "version": 0x0304,  # 772, TLS 1.3
+        "cipher_suite": first["request"]["tls"]["cipher_suite"],
+        "proto": "http/1.1",
+        "server_name": "a.test",
+        "ech_accepted": False,
+    }
+    # TLS 1.3 suites are 0x1301..0x1305 (RFC 8446 appendix B.4).
+    assert 0x1301 <= first["request"]["tls"]["cipher_suite"] <= 0x1305
+    tls12 = second["request"]["tls"]
+    assert tls12["version"] == 0x0303  # 771, TLS 1.2
+    assert tls12["proto"] == ""
+    # An ECDHE suite: the defaults offer only forward-secret ones (0xC0xx or 0xCCA8/9).
+    assert isinstance(tls12["cipher_suite"], int) and tls12["cipher_suite"] >> 8 in (0xC0, 0xCC)
+    assert list(first["request"])[-1] == "tls"  # Caddy appends it after headers
+
+
+def test_site_log_format_console_writes_zaps_console_layout(run_proxy: Any, tmp_path: Path) -> None:
+    """`log { format console }` used to come out as JSON."""
+    log_file = tmp_path / "console.log"
+    http_port = dual_free_port()
+    site = (
+        f"http://a.test:{http_port} {{\n\tbind 127.0.0.1\n\tlog {{\n\t\toutput file {log_file}\n"
+        '\t\tformat console {\n\t\t\ttime_format wall_milli\n\t\t}\n\t}\n\trespond "ok"\n}\n'
+    )
+    proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
+    wait_serving(proc)
+    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as conn:
+        conn.sendall(b"GET /c HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        while conn.recv(65536):
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (log_file.exists() and log_file.read_text()):
+        time.sleep(0.05)
+    line = log_file.read_text().splitlines()[0]
+    ts, level, logger, msg, fields = line.split("\t")
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{3}", ts)
+    assert (level, logger, msg) == ("info", "http.log.access.log0", "handled request")
+    parsed = json.loads(fields)
+    assert parsed["request"]["uri"] == "/c"
+    assert parsed["status"] == 200
+
+
+def test_own_process_log_is_caddy_json_lines(run_proxy: Any, tmp_path: Path) -> None:
+    """stderr is a file here (as under Docker): every line of pyproxy's own log is a JSON
+    object shaped like Caddy's (level, ts, optional logger, msg)."""
+    http_port = dual_free_port()
+    site = f'http://a.test:{http_port} {{\n\tbind 127.0.0.1\n\trespond "ok"\n}}\n'
+    proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
+    wait_serving(proc)
+    lines = [ln for ln in proc.log.splitlines() if ln.strip()]
+    assert lines
+    for ln in lines:
+        entry = json.loads(ln)
+        assert entry["level"] in ("debug", "info", "warn", "error")
+        assert isinstance(entry["ts"], float)
+        assert isinstance(entry["msg"], str)
+    assert any("serving" in json.loads(ln)["msg"] for ln in lines)
+
+
+def test_failed_proxied_request_logs_caddys_http_log_error(run_proxy: Any, tmp_path: Path) -> None:
+    http_port, dead_port = dual_free_port(), dual_free_port()
+    site = (
+        f"http://a.test:{http_port} {{\n\tbind 127.0.0.1\n"
+        f"\treverse_proxy 127.0.0.1:{dead_port}\n}}\n"
+    )
+    proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
+    wait_serving(proc)
+    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as conn:
+        conn.sendall(b"GET /e?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 502")
+
+    def error_entries() -> list[dict[str, Any]]:
+        entries = [json.loads(ln) for ln in proc.log.splitlines() if ln.strip()]
+        return [e for e in entries if e.get("logger") == "http.log.error"]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not error_entries():
+        time.sleep(0.05)
+    (entry,) = error_entries()
+    assert entry["level"] == "error"
+    assert entry["status"] == 502
+    assert isinstance(entry["duration"], float)
+    assert isinstance(entry["err_id"], str)
+    request = entry["request"]
+    assert (request["method"], request["host"], request["uri"]) == ("GET", "a.test", "/e?q=1")
+    assert request["remote_ip"] == "127.0.0.1"
+    assert request["proto"] == "HTTP/1.1"
+    assert isinstance(request["remote_port"], str)
+    assert "headers" in request
