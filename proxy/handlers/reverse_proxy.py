@@ -1167,7 +1167,9 @@ class ProxyCall:
         self.finished = True
         self._detach()
         up = self.upstream
-        log.error("%s %s → %s: %s", self.req.method, self.req.uri, up.dial if up else "-", message)
+        # Caddy logs the proxy's own view at debug; the error route logs `http.log.error`
+        # once (proxy.logs.log_handler_error), so a failed request is reported once.
+        log.debug("%s %s → %s: %s", self.req.method, self.req.uri, up.dial if up else "-", message)
         client = self.ex.conn
         owned = client.begin_batch()
         try:
