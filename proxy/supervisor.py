@@ -879,8 +879,7 @@ def startup_lines(
         # and HTTP/3 are not implemented yet; `protocols` is a known unhonoured field).
         for addr in server.listen:
             lines.append(
-                f"listener {_address_text(addr)} ({name}): h1, "
-                f"{'TLS' if tls else 'plain HTTP'}"
+                f"listener {_address_text(addr)} ({name}): h1, {'TLS' if tls else 'plain HTTP'}"
             )
     if plan.managed:
         lines.append("managed certificates: " + ", ".join(plan.managed_names))
