@@ -16,6 +16,94 @@ from pathlib import Path
 from config.errors import ConfigError
 from proxy import __version__
 
+# Long help per verb, printed by `pyproxy help <verb>` and `pyproxy <verb> --help`, in the shape
+# of `caddy help <verb>`: what it does, an example, and (beyond Caddy) the exit codes.
+VERB_HELP: dict[str, tuple[str, str, str]] = {
+    "adapt": (
+        "Adapts a configuration to pyproxy's native JSON config structure and writes the\n"
+        "output to stdout, along with any warnings to stderr. Without --config, ./Caddyfile\n"
+        "is adapted, as by `caddy adapt`.",
+        "pyproxy adapt --config /etc/caddy/Caddyfile --pretty",
+        "0 adapted; 1 the config does not parse or adapt (file:line in the message)",
+    ),
+    "validate": (
+        "Loads and provisions the provided config, but does not start running it. This\n"
+        "reveals any errors with the configuration through the loading and provisioning\n"
+        "stages, like `caddy validate`.",
+        "pyproxy validate --config /etc/caddy/Caddyfile",
+        "0 valid; 1 invalid (every error found is listed)",
+    ),
+    "check": (
+        "Same as `validate` (an alias kept for pyproxy's own scripts).",
+        "pyproxy check /etc/caddy/Caddyfile",
+        "0 valid; 1 invalid",
+    ),
+    "fmt": (
+        "Formats the Caddyfile by adding proper indentation and spaces to improve\n"
+        "human readability. It prints the result to stdout; --overwrite writes it back,\n"
+        "--diff prints the changes instead. `-` reads stdin.",
+        "pyproxy fmt --overwrite /etc/caddy/Caddyfile",
+        "0 formatted, or written back with --overwrite; 1 the input file is not formatted\n"
+        "  (without --overwrite; stdin is a pure filter and exits 0, as in current Caddy)\n"
+        "  or cannot be read",
+    ),
+    "version": (
+        "Prints the version of pyproxy and of its compiled modules.",
+        "pyproxy version",
+        "0 always",
+    ),
+    "reload": (
+        "Gives the running instance a new configuration. This has the same effect as\n"
+        "POSTing a document to the /load admin endpoint, as `caddy reload` does. The admin\n"
+        "address comes from --address, else from the config file, else the default.",
+        "pyproxy reload --config /etc/caddy/Caddyfile",
+        "0 the new config is running; 1 the config is invalid, the instance refused it,\n"
+        "  or no instance answers at the admin address",
+    ),
+    "stop": (
+        "Gracefully stops the running instance through its admin API (POST /stop), as\n"
+        "`caddy stop` does.",
+        "pyproxy stop --address localhost:2019",
+        "0 stopped; 1 no instance answers or it refused",
+    ),
+    "environ": (
+        "Prints the environment as pyproxy sees it: its own paths (data, config, autosave)\n"
+        "first, then the process environment, as `caddy environ` does.",
+        "pyproxy environ",
+        "0 always",
+    ),
+    "trust": (
+        "Prints the path of the local CA's root certificate; --install adds it to the\n"
+        "system trust store, as `caddy trust` does.",
+        "pyproxy trust --install",
+        "0 done; 1 no local CA yet or the trust store cannot be written",
+    ),
+    "untrust": (
+        "Removes the local CA's root certificate from the system trust store, as\n"
+        "`caddy untrust` does.",
+        "pyproxy untrust",
+        "0 removed (or was not installed); 1 the trust store cannot be written",
+    ),
+    "certs": (
+        "Lists the managed certificates: subject names, issuer, expiry and when the next\n"
+        "renewal is due.",
+        "pyproxy certs",
+        "0 listed; 1 the storage cannot be read",
+    ),
+    "run": (
+        "Starts the server and blocks indefinitely, in the foreground, like `caddy run`.\n"
+        "Without --config, ./Caddyfile is loaded if it exists. SIGTERM/SIGINT stop it\n"
+        "gracefully; SIGUSR1 is ignored as by Caddy (use `reload`).",
+        "pyproxy run --config /etc/caddy/Caddyfile --watch",
+        "0 stopped cleanly; 1 the config is invalid or a listener cannot be bound",
+    ),
+    "help": (
+        "Shows help for pyproxy, or for one of its commands.",
+        "pyproxy help reload",
+        "0 shown; 1 unknown command",
+    ),
+}
+
 
 def _print_warnings(warnings: Sequence[object]) -> None:
     for w in warnings:
@@ -223,8 +311,28 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_help(
+    parser: argparse.ArgumentParser,
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    args: argparse.Namespace,
+) -> int:
+    """`pyproxy help [verb]`, like `caddy help [verb]` (exit 0; 1 for an unknown verb)."""
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    if args.verb not in sub.choices:
+        return _unknown_verb(parser.prog, args.verb, sorted(sub.choices))
+    sub.choices[args.verb].print_help()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyproxy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=Path(sys.argv[0]).name if sys.argv[0].endswith("pyproxy") else "pyproxy",
+        description=__doc__.splitlines()[0],
+    )
+    # Handled in main() before parsing, as `caddy --version`; listed here for --help.
+    parser.add_argument("--version", "-v", action="store_true", help="print the version")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("adapt", help="print the JSON config a Caddyfile adapts to")
@@ -247,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", "-w", action="store_true", help="write the result back")
     p.add_argument("--diff", "-d", action="store_true", help="print a diff instead")
     p.set_defaults(func=cmd_fmt)
+
+    p = sub.add_parser("help", help="show help for pyproxy or one of its commands")
+    p.add_argument("verb", nargs="?", default=None, help="the command to explain")
+    p.set_defaults(func=lambda a: cmd_help(parser, sub, a))
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
@@ -287,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("run", help="serve a config in the foreground")
         add_run_arguments(p)
         p.set_defaults(func=cmd_run)
+    _apply_verb_help(sub)
     return parser
 
 
@@ -296,9 +409,63 @@ def _merge_file_arg(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _apply_verb_help(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Give each verb's parser its long help (description, example, exit codes)."""
+    for name, verb_parser in sub.choices.items():
+        if name not in VERB_HELP:
+            continue
+        what, example, exit_codes = VERB_HELP[name]
+        verb_parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        verb_parser.description = what
+        extra = f"example:\n  {example}\n"
+        if verb_parser.epilog:  # `run` documents its exit codes itself
+            verb_parser.epilog = extra + "\n" + verb_parser.epilog
+        else:
+            verb_parser.epilog = f"{extra}\nexit codes:\n  {exit_codes}\n"
+
+
+def _levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            )
+        previous = current
+    return previous[-1]
+
+
+def _unknown_verb(prog: str, verb: str, verbs: Sequence[str]) -> int:
+    """Caddy's (cobra's) wording and exit code 1 for an unknown command, with its
+    "Did you mean this?" suggestions."""
+    print(f'Error: unknown command "{verb}" for "{prog}"', file=sys.stderr)
+    # cobra suggests commands within Levenshtein distance 2 or starting with the typed word.
+    close = [
+        name
+        for name in verbs
+        if _levenshtein(verb.lower(), name.lower()) <= 2 or name.startswith(verb.lower())
+    ]
+    if close:
+        print("\nDid you mean this?", file=sys.stderr)
+        for name in close:
+            print(f"\t{name}", file=sys.stderr)
+    print(f"\nRun '{prog} --help' for usage.", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    sub = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    verbs = sorted(sub.choices)
+    if args_list and args_list[0] in ("--version", "-v"):
+        return cmd_version(argparse.Namespace())
+    if args_list and not args_list[0].startswith("-") and args_list[0] not in sub.choices:
+        return _unknown_verb(parser.prog, args_list[0], verbs)
+    args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

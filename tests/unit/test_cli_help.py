@@ -1,0 +1,93 @@
+"""`pyproxy help`, `help <verb>`, `--version` and the unknown-verb message, next to Caddy's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy import cli
+
+REPO = Path(__file__).resolve().parents[2]
+CADDY = shutil.which("caddy") or ("/usr/bin/caddy" if Path("/usr/bin/caddy").exists() else None)
+needs_caddy = pytest.mark.skipif(CADDY is None, reason="needs /usr/bin/caddy")
+
+
+def _pyproxy(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYPROXY_NATIVE": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_help_lists_every_verb(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["help"]) == 0
+    out = capsys.readouterr().out
+    for verb in ("adapt", "validate", "fmt", "reload", "stop", "run", "version", "help"):
+        assert f"    {verb} " in out
+
+
+@pytest.mark.parametrize("verb", sorted(cli.VERB_HELP))
+def test_help_verb_has_what_example_and_exit_codes(
+    verb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["help", verb]) == 0
+    out = capsys.readouterr().out
+    what, example, _ = cli.VERB_HELP[verb]
+    assert what.splitlines()[0] in out
+    assert f"example:\n  {example}" in out
+    assert "exit codes:" in out or "Exit codes" in out
+
+
+def test_version_flag_prints_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy import __version__
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"pyproxy v{__version__} ")
+
+
+def test_unknown_verb_message_and_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["frm"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        'Error: unknown command "frm" for "pyproxy"\n\nDid you mean this?\n\tfmt\n\n'
+        "Run 'pyproxy --help' for usage.\n"
+    )
+
+
+def test_help_unknown_verb_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["help", "nosuchverb"]) == 1
+    assert 'unknown command "nosuchverb"' in capsys.readouterr().err
+
+
+@needs_caddy
+@pytest.mark.parametrize("verb", ["foo", "frm", "relaod", "xyzzy"])
+def test_unknown_verb_same_as_caddy(verb: str) -> None:
+    assert CADDY is not None
+    caddy = subprocess.run(
+        [CADDY, verb], capture_output=True, text=True, timeout=30, check=False
+    )
+    ours = _pyproxy(verb)
+    assert ours.returncode == caddy.returncode == 1
+    expected = caddy.stderr.replace('"caddy"', '"pyproxy"').replace("'caddy ", "'pyproxy ")
+    # Caddy only suggests verbs it has; compare the shape line by line where both suggest.
+    assert ours.stderr.splitlines()[0] == expected.splitlines()[0]
+    assert ours.stderr.splitlines()[-1] == expected.splitlines()[-1]
+    assert ("Did you mean this?" in ours.stderr) == ("Did you mean this?" in caddy.stderr)
+
+
+@needs_caddy
+@pytest.mark.parametrize("verb", ["reload", "adapt", "fmt", "validate", "stop", "run"])
+def test_help_verb_exit_code_same_as_caddy(verb: str) -> None:
+    assert CADDY is not None
+    caddy = subprocess.run(
+        [CADDY, "help", verb], capture_output=True, text=True, timeout=30, check=False
+    )
+    ours = _pyproxy("help", verb)
+    assert ours.returncode == caddy.returncode == 0
+    assert f"pyproxy {verb}" in ours.stdout
