@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,12 +114,28 @@ def _print_warnings(warnings: Sequence[object]) -> None:
             getattr(w, "message", w),
         )
         where = f"{file}:{line}: " if file else ""
-        print(f"WARN {where}{message}", file=sys.stderr)
+        # The adapter words its fmt hint as Caddy does; name the command actually running.
+        text = str(message).replace("'caddy fmt ", f"'{_prog()} fmt ")
+        print(f"WARN {where}{text}", file=sys.stderr)
+
+
+def _prog() -> str:
+    """The name this command line was invoked as: `pyproxy`, or `caddy` through the shim."""
+    return os.environ.get("PYPROXY_PROG") or "pyproxy"
+
+
+_NO_CADDYFILE = (
+    "Error: input file required when there is no Caddyfile in current directory "
+    "(use --config flag)"
+)
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from config.source import load_config
 
+    if args.config is None and not Path("Caddyfile").exists():
+        print(_NO_CADDYFILE, file=sys.stderr)  # caddy adapt's wording; exit 1 as Caddy
+        return 1
     try:
         config, warnings = load_config(args.config, args.adapter or "caddyfile")
         if args.validate:
@@ -140,6 +157,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from config.source import load_config
     from proxy.supervisor import validate
 
+    if args.config is None and not Path("Caddyfile").exists():
+        # Caddy says "decoding config: unexpected end of JSON input" here; adapt's hint helps.
+        print(_NO_CADDYFILE, file=sys.stderr)
+        return 1
     try:
         config, warnings = load_config(args.config, args.adapter)
         _print_warnings(warnings)
@@ -328,7 +349,7 @@ def cmd_help(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=Path(sys.argv[0]).name if sys.argv[0].endswith("pyproxy") else "pyproxy",
+        prog=_prog(),
         description=__doc__.splitlines()[0],
     )
     # Handled in main() before parsing, as `caddy --version`; listed here for --help.

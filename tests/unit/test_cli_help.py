@@ -91,3 +91,57 @@ def test_help_verb_exit_code_same_as_caddy(verb: str) -> None:
     ours = _pyproxy("help", verb)
     assert ours.returncode == caddy.returncode == 0
     assert f"pyproxy {verb}" in ours.stdout
+
+
+def test_missing_brace_names_file_line_without_a_list(tmp_path: Path) -> None:
+    config = tmp_path / "Caddyfile"
+    config.write_text("example.com {\n\trespond hi\n")
+    result = _pyproxy("adapt", "--config", str(config))
+    assert result.returncode == 1
+    assert f"at {config}:2" in result.stderr
+    assert "import chain" not in result.stderr and "['" not in result.stderr
+
+
+@pytest.mark.parametrize("verb", ["adapt", "validate"])
+def test_no_caddyfile_in_cwd_gives_caddys_hint(tmp_path: Path, verb: str) -> None:
+    env = {**os.environ, "PYPROXY_NATIVE": "0", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", verb],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: input file required when there is no Caddyfile in current directory "
+        "(use --config flag)\n"
+    )
+
+
+@needs_caddy
+def test_no_caddyfile_adapt_same_as_caddy(tmp_path: Path) -> None:
+    assert CADDY is not None
+    caddy = subprocess.run(
+        [CADDY, "adapt"], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
+    )
+    env = {**os.environ, "PYPROXY_NATIVE": "0", "PYTHONPATH": str(REPO)}
+    ours = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "adapt"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert ours.returncode == caddy.returncode == 1
+    assert ours.stderr.strip() == caddy.stderr.strip()
+
+
+@pytest.mark.parametrize(("prog", "hint"), [(None, "'pyproxy fmt "), ("caddy", "'caddy fmt ")])
+def test_fmt_hint_names_the_invoked_command(tmp_path: Path, prog: str | None, hint: str) -> None:
+    config = tmp_path / "Caddyfile"
+    config.write_text("example.com {\nrespond hi\n}\n")
+    env = {**os.environ, "PYPROXY_NATIVE": "0"}
+    env.pop("PYPROXY_PROG", None)
+    if prog:
+        env["PYPROXY_PROG"] = prog
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "adapt", "--config", str(config)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0
+    assert f"{hint}--overwrite'" in result.stderr
