@@ -48,6 +48,13 @@ VERB_HELP: dict[str, tuple[str, str, str]] = {
         "  (without --overwrite; stdin is a pure filter and exits 0, as in current Caddy)\n"
         "  or cannot be read",
     ),
+    "hash-password": (
+        "Convenient way to hash a plaintext password for the basic_auth directive, as\n"
+        "`caddy hash-password` does (bcrypt, cost 14). Without --plaintext the password\n"
+        "is asked twice on a terminal, else read from the first line of stdin.",
+        "pyproxy hash-password --plaintext hiccup",
+        "0 printed; 1 unknown --algorithm, empty password or the two entries differ",
+    ),
     "version": (
         "Prints the version of pyproxy and of its compiled modules.",
         "pyproxy version",
@@ -324,6 +331,37 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     return 0
 
 
+# Caddy's default bcrypt cost (caddyauth.BcryptHash: DefaultCost 14) and Go's `$2a$` prefix.
+BCRYPT_COST = 14
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """`caddy hash-password`: bcrypt the password from --plaintext, else from the terminal
+    (asked twice) or the first line of stdin, and print the hash for `basic_auth`."""
+    if args.algorithm != "bcrypt":
+        print(f"Error: unrecognized hash algorithm: {args.algorithm}", file=sys.stderr)
+        return 1
+    plaintext: str = args.plaintext or ""
+    if not plaintext:
+        if sys.stdin.isatty():
+            import getpass
+
+            plaintext = getpass.getpass("Enter password: ")
+            if getpass.getpass("Confirm password: ") != plaintext:
+                print("Error: password does not match", file=sys.stderr)
+                return 1
+        else:
+            plaintext = sys.stdin.readline().rstrip("\r\n")
+    if not plaintext:
+        print("Error: empty passwords are not allowed", file=sys.stderr)
+        return 1
+    import bcrypt
+
+    hashed = bcrypt.hashpw(plaintext.encode(), bcrypt.gensalt(BCRYPT_COST, prefix=b"2a"))
+    print(hashed.decode())
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from proxy import native
 
@@ -383,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("hash-password", help="hash a password for basic_auth (bcrypt)")
+    p.add_argument("--plaintext", "-p", default="", help="the password (else tty or stdin)")
+    p.add_argument("--algorithm", "-a", default="bcrypt", help="hash algorithm (bcrypt)")
+    p.set_defaults(func=cmd_hash_password)
 
     from proxy import admin_client
 
