@@ -55,6 +55,12 @@ VERB_HELP: dict[str, tuple[str, str, str]] = {
         "pyproxy hash-password --plaintext hiccup",
         "0 printed; 1 unknown --algorithm, empty password or the two entries differ",
     ),
+    "list-modules": (
+        "Lists the Caddy modules pyproxy implements, by Caddy's module IDs (e.g.\n"
+        "http.handlers.reverse_proxy), as `caddy list-modules` does.",
+        "pyproxy list-modules --versions",
+        "0 always",
+    ),
     "version": (
         "Prints the version of pyproxy and of its compiled modules.",
         "pyproxy version",
@@ -362,6 +368,33 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def supported_modules() -> list[str]:
+    """Caddy module IDs of what pyproxy serves (handlers the runtime refuses are left out)."""
+    from config.model import SUPPORTED_HANDLERS
+
+    modules = ["caddy.adapters.caddyfile", "http", "tls"]
+    modules += [f"http.handlers.{name}" for name in SUPPORTED_HANDLERS]
+    return sorted(modules)
+
+
+def cmd_list_modules(args: argparse.Namespace) -> int:
+    """`caddy list-modules`: one module ID a line, then Caddy's counts footer. All of
+    pyproxy's modules count as standard (they ship with it), so --skip-standard lists none.
+    --versions adds pyproxy's version, --packages the Python package ("pyproxy")."""
+    modules = [] if args.skip_standard else supported_modules()
+    for name in modules:
+        fields = [name]
+        if args.packages:
+            fields.append("pyproxy")
+        if args.versions:
+            fields.append(f"v{__version__}")
+        print(" ".join(fields))
+    if not args.skip_standard:
+        print(f"\n  Standard modules: {len(modules)}")
+    print("\n  Non-standard modules: 0\n\n  Unknown modules: 0")
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from proxy import native
 
@@ -421,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("list-modules", help="list the Caddy modules pyproxy implements")
+    p.add_argument("--packages", action="store_true", help="print package paths")
+    p.add_argument("--versions", action="store_true", help="print version information")
+    p.add_argument("--skip-standard", "-s", action="store_true", help="skip standard modules")
+    p.set_defaults(func=cmd_list_modules)
 
     p = sub.add_parser("hash-password", help="hash a password for basic_auth (bcrypt)")
     p.add_argument("--plaintext", "-p", default="", help="the password (else tty or stdin)")
