@@ -90,24 +90,24 @@ VERB_HELP: dict[str, tuple[str, str, str]] = {
         "Prints the path of the local CA's root certificate; --install adds it to the\n"
         "system trust store, as `caddy trust` does.",
         "pyproxy trust --install",
-        "0 done; 1 no local CA yet or the trust store cannot be written",
+        "0 done; 1 failed (the message says why)",
     ),
     "untrust": (
         "Removes the local CA's root certificate from the system trust store, as\n"
         "`caddy untrust` does.",
         "pyproxy untrust",
-        "0 removed (or was not installed); 1 the trust store cannot be written",
+        "0 removed; 1 failed (the message says why)",
     ),
     "certs": (
         "Lists the managed certificates: subject names, issuer, expiry and when the next\n"
         "renewal is due.",
         "pyproxy certs",
-        "0 listed; 1 the storage cannot be read",
+        "0 listed; 1 failed (the message says why)",
     ),
     "run": (
         "Starts the server and blocks indefinitely, in the foreground, like `caddy run`.\n"
-        "Without --config, ./Caddyfile is loaded if it exists. SIGTERM/SIGINT stop it\n"
-        "gracefully; SIGUSR1 is ignored as by Caddy (use `reload`).",
+        "Without --config, ./Caddyfile is loaded if it exists. --resume prefers the config\n"
+        "last pushed through the admin API (autosave.json).",
         "pyproxy run --config /etc/caddy/Caddyfile --watch",
         "0 stopped cleanly; 1 the config is invalid or a listener cannot be bound",
     ),
