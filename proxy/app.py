@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from config.envfile import load_envfile
 from config.errors import ConfigError
@@ -50,6 +51,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
     parser.add_argument("--watch", action="store_true", help="reload when the config file changes")
+    parser.add_argument(
+        "--environ", action="store_true", help="print the environment before starting"
+    )
+    parser.add_argument("--pidfile", default=None, help="write the process id to this file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="use the config last pushed through the admin API (autosave.json), if any",
+    )
 
 
 def _usable_cores() -> int:
@@ -79,6 +89,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"Error: loading config: {exc}", file=sys.stderr)
         return 1
+    if args.environ:
+        # `caddy run --environ`: the same text as `environ`, then serve.
+        from proxy.admin_client import environment_text
+
+        sys.stdout.write(environment_text())
+        sys.stdout.flush()
+    if args.resume:
+        # `caddy run --resume`: the autosave (written by the admin API on every pushed config)
+        # wins over --config; without one, --config is used, as Caddy does.
+        from proxy.admin import autosave_path
+
+        saved = autosave_path()
+        if saved.is_file():
+            args.config, args.adapter = str(saved), "json"
+        else:
+            print(f"no autosaved config at {saved}; using --config", file=sys.stderr)
+    if args.pidfile:
+        try:
+            # Caddy writes the pid file before it loads the config; so do we.
+            Path(args.pidfile).write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            print(f"Error: writing pid file: {exc}", file=sys.stderr)
+            return 1
     try:
         workers = supervisor.worker_count(args.workers, os.environ, _usable_cores())
     except ConfigError as exc:

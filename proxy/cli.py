@@ -9,12 +9,114 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from config.errors import ConfigError
 from proxy import __version__
+
+# Long help per verb, printed by `pyproxy help <verb>` and `pyproxy <verb> --help`, in the shape
+# of `caddy help <verb>`: what it does, an example, and (beyond Caddy) the exit codes.
+VERB_HELP: dict[str, tuple[str, str, str]] = {
+    "adapt": (
+        "Adapts a configuration to pyproxy's native JSON config structure and writes the\n"
+        "output to stdout, along with any warnings to stderr. Without --config, ./Caddyfile\n"
+        "is adapted, as by `caddy adapt`.",
+        "pyproxy adapt --config /etc/caddy/Caddyfile --pretty",
+        "0 adapted; 1 the config does not parse or adapt (file:line in the message)",
+    ),
+    "validate": (
+        "Loads and provisions the provided config, but does not start running it. This\n"
+        "reveals any errors with the configuration through the loading and provisioning\n"
+        "stages, like `caddy validate`.",
+        "pyproxy validate --config /etc/caddy/Caddyfile",
+        "0 valid; 1 invalid (every error found is listed)",
+    ),
+    "check": (
+        "Same as `validate` (an alias kept for pyproxy's own scripts).",
+        "pyproxy check /etc/caddy/Caddyfile",
+        "0 valid; 1 invalid",
+    ),
+    "fmt": (
+        "Formats the Caddyfile by adding proper indentation and spaces to improve\n"
+        "human readability. It prints the result to stdout; --overwrite writes it back,\n"
+        "--diff prints the changes instead. `-` reads stdin.",
+        "pyproxy fmt --overwrite /etc/caddy/Caddyfile",
+        "0 formatted, or written back with --overwrite; 1 the input file is not formatted\n"
+        "  (without --overwrite; stdin is a pure filter and exits 0, as in current Caddy)\n"
+        "  or cannot be read",
+    ),
+    "hash-password": (
+        "Convenient way to hash a plaintext password for the basic_auth directive, as\n"
+        "`caddy hash-password` does (bcrypt, cost 14). Without --plaintext the password\n"
+        "is asked twice on a terminal, else read from the first line of stdin.",
+        "pyproxy hash-password --plaintext hiccup",
+        "0 printed; 1 unknown --algorithm, empty password or the two entries differ",
+    ),
+    "list-modules": (
+        "Lists the Caddy modules pyproxy implements, by Caddy's module IDs (e.g.\n"
+        "http.handlers.reverse_proxy), as `caddy list-modules` does.",
+        "pyproxy list-modules --versions",
+        "0 always",
+    ),
+    "version": (
+        "Prints the version of pyproxy and of its compiled modules.",
+        "pyproxy version",
+        "0 always",
+    ),
+    "reload": (
+        "Gives the running instance a new configuration. This has the same effect as\n"
+        "POSTing a document to the /load admin endpoint, as `caddy reload` does. The admin\n"
+        "address comes from --address, else from the config file, else the default.",
+        "pyproxy reload --config /etc/caddy/Caddyfile",
+        "0 the new config is running; 1 the config is invalid, the instance refused it,\n"
+        "  or no instance answers at the admin address",
+    ),
+    "stop": (
+        "Gracefully stops the running instance through its admin API (POST /stop), as\n"
+        "`caddy stop` does.",
+        "pyproxy stop --address localhost:2019",
+        "0 stopped; 1 no instance answers or it refused",
+    ),
+    "environ": (
+        "Prints the environment as pyproxy sees it: its own paths (data, config, autosave)\n"
+        "first, then the process environment, as `caddy environ` does.",
+        "pyproxy environ",
+        "0 always",
+    ),
+    "trust": (
+        "Prints the path of the local CA's root certificate; --install adds it to the\n"
+        "system trust store, as `caddy trust` does.",
+        "pyproxy trust --install",
+        "0 done; 1 failed (the message says why)",
+    ),
+    "untrust": (
+        "Removes the local CA's root certificate from the system trust store, as\n"
+        "`caddy untrust` does.",
+        "pyproxy untrust",
+        "0 removed; 1 failed (the message says why)",
+    ),
+    "certs": (
+        "Lists the managed certificates: subject names, issuer, expiry and when the next\n"
+        "renewal is due.",
+        "pyproxy certs",
+        "0 listed; 1 failed (the message says why)",
+    ),
+    "run": (
+        "Starts the server and blocks indefinitely, in the foreground, like `caddy run`.\n"
+        "Without --config, ./Caddyfile is loaded if it exists. --resume prefers the config\n"
+        "last pushed through the admin API (autosave.json).",
+        "pyproxy run --config /etc/caddy/Caddyfile --watch",
+        "0 stopped cleanly; 1 the config is invalid or a listener cannot be bound",
+    ),
+    "help": (
+        "Shows help for pyproxy, or for one of its commands.",
+        "pyproxy help reload",
+        "0 shown; 1 unknown command",
+    ),
+}
 
 
 def _print_warnings(warnings: Sequence[object]) -> None:
@@ -25,12 +127,28 @@ def _print_warnings(warnings: Sequence[object]) -> None:
             getattr(w, "message", w),
         )
         where = f"{file}:{line}: " if file else ""
-        print(f"WARN {where}{message}", file=sys.stderr)
+        # The adapter words its fmt hint as Caddy does; name the command actually running.
+        text = str(message).replace("'caddy fmt ", f"'{_prog()} fmt ")
+        print(f"WARN {where}{text}", file=sys.stderr)
+
+
+def _prog() -> str:
+    """The name this command line was invoked as: `pyproxy`, or `caddy` through the shim."""
+    return os.environ.get("PYPROXY_PROG") or "pyproxy"
+
+
+_NO_CADDYFILE = (
+    "Error: input file required when there is no Caddyfile in current directory "
+    "(use --config flag)"
+)
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from config.source import load_config
 
+    if args.config is None and not Path("Caddyfile").exists():
+        print(_NO_CADDYFILE, file=sys.stderr)  # caddy adapt's wording; exit 1 as Caddy
+        return 1
     try:
         config, warnings = load_config(args.config, args.adapter or "caddyfile")
         if args.validate:
@@ -52,6 +170,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from config.source import load_config
     from proxy.supervisor import validate
 
+    if args.config is None and not Path("Caddyfile").exists():
+        # Caddy says "decoding config: unexpected end of JSON input" here; adapt's hint helps.
+        print(_NO_CADDYFILE, file=sys.stderr)
+        return 1
     try:
         config, warnings = load_config(args.config, args.adapter)
         _print_warnings(warnings)
@@ -215,6 +337,64 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     return 0
 
 
+# Caddy's default bcrypt cost (caddyauth.BcryptHash: DefaultCost 14) and Go's `$2a$` prefix.
+BCRYPT_COST = 14
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """`caddy hash-password`: bcrypt the password from --plaintext, else from the terminal
+    (asked twice) or the first line of stdin, and print the hash for `basic_auth`."""
+    if args.algorithm != "bcrypt":
+        print(f"Error: unrecognized hash algorithm: {args.algorithm}", file=sys.stderr)
+        return 1
+    plaintext: str = args.plaintext or ""
+    if not plaintext:
+        if sys.stdin.isatty():
+            import getpass
+
+            plaintext = getpass.getpass("Enter password: ")
+            if getpass.getpass("Confirm password: ") != plaintext:
+                print("Error: password does not match", file=sys.stderr)
+                return 1
+        else:
+            plaintext = sys.stdin.readline().rstrip("\r\n")
+    if not plaintext:
+        print("Error: empty passwords are not allowed", file=sys.stderr)
+        return 1
+    import bcrypt
+
+    hashed = bcrypt.hashpw(plaintext.encode(), bcrypt.gensalt(BCRYPT_COST, prefix=b"2a"))
+    print(hashed.decode())
+    return 0
+
+
+def supported_modules() -> list[str]:
+    """Caddy module IDs of what pyproxy serves (handlers the runtime refuses are left out)."""
+    from config.model import SUPPORTED_HANDLERS
+
+    modules = ["caddy.adapters.caddyfile", "http", "tls"]
+    modules += [f"http.handlers.{name}" for name in SUPPORTED_HANDLERS]
+    return sorted(modules)
+
+
+def cmd_list_modules(args: argparse.Namespace) -> int:
+    """`caddy list-modules`: one module ID a line, then Caddy's counts footer. All of
+    pyproxy's modules count as standard (they ship with it), so --skip-standard lists none.
+    --versions adds pyproxy's version, --packages the Python package ("pyproxy")."""
+    modules = [] if args.skip_standard else supported_modules()
+    for name in modules:
+        fields = [name]
+        if args.packages:
+            fields.append("pyproxy")
+        if args.versions:
+            fields.append(f"v{__version__}")
+        print(" ".join(fields))
+    if not args.skip_standard:
+        print(f"\n  Standard modules: {len(modules)}")
+    print("\n  Non-standard modules: 0\n\n  Unknown modules: 0")
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from proxy import native
 
@@ -223,8 +403,28 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_help(
+    parser: argparse.ArgumentParser,
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    args: argparse.Namespace,
+) -> int:
+    """`pyproxy help [verb]`, like `caddy help [verb]` (exit 0; 1 for an unknown verb)."""
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    if args.verb not in sub.choices:
+        return _unknown_verb(parser.prog, args.verb, sorted(sub.choices))
+    sub.choices[args.verb].print_help()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyproxy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=_prog(),
+        description=__doc__.splitlines()[0],
+    )
+    # Handled in main() before parsing, as `caddy --version`; listed here for --help.
+    parser.add_argument("--version", "-v", action="store_true", help="print the version")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("adapt", help="print the JSON config a Caddyfile adapts to")
@@ -248,8 +448,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", "-d", action="store_true", help="print a diff instead")
     p.set_defaults(func=cmd_fmt)
 
+    p = sub.add_parser("help", help="show help for pyproxy or one of its commands")
+    p.add_argument("verb", nargs="?", default=None, help="the command to explain")
+    p.set_defaults(func=lambda a: cmd_help(parser, sub, a))
+
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("list-modules", help="list the Caddy modules pyproxy implements")
+    p.add_argument("--packages", action="store_true", help="print package paths")
+    p.add_argument("--versions", action="store_true", help="print version information")
+    p.add_argument("--skip-standard", "-s", action="store_true", help="skip standard modules")
+    p.set_defaults(func=cmd_list_modules)
+
+    p = sub.add_parser("hash-password", help="hash a password for basic_auth (bcrypt)")
+    p.add_argument("--plaintext", "-p", default="", help="the password (else tty or stdin)")
+    p.add_argument("--algorithm", "-a", default="bcrypt", help="hash algorithm (bcrypt)")
+    p.set_defaults(func=cmd_hash_password)
 
     from proxy import admin_client
 
@@ -287,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("run", help="serve a config in the foreground")
         add_run_arguments(p)
         p.set_defaults(func=cmd_run)
+    _apply_verb_help(sub)
     return parser
 
 
@@ -296,9 +512,63 @@ def _merge_file_arg(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _apply_verb_help(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Give each verb's parser its long help (description, example, exit codes)."""
+    for name, verb_parser in sub.choices.items():
+        if name not in VERB_HELP:
+            continue
+        what, example, exit_codes = VERB_HELP[name]
+        verb_parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        verb_parser.description = what
+        extra = f"example:\n  {example}\n"
+        if verb_parser.epilog:  # `run` documents its exit codes itself
+            verb_parser.epilog = extra + "\n" + verb_parser.epilog
+        else:
+            verb_parser.epilog = f"{extra}\nexit codes:\n  {exit_codes}\n"
+
+
+def _levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            )
+        previous = current
+    return previous[-1]
+
+
+def _unknown_verb(prog: str, verb: str, verbs: Sequence[str]) -> int:
+    """Caddy's (cobra's) wording and exit code 1 for an unknown command, with its
+    "Did you mean this?" suggestions."""
+    print(f'Error: unknown command "{verb}" for "{prog}"', file=sys.stderr)
+    # cobra suggests commands within Levenshtein distance 2 or starting with the typed word.
+    close = [
+        name
+        for name in verbs
+        if _levenshtein(verb.lower(), name.lower()) <= 2 or name.startswith(verb.lower())
+    ]
+    if close:
+        print("\nDid you mean this?", file=sys.stderr)
+        for name in close:
+            print(f"\t{name}", file=sys.stderr)
+    print(f"\nRun '{prog} --help' for usage.", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    sub = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    verbs = sorted(sub.choices)
+    if args_list and args_list[0] in ("--version", "-v"):
+        return cmd_version(argparse.Namespace())
+    if args_list and not args_list[0].startswith("-") and args_list[0] not in sub.choices:
+        return _unknown_verb(parser.prog, args_list[0], verbs)
+    args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

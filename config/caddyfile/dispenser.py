@@ -242,13 +242,16 @@ class Dispenser:
         return self.err(f"wrong argument count or unexpected line ending after '{self.val()}'")
 
     def syntax_err(self, expected: str) -> ConfigError:
-        chain = "','".join(self.token().imports)
-        return ConfigError(
+        # Current Caddy's SyntaxErr wording, except that an empty import chain is left out
+        # (Caddy prints `import chain: ['']`, which reads like a stray list); with imports the
+        # chain is named as Caddy names it.
+        message = (
             f"syntax error: unexpected token '{self.val()}', expecting '{expected}', "
-            f"at {self.file()}:{self.line()} import chain: ['{chain}']",
-            self.file(),
-            self.line(),
+            f"at {self.file()}:{self.line()}"
         )
+        if self.token().imports:
+            message += " import chain: ['" + "','".join(self.token().imports) + "']"
+        return ConfigError(message, self.file(), self.line())
 
     def eof_err(self) -> ConfigError:
         return self.err("unexpected EOF")

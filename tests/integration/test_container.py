@@ -308,7 +308,7 @@ def test_image_runs_the_compiled_request_path(container: str) -> None:
 def test_caddy_command_maps_verbs(container: str) -> None:
     version = run_in(container, "caddy", "version")
     assert version.returncode == 0, version.stderr
-    assert version.stdout.startswith("pyproxy v")
+    assert version.stdout.startswith("v2.6.2 pyproxy-")  # Caddy-style: `v2.x.y <build>`
 
     adapt = run_in(container, "caddy", "adapt", "--config", "/etc/caddy/Caddyfile")
     assert adapt.returncode == 0, adapt.stderr
@@ -466,7 +466,7 @@ def test_caddy_passes_other_verbs_through(fake_pyproxy: Path, tmp_path: Path) ->
         ["stop", "--address", "localhost:2019"],
     ):
         assert caddy(fake_pyproxy, *args, cwd=tmp_path).stdout == f"argv: {' '.join(args)}\n"
-    assert caddy(fake_pyproxy, "version", cwd=tmp_path).stdout == "pyproxy v0\n"
+    assert caddy(fake_pyproxy, "version", cwd=tmp_path).stdout == "v2.6.2 pyproxy-0\n"
     usage = caddy(fake_pyproxy, cwd=tmp_path)
     assert usage.returncode == 0
     assert "reload" in usage.stdout

@@ -165,8 +165,7 @@ def test_whitespace_only_input_has_no_blocks() -> None:
         ),
         (
             "a.com {\n\tdir1\n",
-            "syntax error: unexpected token 'dir1', expecting '}', at Caddyfile:2 "
-            "import chain: ['']",
+            "syntax error: unexpected token 'dir1', expecting '}', at Caddyfile:2",
             2,
         ),
         (
@@ -176,8 +175,7 @@ def test_whitespace_only_input_has_no_blocks() -> None:
         ),
         (
             "(snip) {\n\tfoo\n",
-            "syntax error: unexpected token 'foo', expecting '}', at Caddyfile:2 "
-            "import chain: ['']",
+            "syntax error: unexpected token 'foo', expecting '}', at Caddyfile:2",
             2,
         ),
     ],
