@@ -138,8 +138,7 @@ def _prog() -> str:
 
 
 _NO_CADDYFILE = (
-    "Error: input file required when there is no Caddyfile in current directory "
-    "(use --config flag)"
+    "Error: input file required when there is no Caddyfile in current directory (use --config flag)"
 )
 
 
@@ -560,9 +559,7 @@ def _unknown_verb(prog: str, verb: str, verbs: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args_list = list(sys.argv[1:] if argv is None else argv)
-    sub = next(
-        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-    )
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     verbs = sorted(sub.choices)
     if args_list and args_list[0] in ("--version", "-v"):
         return cmd_version(argparse.Namespace())

@@ -40,8 +40,13 @@ def _shim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "PYPROXY": str(_fake_pyproxy(tmp_path)),
     }
     return subprocess.run(
-        ["bash", str(SHIM), *args], env=env, cwd=tmp_path,
-        capture_output=True, text=True, timeout=60, check=False,
+        ["bash", str(SHIM), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

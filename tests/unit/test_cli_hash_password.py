@@ -19,7 +19,13 @@ def _hash(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYPROXY_NATIVE": "0"}
     return subprocess.run(
         [sys.executable, "-m", "proxy.cli", "hash-password", *args],
-        cwd=REPO, env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -48,7 +54,10 @@ def test_caddys_hash_verifies_and_errors_match() -> None:
     assert CADDY is not None
     caddy = subprocess.run(
         [CADDY, "hash-password", "--plaintext", "hiccup"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert caddy.returncode == 0
     # Same format: Caddy's hash verifies with the library pyproxy uses, and vice versa.
@@ -56,7 +65,10 @@ def test_caddys_hash_verifies_and_errors_match() -> None:
     assert caddy.stdout.strip()[:7] == _hash("--plaintext", "hiccup").stdout.strip()[:7]
     bad = subprocess.run(
         [CADDY, "hash-password", "--plaintext", "x", "--algorithm", "foo"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert bad.returncode == _hash("--plaintext", "x", "--algorithm", "foo").returncode == 1
     assert bad.stderr.strip().endswith("Error: unrecognized hash algorithm: foo")

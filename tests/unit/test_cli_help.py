@@ -21,7 +21,12 @@ def _pyproxy(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYPROXY_NATIVE": "0"}
     return subprocess.run(
         [sys.executable, "-m", "proxy.cli", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -69,9 +74,7 @@ def test_help_unknown_verb_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("verb", ["foo", "frm", "relaod", "xyzzy"])
 def test_unknown_verb_same_as_caddy(verb: str) -> None:
     assert CADDY is not None
-    caddy = subprocess.run(
-        [CADDY, verb], capture_output=True, text=True, timeout=30, check=False
-    )
+    caddy = subprocess.run([CADDY, verb], capture_output=True, text=True, timeout=30, check=False)
     ours = _pyproxy(verb)
     assert ours.returncode == caddy.returncode == 1
     expected = caddy.stderr.replace('"caddy"', '"pyproxy"').replace("'caddy ", "'pyproxy ")
@@ -107,7 +110,12 @@ def test_no_caddyfile_in_cwd_gives_caddys_hint(tmp_path: Path, verb: str) -> Non
     env = {**os.environ, "PYPROXY_NATIVE": "0", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", verb],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1
     assert result.stderr == (
@@ -125,7 +133,12 @@ def test_no_caddyfile_adapt_same_as_caddy(tmp_path: Path) -> None:
     env = {**os.environ, "PYPROXY_NATIVE": "0", "PYTHONPATH": str(REPO)}
     ours = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "adapt"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert ours.returncode == caddy.returncode == 1
     assert ours.stderr.strip() == caddy.stderr.strip()
@@ -141,7 +154,12 @@ def test_fmt_hint_names_the_invoked_command(tmp_path: Path, prog: str | None, hi
         env["PYPROXY_PROG"] = prog
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "adapt", "--config", str(config)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0
     assert f"{hint}--overwrite'" in result.stderr

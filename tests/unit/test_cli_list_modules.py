@@ -39,7 +39,10 @@ def test_every_listed_module_is_a_caddy_module() -> None:
     assert CADDY is not None
     caddy = subprocess.run(
         [CADDY, "list-modules", "--versions", "--packages"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert caddy.returncode == 0  # Caddy accepts the same flags
     caddy_ids = {line.split()[0] for line in caddy.stdout.splitlines() if line and line[0] != " "}
