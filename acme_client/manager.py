@@ -63,6 +63,12 @@ from acme_client.storage import CertificateResource, FileStorage, save_certifica
 
 log = logging.getLogger("acme_client.manager")
 
+# `extra=` mark for a log line that states the node's shared state (a certificate in service
+# from storage, a lock held elsewhere): every worker of a node sees the same state, so only the
+# first worker says it (proxy.worker.SiblingQuiet). Lines about work this process did itself
+# (orders, challenge steps, "obtained", retries) carry no mark and are logged by whoever did it.
+NODE_STATE: dict[str, object] = {"node_state": True}
+
 T = TypeVar("T")
 CertificateCallback = Callable[[str, bytes, bytes], Awaitable[None] | None]
 Clock = Callable[[], datetime]
@@ -296,6 +302,7 @@ class CertificateManager:
             job.name,
             cert.issuer_key,
             cert.not_after.isoformat(),
+            extra=NODE_STATE,
         )
         if self.on_certificate is not None:
             try:
@@ -419,7 +426,9 @@ class CertificateManager:
         first = True
         while not await self._in_thread(self.locker.try_lock, lock):
             if first:
-                log.info("%s: waiting for another instance holding the lock", lock)
+                log.info(
+                    "%s: waiting for another instance holding the lock", lock, extra=NODE_STATE
+                )
                 first = False
             await asyncio.sleep(self.lock_poll_interval_s)
 
@@ -435,7 +444,11 @@ class CertificateManager:
             if stored is not None and not stored.expired(self.clock()):
                 newer = current is None or stored.certificate_pem != current.certificate_pem
                 if newer and self.clock() < self._renew_at(stored, None):
-                    log.info("%s: certificate already obtained by another instance", name)
+                    log.info(
+                        "%s: certificate already obtained by another instance",
+                        name,
+                        extra=NODE_STATE,
+                    )
                     return
             errors: list[str] = []
             for issuer in self._issuer_list():

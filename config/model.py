@@ -202,8 +202,13 @@ _META_FIELDS = frozenset({"@id"})
 # loader reads, named after Caddy's Go struct tags (modules/caddyhttp/...). `_strict` enforces them.
 F = frozenset
 CONFIG_FIELDS = F({"admin", "logging", "storage", "apps"})
-HTTP_APP_FIELDS = F({"http_port", "https_port", "grace_period", "shutdown_delay", "servers"})
-HTTP_APP_UNSUPPORTED = F({"metrics"})
+HTTP_APP_FIELDS = F(
+    {"http_port", "https_port", "grace_period", "shutdown_delay", "servers", "metrics"}
+)
+HTTP_APP_UNSUPPORTED: frozenset[str] = F()
+# The `metrics` object (the `metrics` global option) turns on caddy_http_* metrics
+# (proxy.worker.http_metrics_enabled); per-host labels are not implemented.
+METRICS_UNSUPPORTED = F({"per_host"})
 SERVER_FIELDS = F(
     {
         "listen",
@@ -794,6 +799,12 @@ def _load_logging(value: object) -> dict[str, Any]:
 def _load_http(value: object) -> HTTPApp:
     where = "apps.http"
     app = _strict(value, where, HTTP_APP_FIELDS, HTTP_APP_UNSUPPORTED)
+    if app.get("metrics") is not None:
+        metrics = _strict(app["metrics"], f"{where}.metrics", METRICS_UNSUPPORTED)
+        if _bool(metrics.get("per_host"), f"{where}.metrics.per_host"):
+            raise ConfigError(
+                f"{where}.metrics.per_host: per-host metrics are not supported by pyproxy"
+            )
     http_port = _int(app.get("http_port"), f"{where}.http_port", DEFAULT_HTTP_PORT)
     https_port = _int(app.get("https_port"), f"{where}.https_port", DEFAULT_HTTPS_PORT)
     for key, port in (("http_port", http_port), ("https_port", https_port)):

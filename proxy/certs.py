@@ -50,7 +50,7 @@ from acme_client.http01 import answer_http01 as _answer_http01
 from acme_client.http01 import is_http01_path
 from acme_client.issuer import IssuerConfig, issuer_config_from_caddy
 from acme_client.local_ca import LocalCA
-from acme_client.manager import CertificateManager, CertStatus, stored_status
+from acme_client.manager import NODE_STATE, CertificateManager, CertStatus, stored_status
 from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
 from acme_client.storage import (
     LOCAL_ISSUER_KEY,
@@ -172,12 +172,15 @@ def prepare_certificates(config: Mapping[str, Any]) -> CertSetup:
         if m.cert.expired(now):
             # Caddy serves it anyway (clients will reject it); say so loudly at startup.
             log.warning(
-                "%s: certificate expired on %s; replace it", m.cert.source, m.cert.not_after
+                "%s: certificate expired on %s; replace it",
+                m.cert.source,
+                m.cert.not_after,
+                extra=NODE_STATE,
             )
     loaded_names = sorted({n for m in manual for n in m.cert.names})
     plan = plan_automatic_https(config, loaded_names=loaded_names, env=os.environ)
     for warning in plan.warnings:
-        log.warning("automatic HTTPS: %s", warning)
+        log.warning("automatic HTTPS: %s", warning, extra=NODE_STATE)
     return CertSetup(plan=plan, manual=tuple(manual), storage_root=storage_root_from_config(config))
 
 
@@ -207,7 +210,10 @@ def acme_issuer_configs(
         if cfg is None:
             if issuer.get("module") != "internal":
                 log.warning(
-                    "%s: issuer %r not supported; skipped", managed.name, issuer.get("module")
+                    "%s: issuer %r not supported; skipped",
+                    managed.name,
+                    issuer.get("module"),
+                    extra=NODE_STATE,
                 )
             continue
         configs.append(cfg)
@@ -504,6 +510,7 @@ class CertRuntime:
                     "%s: local CA certificate in service (expires %s)",
                     item.name,
                     cert.not_after.isoformat(),
+                    extra=NODE_STATE,
                 )
             item.last_error = None
         except Exception as exc:
@@ -601,7 +608,12 @@ class CertRuntime:
                     self.store.remove(stale)
             watched.cert, watched.names, watched.signature = cert, names, signature
             watched.last_error = None
-            log.info("%s: certificate reloaded from disk (%s)", watched.cert_path, ", ".join(names))
+            log.info(
+                "%s: certificate reloaded from disk (%s)",
+                watched.cert_path,
+                ", ".join(names),
+                extra=NODE_STATE,
+            )
 
     def _stored_signature(self, name: str, issuer_keys: Sequence[str]) -> tuple[Any, ...]:
         host = normalize_host(name)
@@ -633,7 +645,7 @@ class CertRuntime:
                     current.not_after,
                 ):
                     self._add_quietly(name, cert)
-                    log.info("%s: certificate from storage in service", name)
+                    log.info("%s: certificate from storage in service", name, extra=NODE_STATE)
 
     def _maintain_local(self) -> None:
         """Renew the local CA's intermediate and leaves in their renewal window."""

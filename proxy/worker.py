@@ -477,23 +477,16 @@ async def _worker_main(
     return 0
 
 
-# The loggers whose news is the node's, not the process's: every worker runs the same
-# certificate maintenance on the same storage, so N workers would say each thing N times.
-NODE_LOGGERS = ("pyproxy.certs", "acme_client")
-
-
 class SiblingQuiet(logging.Filter):
-    """Installed in every worker but the first of a node: drops the certificate and ACME
-    loggers' records below ERROR. The first worker (and its replacement) says them once; a
-    sibling waiting for the storage lock its sibling holds is then silent too, instead of
-    claiming "another instance" holds it (pyproxy issue #15). Errors stay: they may be this
-    process's own."""
+    """Installed in every worker but the first of a node: drops the lines below ERROR that state
+    the node's shared state (marked `extra=acme_client.manager.NODE_STATE`: a certificate in
+    service from storage, a lock held by "another instance"), which N workers would otherwise
+    say N times (pyproxy issue #15). What a sibling did itself (an order, a challenge, a
+    certificate obtained, a retry) is still logged: until certificates are managed once per
+    node, whichever worker wins the storage lock does the work, and its log must say so."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            return True
-        name = record.name
-        return not any(name == n or name.startswith(n + ".") for n in NODE_LOGGERS)
+        return record.levelno >= logging.ERROR or not getattr(record, "node_state", False)
 
 
 def quiet_sibling_logs() -> None:

@@ -3,6 +3,7 @@ once, however many workers there are; `PYPROXY_WORKERS` sets the worker count.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -42,12 +43,18 @@ def wait_log(proc: ProxyProcess, pattern: str) -> str:
 
 
 def messages(log: str) -> list[str]:
-    """The log's messages without the timestamp (`<date> <time> LEVEL logger: message`)."""
+    """The log's messages: pyproxy's own log is Caddy-shaped JSON lines off a terminal
+    (proxy/logs.py); the node's summary comes from the default logger (no `logger` key)."""
     out = []
     for line in log.splitlines():
-        parts = line.split(" ", 3)
-        if len(parts) == 4 and parts[2] in ("INFO", "WARNING", "ERROR"):
-            out.append(parts[3])
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("info", "warn", "error"):
+            out.append(
+                entry["msg"] if "logger" not in entry else f"{entry['logger']}: {entry['msg']}"
+            )
     return out
 
 
@@ -63,7 +70,7 @@ def start_two_workers(
         env_extra={"XDG_DATA_HOME": str(tmp_path / "data"), "PYPROXY_NATIVE": "0"},
     )
     wait_port("127.0.0.1", admin_port, proc=proc.proc)
-    log = wait_log(proc, r"pyproxy: serving with \d+ worker")
+    log = wait_log(proc, r"serving with \d+ worker")
     return proc, messages(log), ports
 
 
@@ -73,18 +80,18 @@ def test_startup_lines_appear_once_with_two_workers(
     proc, lines, (http_port, https_port, plain_port, admin_port) = start_two_workers(
         run_proxy, tmp_path
     )
-    listeners = {re.sub(r" \(\w+\)", "", m) for m in lines if m.startswith("pyproxy: listener ")}
+    listeners = {re.sub(r" \(\w+\)", "", m) for m in lines if m.startswith("listener ")}
     # Server names are the adapter's business; the address, protocols and TLS are the facts.
     assert listeners == {
-        f"pyproxy: listener 127.0.0.1:{plain_port}: h1, plain HTTP",
-        f"pyproxy: listener 127.0.0.1:{https_port}: h1, TLS",
-        f"pyproxy: listener 127.0.0.1:{http_port}: h1, plain HTTP",  # the HTTP->HTTPS redirects
+        f"listener 127.0.0.1:{plain_port}: h1, plain HTTP",
+        f"listener 127.0.0.1:{https_port}: h1, TLS",
+        f"listener 127.0.0.1:{http_port}: h1, plain HTTP",  # the HTTP->HTTPS redirects
     }, lines
     expected = [
-        "pyproxy: managed certificates: localhost",
-        f"pyproxy: admin endpoint: 127.0.0.1:{admin_port}",
-        "pyproxy: native build: off: disabled by PYPROXY_NATIVE",
-        "pyproxy: serving with 2 worker(s)",
+        "managed certificates: localhost",
+        f"admin endpoint: 127.0.0.1:{admin_port}",
+        "native build: off: disabled by PYPROXY_NATIVE",
+        "serving with 2 worker(s)",
     ]
     for line in expected:
         assert lines.count(line) == 1, (line, lines)
@@ -111,8 +118,8 @@ def test_pyproxy_workers_sets_the_worker_count(
             "PYPROXY_WORKERS": "3",
         },
     )
-    lines = messages(wait_log(proc, r"pyproxy: serving with \d+ worker"))
-    assert "pyproxy: serving with 3 worker(s)" in lines, lines
+    lines = messages(wait_log(proc, r"serving with \d+ worker"))
+    assert "serving with 3 worker(s)" in lines, lines
     assert proc.stop() == 0
 
 
@@ -130,8 +137,8 @@ def test_workers_flag_wins_over_pyproxy_workers(
             "PYPROXY_WORKERS": "3",
         },
     )
-    lines = messages(wait_log(proc, r"pyproxy: serving with \d+ worker"))
-    assert "pyproxy: serving with 1 worker(s)" in lines, lines
+    lines = messages(wait_log(proc, r"serving with \d+ worker"))
+    assert "serving with 1 worker(s)" in lines, lines
     assert proc.stop() == 0
 
 

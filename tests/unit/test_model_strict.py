@@ -30,6 +30,14 @@ CASES: list[tuple[dict[str, Any], str]] = [
     ({"apps": {}, "admn": {}}, 'admn: json: unknown field "admn"'),
     ({"apps": {"htp": {}}}, "apps.htp: unknown module: htp"),
     ({"apps": {"http": {"servrs": {}}}}, 'apps.http: json: unknown field "servrs"'),
+    (
+        {"apps": {"http": {"metrics": {"per_hots": True}}}},
+        'apps.http.metrics: json: unknown field "per_hots"',
+    ),
+    (
+        {"apps": {"http": {"metrics": {"per_host": True}}}},
+        "apps.http.metrics.per_host: per-host metrics are not supported by pyproxy",
+    ),
     (with_server(lisen=[":1"]), f'{SRV}: json: unknown field "lisen"'),
     (with_server(read_timeot="1s"), f'{SRV}: json: unknown field "read_timeot"'),
     (with_server(errors={"route": []}), f'{SRV}.errors: json: unknown field "route"'),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from acme_client.manager import NODE_STATE
 from config.errors import ConfigError
 from proxy.supervisor import ROOT_UNTRUSTED, _root_trust_line, worker_count
 from proxy.worker import SiblingQuiet
@@ -26,18 +27,35 @@ def test_worker_count_refuses_a_bad_env_value(bad: str) -> None:
         worker_count(0, {"PYPROXY_WORKERS": bad}, cores=2)
 
 
-def record(name: str, level: int) -> logging.LogRecord:
-    return logging.LogRecord(name, level, __file__, 1, "m", None, None)
+def test_sibling_quiet_drops_only_marked_node_state_below_error() -> None:
+    """A sibling worker stays quiet about the node's shared state, but still says what it did
+    itself: it may be the worker that won the lock and obtained the certificate."""
+    seen: list[str] = []
 
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
 
-def test_sibling_quiet_drops_node_news_below_error_only() -> None:
-    quiet = SiblingQuiet()
-    assert not quiet.filter(record("pyproxy.certs", logging.INFO))
-    assert not quiet.filter(record("acme_client.manager", logging.INFO))  # the lock wait
-    assert not quiet.filter(record("acme_client", logging.WARNING))
-    assert quiet.filter(record("acme_client.manager", logging.ERROR))
-    assert quiet.filter(record("pyproxy.worker", logging.INFO))
-    assert quiet.filter(record("acme_clientele", logging.INFO))  # not a child logger
+    handler = Collect()
+    handler.addFilter(SiblingQuiet())
+    logger = logging.getLogger("acme_client.manager.test_sibling_quiet")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.info("a: certificate in service", extra=NODE_STATE)
+        logger.info("lock: waiting for another instance holding the lock", extra=NODE_STATE)
+        logger.warning("automatic HTTPS: x", extra=NODE_STATE)
+        logger.info("a: certificate obtained successfully from ca")
+        logger.warning("a: will retry")
+        logger.error("a: storage unreadable", extra=NODE_STATE)
+    finally:
+        logger.removeHandler(handler)
+    assert seen == [
+        "a: certificate obtained successfully from ca",
+        "a: will retry",
+        "a: storage unreadable",
+    ]
 
 
 def test_root_trust_line(tmp_path: Path) -> None:
