@@ -12,13 +12,13 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any, Final
 
 from config.model import Server
 from proxy.handlers import BuildContext, build_handler
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.server import HTTP1Connection
+from proxy.http.status_text import status_text
 from proxy.logs import AccessLog, access_entry, log_handler_error
 from proxy.metrics import HandlerMetrics, ProxyMetrics
 from proxy.route import RouteList
@@ -194,10 +194,7 @@ class ServerRuntime:
         log_handler_error(ex, err.status, err.message, err.err_id)
         v["http.error"] = f"{err.status} {err.message}" if err.message else str(err.status)
         v["http.error.status_code"] = err.status
-        try:
-            v["http.error.status_text"] = HTTPStatus(err.status).phrase
-        except ValueError:
-            v["http.error.status_text"] = ""
+        v["http.error.status_text"] = status_text(err.status)  # Go's http.StatusText
         v["http.error.message"] = err.message
         v["http.error.id"] = err.err_id
         routes = ex.error_routes or self.errors

@@ -22,13 +22,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from http import HTTPStatus
 from typing import Any, Final
 
 import httptools
 
 from proxy.http.exchange import Exchange, http_date
 from proxy.http.request import Request
+from proxy.http.status_text import GO_STATUS_TEXT
 from proxy.http.wire import (
     CHUNKED,
     HEAD_SLACK_BYTES,
@@ -40,7 +40,7 @@ from proxy.http.wire_errors import RequestError
 
 log = logging.getLogger("pyproxy.http")
 
-_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+_REASONS: Final = dict(GO_STATUS_TEXT)  # Caddy's status lines are Go's
 _REASONS[499] = "Client Closed Request"
 _STATUS_LINES: Final = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
 

@@ -183,13 +183,16 @@ class LeastConnSelection(SelectionPolicy):
 
 
 class RoundRobinSelection(SelectionPolicy):
-    """Next upstream in config order, skipping unavailable ones; the first request goes to
-    the first upstream (Caddy pre-increments and starts at the second, which is arbitrary)."""
+    """Next upstream in config order, skipping unavailable ones.
+
+    Like Caddy (2.6.2 and current), the counter is incremented before it is used, so the first
+    request goes to the *second* upstream; with a dead upstream in the pool, which requests
+    fail is then the same as in Caddy."""
 
     name = "round_robin"
 
     def __init__(self) -> None:
-        self._next = 0
+        self._next = 1
 
     def select(self, pool: Sequence[Upstream], req: RequestView, now: float) -> Upstream | None:
         n = len(pool)

@@ -8,10 +8,18 @@ Comparison drops only what legitimately differs between two implementations or t
 Date header, the Server header's value (its presence is compared), the framing headers
 (Content-Length, Transfer-Encoding, Connection, Keep-Alive), the listening ports (replaced by
 "PORT" wherever they occur), and the `Accept-Encoding: gzip` Go's transport adds upstream.
+A gzip or zstd response body is compared decoded (the compressed bytes legitimately differ);
+its Content-Encoding and Vary are compared as sent.
+
+A snippet that contains "{PORT}" is written as whole site blocks (several hosts on one port);
+any other snippet is the body of a site on its own port. {ORIGIN} is the recording origin and
+{DEAD} a closed loopback port (an upstream that refuses connections). Both servers run with
+ENV in their environment, for `{$VAR}` and `{env.VAR}`.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import socket
@@ -22,11 +30,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zstandard
 from enginekit import free_port
 
 CADDY = "/usr/bin/caddy"
 ROOT = Path(__file__).resolve().parents[2]
 ORIGIN_PLACEHOLDER = "{ORIGIN}"
+DEAD_PLACEHOLDER = "{DEAD}"
+PORT_PLACEHOLDER = "{PORT}"
+# Set for both servers: `{$DIFF_GREETING}` (parse time) and `{env.DIFF_GREETING}` (run time).
+ENV = {"DIFF_GREETING": "hello-env", "DIFF_STATUS": "203"}
 # Not compared: per-run values and message framing (RFC 9112 section 6: either framing is fine).
 IGNORED_RESPONSE = frozenset(
     {"date", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -48,7 +61,10 @@ class Case:
     id: str
     snippet: str
     request: bytes
-    deviation: str | None = None  # "deviation: ..." when current Caddy differs from 2.6.2
+    deviation: str | None = None  # "deviation: ..." or "pyproxy bug: ..." (strict xfail)
+    host: str = "localhost"
+    repeat: int = 1  # the request is sent this many times, in order; all answers are compared
+    unordered: bool = False  # compare the answers as a multiset (nondeterministic lb policies)
 
 
 @dataclass(frozen=True)
@@ -211,11 +227,25 @@ def site_snippets(cases: list[Case]) -> list[str]:
     return seen
 
 
-def caddyfile(snippets: list[str], ports: list[int], origin_port: int, admin: str) -> str:
-    out = [f"{{\n\tadmin {admin}\n\tauto_https off\n}}\n"]
+def caddyfile(
+    snippets: list[str],
+    ports: list[int],
+    origin_port: int,
+    admin: str,
+    dead_port: int = 0,
+    prelude: str = "",
+) -> str:
+    """The whole table as one Caddyfile; `prelude` (e.g. `(name) {...}` snippets) follows the
+    global options."""
+    # default_bind: every site listens on loopback only (both 2.6.2 and pyproxy honour it).
+    out = [f"{{\n\tadmin {admin}\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}}\n", prelude]
     for snippet, port in zip(snippets, ports, strict=True):
         body = snippet.replace(ORIGIN_PLACEHOLDER, f"127.0.0.1:{origin_port}")
-        out.append(f":{port} {{\n{body}\n}}\n")
+        body = body.replace(DEAD_PLACEHOLDER, f"127.0.0.1:{dead_port}")
+        if PORT_PLACEHOLDER in body:
+            out.append(body.replace(PORT_PLACEHOLDER, str(port)) + "\n")
+        else:
+            out.append(f":{port} {{\n{body}\n}}\n")
     return "".join(out)
 
 
@@ -235,18 +265,27 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_server(name: str, snippets: list[str], origin_port: int, workdir: Path) -> Server:
+def start_server(
+    name: str,
+    snippets: list[str],
+    origin_port: int,
+    workdir: Path,
+    dead_port: int = 0,
+    prelude: str = "",
+) -> Server:
     """Start Caddy ("caddy") or pyproxy ("pyproxy") on fresh loopback ports, one per snippet."""
     ports = [free_port() for _ in snippets]
     admin_port = free_port()
     path = workdir / f"Caddyfile.{name}"
-    path.write_text(caddyfile(snippets, ports, origin_port, f"127.0.0.1:{admin_port}"))
+    admin = f"127.0.0.1:{admin_port}"
+    path.write_text(caddyfile(snippets, ports, origin_port, admin, dead_port, prelude))
     log = workdir / f"{name}.log"
     env = dict(
         os.environ,
         XDG_CONFIG_HOME=str(workdir / f"{name}-config"),
         XDG_DATA_HOME=str(workdir / f"{name}-data"),
         HOME=str(workdir),
+        **ENV,
     )
     if name == "caddy":
         argv = [CADDY, "run", "--config", str(path), "--adapter", "caddyfile"]
@@ -266,14 +305,22 @@ def start_server(name: str, snippets: list[str], origin_port: int, workdir: Path
     return server
 
 
-def exchange(port: int, request: bytes, timeout_s: float = 5) -> tuple[int, str, Headers, bytes]:
-    """Send `request` (a head without Host; Host and Connection: close are added)."""
+def exchange(
+    port: int, request: bytes, host: str = "localhost", timeout_s: float = 5
+) -> tuple[int, str, Headers, bytes]:
+    """Send `request` (a head without Host; Host and Connection: close are added).
+
+    A connection closed (or reset) before any response head is status 0 (`abort`)."""
     head, sep, body = request.partition(b"\r\n\r\n")
-    data = head + b"\r\nHost: localhost\r\nConnection: close" + (sep or b"\r\n\r\n") + body
+    fields = b"\r\nHost: " + host.encode() + b"\r\nConnection: close"
+    data = head + fields + (sep or b"\r\n\r\n") + body
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
         s.sendall(data)
         buf = bytearray()
-        resp_head = _read_head(s, buf)
+        try:
+            resp_head = _read_head(s, buf)
+        except ConnectionResetError:
+            resp_head = None
         if resp_head is None:
             return 0, "", (), b""
         first, *lines = resp_head.split(b"\r\n")
@@ -312,10 +359,34 @@ def _without_go_gzip(headers: Headers, request: bytes) -> Headers:
     return tuple(h for h in headers if h != GO_TRANSPORT_GZIP)
 
 
-def run_case(server: Server, origin: RecordingOrigin, case: Case) -> Outcome:
+def decoded(headers: Headers, body: bytes) -> bytes:
+    """The body with its Content-Encoding (gzip, zstd) undone, last coding first."""
+    codings = [
+        c.strip().lower()
+        for k, v in headers
+        if k.lower() == "content-encoding"
+        for c in v.split(",")
+    ]
+    for coding in reversed(codings):
+        if coding == "gzip":
+            body = gzip.decompress(body)
+        elif coding == "zstd":
+            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    return body
+
+
+def run_case(server: Server, origin: RecordingOrigin, case: Case) -> list[Outcome]:
+    outcomes = [_run_once(server, origin, case) for _ in range(case.repeat)]
+    if case.unordered:
+        outcomes.sort(key=repr)
+    return outcomes
+
+
+def _run_once(server: Server, origin: RecordingOrigin, case: Case) -> Outcome:
     port = server.ports[case.snippet]
     origin.take()
-    status, reason, headers, body = exchange(port, case.request)
+    status, reason, headers, body = exchange(port, case.request, case.host)
+    body = decoded(headers, body)
     ports = {port, origin.port}
     upstream = tuple(
         Seen(
