@@ -62,6 +62,7 @@ from proxy.control import (
     listener_share_pair,
 )
 from proxy.forkserver import ForkServer, ForkServerGone
+from proxy.logs import apply_logging
 from proxy.metrics import ProxyMetrics, cumulative_part, merge_snapshots, render_snapshots
 from proxy.respawn import RespawnPolicy, describe_exit
 
@@ -309,6 +310,7 @@ class Supervisor:
                 self.metrics.record_reload(False)
                 raise
             self.config, self.model = config, model
+            apply_logging(model.logging)  # the process log follows the config in effect
             self.metrics.record_reload(True)
             log.info("config loaded")
 
@@ -625,6 +627,7 @@ class Supervisor:
             self._stop.set()
             await self._stop_workers()
             return EXIT_FAILED_START
+        apply_logging(self.model.logging)
         self.metrics.record_reload(True)
         for w in self.workers:
             w.ready = True

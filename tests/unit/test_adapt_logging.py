@@ -199,14 +199,17 @@ def test_own_logs_are_caddy_json_lines_off_a_terminal() -> None:
 
     from proxy.logs import own_log_handler
 
-    handler = own_log_handler(io.StringIO())
-    line = handler.format(_record("pyproxy.admin", "admin endpoint %s"))
-    out = json.loads(line)
+    stream = io.StringIO()
+    handler = own_log_handler(stream)
+    handler.handle(_record("pyproxy.admin", "admin endpoint %s"))
+    handler.handle(_record("pyproxy", "serving %s", 20))
+    first, second = stream.getvalue().splitlines()
+    out = json.loads(first)
     assert list(out) == ["level", "ts", "logger", "msg"]
     assert (out["level"], out["logger"], out["msg"]) == ("warn", "admin", "admin endpoint x")
     assert isinstance(out["ts"], float)
     # The supervisor's own logger is Caddy's unnamed default logger: no `logger` key.
-    assert "logger" not in json.loads(handler.format(_record("pyproxy", "serving %s", 20)))
+    assert "logger" not in json.loads(second)
 
 
 def test_own_logs_use_the_console_layout_on_a_terminal() -> None:
@@ -218,7 +221,9 @@ def test_own_logs_use_the_console_layout_on_a_terminal() -> None:
         def isatty(self) -> bool:
             return True
 
-    line = own_log_handler(Terminal()).format(_record("acme_client.manager", "obtained %s"))
+    terminal = Terminal()
+    own_log_handler(terminal).handle(_record("acme_client.manager", "obtained %s"))
+    line = terminal.getvalue().rstrip("\n")
     ts, level, logger, msg = line.split("\t")
     assert float(ts) > 0
     assert (level, logger, msg) == ("warn", "tls.obtain", "obtained x")
