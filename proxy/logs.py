@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from config.errors import ConfigError
+
 REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
@@ -301,8 +303,16 @@ def build_sinks(logging_cfg: Mapping[str, Any]) -> list[tuple[_Sink, Mapping[str
     """One sink per `logging.logs` entry whose writer is not `discard` (validated by
     config.model._load_logging), with the entry it came from."""
     sinks: list[tuple[_Sink, Mapping[str, Any]]] = []
-    for log in dict(logging_cfg.get("logs") or {}).values():
-        stream = _open_writer(dict(log.get("writer") or {}))
+    for name, log in dict(logging_cfg.get("logs") or {}).items():
+        try:
+            stream = _open_writer(dict(log.get("writer") or {}))
+        except OSError as exc:
+            _close_sinks([sink for sink, _ in sinks])
+            # Caddy fails the config load when a writer cannot be opened (CustomLog.provision).
+            raise ConfigError(
+                f"logging.logs.{name}.writer: opening log file: {exc.strerror or exc}"
+                f" ({exc.filename or log['writer'].get('filename')})"
+            ) from None
         if stream is None:
             continue
         sink = _Sink(
@@ -315,6 +325,12 @@ def build_sinks(logging_cfg: Mapping[str, Any]) -> list[tuple[_Sink, Mapping[str
         sink.owns_stream = stream not in (sys.stdout, sys.stderr)
         sinks.append((sink, log))
     return sinks
+
+
+def check_log_writers(logging_cfg: Mapping[str, Any]) -> None:
+    """Open (and close) every writer of `logging.logs`: the supervisor's check before a config
+    goes to the workers, so an unwritable log file fails the load and the old config stays."""
+    _close_sinks([sink for sink, _ in build_sinks(logging_cfg)])
 
 
 def _has_default(logging_cfg: Mapping[str, Any]) -> bool:
@@ -534,8 +550,14 @@ def own_log_handler(stream: TextIO) -> OwnLogHandler:
 def apply_logging(logging_cfg: Mapping[str, Any]) -> None:
     """Point the process log at a loaded config's `logging.logs` (start, every reload): the
     supervisor and each worker call this once the config is in effect."""
-    if _OWN_HANDLER is not None:
+    if _OWN_HANDLER is None:
+        return
+    try:
         _OWN_HANDLER.configure(logging_cfg)
+    except ConfigError as exc:
+        # check_log_writers passed in the supervisor moments ago; only a file that became
+        # unwritable since gets here. The old logs stay, and say so.
+        logging.getLogger("pyproxy").error("%s; the previous logs stay", exc)
 
 
 # ---- handler errors (Caddy's http.log.error) ---------------------------------------------------

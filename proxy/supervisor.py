@@ -62,7 +62,7 @@ from proxy.control import (
     listener_share_pair,
 )
 from proxy.forkserver import ForkServer, ForkServerGone
-from proxy.logs import apply_logging
+from proxy.logs import apply_logging, check_log_writers
 from proxy.metrics import ProxyMetrics, cumulative_part, merge_snapshots, render_snapshots
 from proxy.respawn import RespawnPolicy, describe_exit
 
@@ -305,6 +305,7 @@ class Supervisor:
                 return
             try:
                 model = validate(config)
+                check_log_writers(model.logging)
                 await self._apply(strip_meta_fields(config), self.serving_workers())
             except BaseException:
                 self.metrics.record_reload(False)
@@ -620,6 +621,7 @@ class Supervisor:
             self._watch_worker(slot, slot.worker)
         try:
             self.model = validate(self.config)
+            check_log_writers(self.model.logging)
             # A worker that dies before this succeeded fails the start (exit 1), like Caddy.
             await self._apply(strip_meta_fields(self.config), self.workers)
         except (ConfigError, ReloadError) as exc:

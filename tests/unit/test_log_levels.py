@@ -192,3 +192,22 @@ def test_logs_pyproxy_honours_load() -> None:
         )
     )
     assert model.logging["logs"]["default"]["level"] == "PANIC"
+
+
+def test_a_log_file_that_cannot_be_opened_fails_the_load(tmp_path: Path) -> None:
+    from proxy.logs import check_log_writers
+
+    (tmp_path / "plain").write_text("")
+    bad = tmp_path / "plain" / "own.log"  # under a regular file: no directory can be made
+    good = tmp_path / "good.log"
+    cfg = {
+        "logs": {
+            "access": {"writer": {"output": "file", "filename": str(good)}},
+            "default": {"writer": {"output": "file", "filename": str(bad)}},
+        }
+    }
+    with pytest.raises(ConfigError) as err:
+        check_log_writers(cfg)
+    assert str(err.value).startswith("logging.logs.default.writer: opening log file: ")
+    check_log_writers({"logs": {"access": cfg["logs"]["access"]}})
+    assert good.exists()
