@@ -127,8 +127,9 @@ def go_duration(seconds: float) -> str:
 class Encoder:
     """Caddy's `json` and `console` log encoders (zapcore JSON / console layouts) with the
     LogEncoderConfig options. The console layout is zap's: time, level, logger, message
-    separated by tabs, then a tab and the other fields as one JSON object (left out when there
-    are none). Defaults follow Caddy 2.6.2 (ts as epoch seconds, lowercase level, for both)."""
+    separated by tabs, then a tab and the other fields as one (spaced) JSON object, left out
+    when there are none. Defaults follow Caddy: json has ts as epoch seconds and lowercase
+    levels, console wall_milli time and coloured capital levels."""
 
     __slots__ = (
         "console",
@@ -151,9 +152,13 @@ class Encoder:
         self.time_key = str(cfg.get("time_key", "ts"))
         self.name_key = str(cfg.get("name_key", "logger"))
         self.line_ending = str(cfg.get("line_ending", "\n"))
-        self.time_format = str(cfg.get("time_format") or "unix_seconds_float")
+        # Caddy's ConsoleEncoder.Provision (2.6.2 and current): wall_milli time and coloured
+        # capital levels unless set, whatever the writer is (a file gets the escapes too).
+        self.time_format = str(
+            cfg.get("time_format") or ("wall_milli" if self.console else "unix_seconds_float")
+        )
         self.duration_format = str(cfg.get("duration_format") or "seconds")
-        self.level_format = str(cfg.get("level_format") or "lower")
+        self.level_format = str(cfg.get("level_format") or ("color" if self.console else "lower"))
         self.time_local = bool(cfg.get("time_local"))
 
     @property
@@ -223,7 +228,8 @@ class Encoder:
             parts.append(msg)
             line = "\t".join(parts)
             if fields:
-                line += "\t" + json.dumps(fields, separators=(",", ":"), default=str)
+                # zap's console encoder writes the fields with its spaced JSON encoder.
+                line += "\t" + json.dumps(fields, separators=(", ", ": "), default=str)
             return line + self.line_ending
         head: dict[str, Any] = {self.level_key: level, self.time_key: ts}
         if logger:
