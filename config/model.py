@@ -749,6 +749,35 @@ _ENCODER_FIELDS = frozenset(
 )
 
 
+# Caddy's FileWriter fields. pyproxy's file writer appends and never rolls (a deviation: Caddy
+# rolls at 100 MiB by default), so the only roll setting it honours is `roll: false`.
+_FILE_WRITER_FIELDS = frozenset({"output", "filename", "roll"})
+_FILE_WRITER_UNSUPPORTED = frozenset(
+    {
+        "mode",
+        "dir_mode",
+        "roll_size_mb",
+        "roll_gzip",
+        "roll_compression",
+        "roll_local_time",
+        "roll_keep",
+        "roll_keep_days",
+        "roll_interval",
+    }
+)
+
+
+def _load_log_writer(writer: dict[str, Any], output: str, where: str) -> None:
+    if output != "file":
+        _fields(writer, where, frozenset({"output"}))
+        return
+    _strict(writer, where, _FILE_WRITER_FIELDS, _FILE_WRITER_UNSUPPORTED)
+    if not _str(writer.get("filename"), f"{where}.filename"):
+        raise ConfigError(f"{where}.filename: a file writer needs a filename")
+    if _bool(writer.get("roll"), f"{where}.roll", False):
+        raise ConfigError(f"{where}.roll: log rolling is not supported by pyproxy")
+
+
 def _load_logging(value: object) -> dict[str, Any]:
     logging = _obj(value, "logging")
     logs = _obj(logging.get("logs"), "logging.logs")
@@ -778,15 +807,18 @@ def _load_logging(value: object) -> dict[str, Any]:
                     )
             for key in _ENCODER_FIELDS - {"format", "time_local"}:
                 _str(encoder.get(key), f"{enc_where}.{key}")
+        if log.get("sampling") is not None:
+            # zap's sampler drops entries by rate; pyproxy writes every entry.
+            raise ConfigError(f"{where}.sampling: not supported by pyproxy")
         writer = _obj(log.get("writer"), f"{where}.writer")
         if writer:
             output = _str(writer.get("output"), f"{where}.writer.output")
-            if output not in ("stdout", "stderr", "discard", "file", "net"):
+            if output not in ("stdout", "stderr", "discard", "file"):
                 raise ConfigError(
                     f"{where}.writer.output: unknown module: caddy.logging.writers.{output}"
+                    " (pyproxy has stdout, stderr, discard and file)"
                 )
-            if output == "file":
-                _str(writer.get("filename"), f"{where}.writer.filename")
+            _load_log_writer(writer, output, f"{where}.writer")
         if "level" in log:
             level = _str(log["level"], f"{where}.level").upper()
             if level not in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "PANIC", "FATAL", ""):

@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from config.errors import ConfigError
+
 REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
@@ -125,8 +127,9 @@ def go_duration(seconds: float) -> str:
 class Encoder:
     """Caddy's `json` and `console` log encoders (zapcore JSON / console layouts) with the
     LogEncoderConfig options. The console layout is zap's: time, level, logger, message
-    separated by tabs, then a tab and the other fields as one JSON object (left out when there
-    are none). Defaults follow Caddy 2.6.2 (ts as epoch seconds, lowercase level, for both)."""
+    separated by tabs, then a tab and the other fields as one (spaced) JSON object, left out
+    when there are none. Defaults follow Caddy: json has ts as epoch seconds and lowercase
+    levels, console wall_milli time and coloured capital levels."""
 
     __slots__ = (
         "console",
@@ -149,9 +152,13 @@ class Encoder:
         self.time_key = str(cfg.get("time_key", "ts"))
         self.name_key = str(cfg.get("name_key", "logger"))
         self.line_ending = str(cfg.get("line_ending", "\n"))
-        self.time_format = str(cfg.get("time_format") or "unix_seconds_float")
+        # Caddy's ConsoleEncoder.Provision (2.6.2 and current): wall_milli time and coloured
+        # capital levels unless set, whatever the writer is (a file gets the escapes too).
+        self.time_format = str(
+            cfg.get("time_format") or ("wall_milli" if self.console else "unix_seconds_float")
+        )
         self.duration_format = str(cfg.get("duration_format") or "seconds")
-        self.level_format = str(cfg.get("level_format") or "lower")
+        self.level_format = str(cfg.get("level_format") or ("color" if self.console else "lower"))
         self.time_local = bool(cfg.get("time_local"))
 
     @property
@@ -221,7 +228,8 @@ class Encoder:
             parts.append(msg)
             line = "\t".join(parts)
             if fields:
-                line += "\t" + json.dumps(fields, separators=(",", ":"), default=str)
+                # zap's console encoder writes the fields with its spaced JSON encoder.
+                line += "\t" + json.dumps(fields, separators=(", ", ": "), default=str)
             return line + self.line_ending
         head: dict[str, Any] = {self.level_key: level, self.time_key: ts}
         if logger:
@@ -234,15 +242,56 @@ class Encoder:
 _DEFAULT_JSON = Encoder()
 
 
+# Caddy/zap level names on Python's logging scale (zap: debug < info < warn < error < dpanic <
+# panic < fatal); a log's `level` is the least severe level it writes.
+LEVELS: Mapping[str, int] = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "DPANIC": 42,
+    "PANIC": 45,
+    "FATAL": logging.CRITICAL,
+}
+
+
+def level_number(level: object) -> int:
+    """A Caddy level name (any case; empty means INFO, as in Caddy) on Python's scale."""
+    return LEVELS.get(str(level or "INFO").upper(), logging.INFO)
+
+
+def logger_allowed(include: list[str], exclude: list[str], name: str) -> bool:
+    """Caddy's CustomLog.loggerAllowed for a log entry's logger `name`: no lists takes all;
+    else the longest matching namespace decides (include must match when it is given), `*`
+    in exclude rejects every named logger and `.` the unnamed (core) one."""
+    if not include and not exclude:
+        return True
+    if name not in ("", "*", "."):
+        name += "."
+    accept = max((len(n) for n in include if name.startswith(n + ".")), default=0)
+    if include and accept == 0:
+        return False
+    reject = 0
+    for n in exclude:
+        if (n == "*" and name != ".") or (n == "." and name == "."):
+            return False
+        if name.startswith(n + ".") and len(n) > reject:
+            reject = len(n)
+    if reject > accept:
+        return False
+    return accept > reject or (not include and reject == 0)
+
+
 class _Sink:
-    __slots__ = ("encoder", "exclude", "include", "level", "stream")
+    __slots__ = ("encoder", "exclude", "include", "level", "owns_stream", "stream")
 
     def __init__(
         self,
         stream: TextIO,
         include: list[str],
         exclude: list[str],
-        level: str,
+        level: int,
         encoder: Encoder = _DEFAULT_JSON,
     ) -> None:
         self.stream = stream
@@ -250,54 +299,73 @@ class _Sink:
         self.exclude = exclude
         self.level = level
         self.encoder = encoder
+        self.owns_stream = False  # a file this sink opened (closed when it is replaced)
 
-    def wants(self, logger: str, is_default: bool) -> bool:
-        def covered(names: list[str]) -> bool:
-            return any(logger == n or logger.startswith(n + ".") for n in names)
+    def wants(self, logger: str, level: int) -> bool:
+        return level >= self.level and logger_allowed(self.include, self.exclude, logger)
 
-        if self.exclude and covered(self.exclude):
-            return False
-        if self.include:
-            return covered(self.include)
-        return is_default
+
+def build_sinks(logging_cfg: Mapping[str, Any]) -> list[tuple[_Sink, Mapping[str, Any]]]:
+    """One sink per `logging.logs` entry whose writer is not `discard` (validated by
+    config.model._load_logging), with the entry it came from."""
+    sinks: list[tuple[_Sink, Mapping[str, Any]]] = []
+    for name, log in dict(logging_cfg.get("logs") or {}).items():
+        try:
+            stream = _open_writer(dict(log.get("writer") or {}))
+        except OSError as exc:
+            _close_sinks([sink for sink, _ in sinks])
+            # Caddy fails the config load when a writer cannot be opened (CustomLog.provision).
+            raise ConfigError(
+                f"logging.logs.{name}.writer: opening log file: {exc.strerror or exc}"
+                f" ({exc.filename or log['writer'].get('filename')})"
+            ) from None
+        if stream is None:
+            continue
+        sink = _Sink(
+            stream,
+            list(log.get("include") or []),
+            list(log.get("exclude") or []),
+            level_number(log.get("level")),
+            Encoder(log.get("encoder")) if log.get("encoder") else _DEFAULT_JSON,
+        )
+        sink.owns_stream = stream not in (sys.stdout, sys.stderr)
+        sinks.append((sink, log))
+    return sinks
+
+
+def check_log_writers(logging_cfg: Mapping[str, Any]) -> None:
+    """Open (and close) every writer of `logging.logs`: the supervisor's check before a config
+    goes to the workers, so an unwritable log file fails the load and the old config stays."""
+    _close_sinks([sink for sink, _ in build_sinks(logging_cfg)])
+
+
+def _has_default(logging_cfg: Mapping[str, Any]) -> bool:
+    return "default" in dict(logging_cfg.get("logs") or {})
+
+
+def _close_sinks(sinks: list[_Sink]) -> None:
+    for sink in sinks:
+        if sink.owns_stream:
+            try:
+                sink.stream.close()
+            except OSError:
+                pass
 
 
 class AccessLog:
-    """Routes access entries to the configured writers."""
+    """Routes access entries to the configured writers, each at or above its log's level
+    (an entry is `info`, or `error` for a 5xx: Caddy's Server.logRequest)."""
 
     def __init__(self, logging_cfg: Mapping[str, Any]) -> None:
-        self.sinks: list[_Sink] = []
-        logs = dict(logging_cfg.get("logs") or {})
-        default_seen = False
-        for name, log in logs.items():
-            writer = dict(log.get("writer") or {})
-            stream = _open_writer(writer)
-            if stream is None:
-                if name == "default":
-                    default_seen = True
-                continue
-            sink = _Sink(
-                stream,
-                list(log.get("include") or []),
-                list(log.get("exclude") or []),
-                str(log.get("level") or "INFO"),
-                Encoder(log.get("encoder")),
-            )
-            if name == "default":
-                default_seen = True
-                sink.include = []
-            self.sinks.append(sink)
-            sink.level = sink.level.upper()
-            # Non-default logs only take what they include.
-            if name != "default" and not sink.include:
-                sink.include = ["__none__"]
-        if not default_seen:
-            self.sinks.append(_Sink(sys.stderr, [], [], "INFO"))
+        self.sinks = [sink for sink, _ in build_sinks(logging_cfg)]
+        if not _has_default(logging_cfg):  # Caddy's default log: stderr at INFO
+            self.sinks.append(_Sink(sys.stderr, [], [], logging.INFO))
 
     def write(self, logger: str, entry: dict[str, Any]) -> None:
         line = ""
+        level = level_number(entry.get("level"))
         for sink in self.sinks:
-            if sink.wants(logger, True):
+            if sink.wants(logger, level):
                 try:
                     if sink.encoder.is_default_json:
                         if not line:
@@ -311,11 +379,11 @@ class AccessLog:
 
 
 def _open_writer(writer: Mapping[str, Any]) -> TextIO | None:
+    """stdout, stderr, discard (None) or file; config.model._load_logging refuses the rest
+    (net, roll options) so nothing reaches here that this cannot honour."""
     output = writer.get("output") or "stderr"
     if output == "stdout":
         return sys.stdout
-    if output == "stderr":
-        return sys.stderr
     if output == "discard":
         return None
     if output == "file":
@@ -384,40 +452,118 @@ def caddy_logger_name(python_name: str) -> str:
     return "" if python_name in ("pyproxy", "root") else python_name
 
 
+def record_entry(record: logging.LogRecord, exc_text: str = "") -> dict[str, Any]:
+    """A Python log record as a Caddy log entry: level, ts, logger (Caddy's name for it), msg,
+    then a record's `caddy_fields` (extra=) and an exception as `error`."""
+    entry: dict[str, Any] = {
+        "level": _PY_LEVELS.get(record.levelno, "info"),
+        "ts": record.created,
+        "logger": caddy_logger_name(record.name),
+        "msg": record.getMessage(),
+    }
+    fields = getattr(record, "caddy_fields", None)
+    if isinstance(fields, dict):
+        entry.update(fields)
+    if exc_text:
+        entry["error"] = exc_text
+    return entry
+
+
 class CaddyFormatter(logging.Formatter):
     """Formats Python log records as Caddy's default logger does: JSON lines
     `{"level","ts","logger","msg",...}` (what Docker log collectors parse), or zap's console
-    layout when `console` (Caddy picks that when stderr is a terminal). An exception goes in
-    an `error` field, a record's `caddy_fields` (extra=) are appended as fields."""
+    layout when `console` (Caddy picks that when stderr is a terminal)."""
 
     def __init__(self, console: bool) -> None:
         super().__init__()
         self.encoder = Encoder({"format": "console" if console else "json"})
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "level": _PY_LEVELS.get(record.levelno, "info"),
-            "ts": record.created,
-            "logger": caddy_logger_name(record.name),
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "caddy_fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return self.encoder.encode(entry).rstrip("\n")
+        exc = self.formatException(record.exc_info) if record.exc_info else ""
+        return self.encoder.encode(record_entry(record, exc)).rstrip("\n")
 
 
-def own_log_handler(stream: TextIO) -> logging.Handler:
-    """The handler of pyproxy's process log: console format on a terminal, JSON otherwise."""
-    handler = logging.StreamHandler(stream)
+def _is_terminal(stream: TextIO) -> bool:
     try:
-        console = stream.isatty()
+        return stream.isatty()
     except (AttributeError, ValueError):
-        console = False
-    handler.setFormatter(CaddyFormatter(console))
-    return handler
+        return False
+
+
+class OwnLogHandler(logging.Handler):
+    """pyproxy's process log (everything but access entries, which AccessLog writes) routed
+    like Caddy's logs: to every `logging.logs` entry whose include/exclude takes the record's
+    Caddy logger name and whose level it reaches, in that log's encoder. Without a `default`
+    log, Caddy's default: stderr at INFO, console on a terminal, JSON otherwise. An encoder
+    left unset is chosen the same way from the log's writer. `configure` swaps the logs in
+    place (a reload), so filters added to this handler stay."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(logging.DEBUG)
+        self.fallback = stream if stream is not None else sys.stderr
+        self.sinks: list[_Sink] = []
+        self.configure({})
+
+    def configure(self, logging_cfg: Mapping[str, Any]) -> None:
+        console = Encoder({"format": "console"})
+        sinks: list[_Sink] = []
+        for sink, log in build_sinks(logging_cfg):
+            if not log.get("encoder") and _is_terminal(sink.stream):
+                sink.encoder = console
+            sinks.append(sink)
+        if not _has_default(logging_cfg):
+            fallback = _Sink(self.fallback, [], [], logging.INFO)
+            if _is_terminal(self.fallback):
+                fallback.encoder = console
+            sinks.append(fallback)
+        self.acquire()
+        try:
+            old, self.sinks = self.sinks, sinks
+        finally:
+            self.release()
+        _close_sinks(old)
+        # The logger level is the least severe any log takes: records below it cost nothing.
+        logging.getLogger().setLevel(min((s.level for s in sinks), default=logging.INFO))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            name = caddy_logger_name(record.name)
+            wanted = [s for s in self.sinks if s.wants(name, record.levelno)]
+            if not wanted:
+                return
+            exc = ""
+            if record.exc_info:
+                exc = logging.Formatter().formatException(record.exc_info)
+            entry = record_entry(record, exc)
+            for sink in wanted:
+                sink.stream.write(sink.encoder.encode(entry))
+                sink.stream.flush()
+        except (OSError, ValueError):
+            self.handleError(record)
+
+
+_OWN_HANDLER: OwnLogHandler | None = None
+
+
+def own_log_handler(stream: TextIO) -> OwnLogHandler:
+    """The handler of pyproxy's process log (one per process: `apply_logging` reconfigures
+    it from each loaded config)."""
+    global _OWN_HANDLER
+    _OWN_HANDLER = OwnLogHandler(stream)
+    return _OWN_HANDLER
+
+
+def apply_logging(logging_cfg: Mapping[str, Any]) -> None:
+    """Point the process log at a loaded config's `logging.logs` (start, every reload): the
+    supervisor and each worker call this once the config is in effect."""
+    if _OWN_HANDLER is None:
+        return
+    try:
+        _OWN_HANDLER.configure(logging_cfg)
+    except ConfigError as exc:
+        # check_log_writers passed in the supervisor moments ago; only a file that became
+        # unwritable since gets here. The old logs stay, and say so.
+        logging.getLogger("pyproxy").error("%s; the previous logs stay", exc)
 
 
 # ---- handler errors (Caddy's http.log.error) ---------------------------------------------------

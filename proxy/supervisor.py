@@ -62,6 +62,7 @@ from proxy.control import (
     listener_share_pair,
 )
 from proxy.forkserver import ForkServer, ForkServerGone
+from proxy.logs import apply_logging, check_log_writers
 from proxy.metrics import ProxyMetrics, cumulative_part, merge_snapshots, render_snapshots
 from proxy.respawn import RespawnPolicy, describe_exit
 
@@ -304,11 +305,13 @@ class Supervisor:
                 return
             try:
                 model = validate(config)
+                check_log_writers(model.logging)
                 await self._apply(strip_meta_fields(config), self.serving_workers())
             except BaseException:
                 self.metrics.record_reload(False)
                 raise
             self.config, self.model = config, model
+            apply_logging(model.logging)  # the process log follows the config in effect
             self.metrics.record_reload(True)
             log.info("config loaded")
 
@@ -618,6 +621,7 @@ class Supervisor:
             self._watch_worker(slot, slot.worker)
         try:
             self.model = validate(self.config)
+            check_log_writers(self.model.logging)
             # A worker that dies before this succeeded fails the start (exit 1), like Caddy.
             await self._apply(strip_meta_fields(self.config), self.workers)
         except (ConfigError, ReloadError) as exc:
@@ -625,6 +629,7 @@ class Supervisor:
             self._stop.set()
             await self._stop_workers()
             return EXIT_FAILED_START
+        apply_logging(self.model.logging)
         self.metrics.record_reload(True)
         for w in self.workers:
             w.ready = True

@@ -48,6 +48,7 @@ from proxy.control import (
     withdraw_listeners,
 )
 from proxy.forkserver import set_process_name
+from proxy.logs import apply_logging
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("pyproxy.worker")
@@ -359,6 +360,7 @@ class Worker:
         # sockets for a moment, so no connection finds the port closed.
         await gen.start()
         old, self.current = self.current, gen
+        apply_logging(gen.model.logging)  # the process log follows the config in effect
         if old is not None:
             self._hand_over(old, gen)
             await old.stop_accepting()

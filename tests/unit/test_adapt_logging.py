@@ -154,11 +154,16 @@ def _entry() -> dict[str, Any]:
 def test_console_encoder_is_zaps_tab_separated_layout() -> None:
     from proxy.logs import Encoder
 
-    line = Encoder({"format": "console"}).encode(_entry())
+    line = Encoder({"format": "console", "time_format": "unix_seconds_float"}).encode(_entry())
+    # Caddy's ConsoleEncoder: coloured capital level unless level_format says otherwise, the
+    # fields in zap's spaced JSON (what caddy 2.6.2 writes).
     assert line == (
-        "1.7962888370366518e+09\tinfo\thttp.log.access.log0\thandled request\t"
-        '{"request":{"method":"GET"},"duration":1.8608e-05,"status":200}\n'
+        "1.7962888370366518e+09\t\x1b[34mINFO\x1b[0m\thttp.log.access.log0\thandled request\t"
+        '{"request": {"method": "GET"}, "duration": 1.8608e-05, "status": 200}\n'
     )
+    plain = Encoder({"format": "console", "level_format": "lower"}).encode(_entry())
+    # The default console time is wall_milli (UTC unless time_local).
+    assert plain.startswith("2026/12/03 09:07:17.036\tinfo\t")
 
 
 def test_json_encoder_options() -> None:
@@ -199,18 +204,22 @@ def test_own_logs_are_caddy_json_lines_off_a_terminal() -> None:
 
     from proxy.logs import own_log_handler
 
-    handler = own_log_handler(io.StringIO())
-    line = handler.format(_record("pyproxy.admin", "admin endpoint %s"))
-    out = json.loads(line)
+    stream = io.StringIO()
+    handler = own_log_handler(stream)
+    handler.handle(_record("pyproxy.admin", "admin endpoint %s"))
+    handler.handle(_record("pyproxy", "serving %s", 20))
+    first, second = stream.getvalue().splitlines()
+    out = json.loads(first)
     assert list(out) == ["level", "ts", "logger", "msg"]
     assert (out["level"], out["logger"], out["msg"]) == ("warn", "admin", "admin endpoint x")
     assert isinstance(out["ts"], float)
     # The supervisor's own logger is Caddy's unnamed default logger: no `logger` key.
-    assert "logger" not in json.loads(handler.format(_record("pyproxy", "serving %s", 20)))
+    assert "logger" not in json.loads(second)
 
 
 def test_own_logs_use_the_console_layout_on_a_terminal() -> None:
     import io
+    import re
 
     from proxy.logs import own_log_handler
 
@@ -218,7 +227,9 @@ def test_own_logs_use_the_console_layout_on_a_terminal() -> None:
         def isatty(self) -> bool:
             return True
 
-    line = own_log_handler(Terminal()).format(_record("acme_client.manager", "obtained %s"))
+    terminal = Terminal()
+    own_log_handler(terminal).handle(_record("acme_client.manager", "obtained %s"))
+    line = terminal.getvalue().rstrip("\n")
     ts, level, logger, msg = line.split("\t")
-    assert float(ts) > 0
-    assert (level, logger, msg) == ("warn", "tls.obtain", "obtained x")
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{3}", ts)  # wall_milli
+    assert (level, logger, msg) == ("\x1b[33mWARN\x1b[0m", "tls.obtain", "obtained x")
