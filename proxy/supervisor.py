@@ -617,6 +617,11 @@ class Supervisor:
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
+        # First of all: the workers may already serve while the config is applied and the admin
+        # endpoint starts, and a SIGTERM in that window must stop them gracefully rather than
+        # kill the supervisor outright (its default action) and orphan them.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         for slot in self.slots:
             self._watch_worker(slot, slot.worker)
         try:
@@ -642,8 +647,6 @@ class Supervisor:
             self._stop.set()
             await self._stop_workers()
             return EXIT_FAILED_START
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(
             signal.SIGUSR1, lambda: self._spawn(self.reload_from_file("SIGUSR1"))
         )

@@ -266,3 +266,17 @@ def test_second_signal_forces_exit_code_2(
     proc.proc.send_signal(signal.SIGINT)
     assert proc.proc.wait(WAIT_S) == 2
     t.join(WAIT_S)
+
+
+def test_sigterm_as_soon_as_the_site_answers_is_a_graceful_stop(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    # The workers serve before the supervisor has started its admin endpoint: a SIGTERM in that
+    # window once killed the supervisor outright (the default action) and left the workers to
+    # find their control channel closed. It must be the same graceful stop as any other.
+    port, admin_port = free_port(), free_port()
+    proc = run_proxy(caddyfile(port, admin_port, origin.port, "early"), port)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(WAIT_S) == 0
+    assert "supervisor is gone" not in proc.log
+    assert "shutdown complete" in proc.log
