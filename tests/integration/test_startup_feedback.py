@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import PYPROXY, ROOT, ProxyProcess, wait_port
 from enginekit import free_port
 
@@ -104,14 +105,22 @@ def test_startup_lines_appear_once_with_two_workers(
     assert proc.stop() == 0
 
 
+@pytest.mark.parametrize(
+    ("workers_flag", "expected"),
+    [([], 3), (["--workers", "1"], 1)],
+    ids=["PYPROXY_WORKERS sets the count", "--workers wins over PYPROXY_WORKERS"],
+)
 def test_pyproxy_workers_sets_the_worker_count(
-    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
+    run_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    workers_flag: list[str],
+    expected: int,
 ) -> None:
     ports = (free_port(), free_port(), free_port(), free_port())
     proc = run_proxy(
         caddyfile(*ports),
         ports[2],
-        extra=[],  # no --workers
+        extra=workers_flag,
         env_extra={
             "XDG_DATA_HOME": str(tmp_path / "data"),
             "PYPROXY_NATIVE": "0",
@@ -119,26 +128,7 @@ def test_pyproxy_workers_sets_the_worker_count(
         },
     )
     lines = messages(wait_log(proc, r"serving with \d+ worker"))
-    assert "serving with 3 worker(s)" in lines, lines
-    assert proc.stop() == 0
-
-
-def test_workers_flag_wins_over_pyproxy_workers(
-    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
-) -> None:
-    ports = (free_port(), free_port(), free_port(), free_port())
-    proc = run_proxy(
-        caddyfile(*ports),
-        ports[2],
-        extra=["--workers", "1"],
-        env_extra={
-            "XDG_DATA_HOME": str(tmp_path / "data"),
-            "PYPROXY_NATIVE": "0",
-            "PYPROXY_WORKERS": "3",
-        },
-    )
-    lines = messages(wait_log(proc, r"serving with \d+ worker"))
-    assert "serving with 1 worker(s)" in lines, lines
+    assert f"serving with {expected} worker(s)" in lines, lines
     assert proc.stop() == 0
 
 
