@@ -566,12 +566,60 @@ def apply_logging(logging_cfg: Mapping[str, Any]) -> None:
         logging.getLogger("pyproxy").error("%s; the previous logs stay", exc)
 
 
+# ---- logger names per request host (Caddy's ServerLogConfig.getLoggerName) ----------------------
+
+
+def _mapped_name(logger_names: Mapping[str, Any], key: str) -> str | None:
+    value = logger_names.get(key)
+    if value is None:
+        return None
+    if isinstance(value, list):  # current Caddy maps a host to a list of names: the first
+        return str(value[0]) if value else ""
+    return str(value)
+
+
+def mapped_logger_name(logger_names: Mapping[str, Any], host_header: str) -> str | None:
+    """The name `logger_names` gives a request's Host: the exact Host, then the Host without
+    its port, then wildcard forms (`*.example.com`, `*.*.com`, …); None when unmapped (Caddy's
+    ServerLogConfig.getLoggerName, before its fallback to `default_logger_name`)."""
+    if not logger_names:
+        return None
+    found = _mapped_name(logger_names, host_header)
+    if found is not None:
+        return found
+    host = host_header
+    if host.startswith("["):
+        end = host.find("]")
+        host = host[1:end] if end > 0 else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    found = _mapped_name(logger_names, host)
+    if found is not None:
+        return found
+    labels = host.split(".")
+    for i in range(len(labels)):
+        labels[i] = "*"
+        found = _mapped_name(logger_names, ".".join(labels))
+        if found is not None:
+            return found
+    return None
+
+
+def site_logger_name(logs: Any, host_header: str) -> str:
+    """The suffix a server's access and error loggers take for a request (`http.log.access.NAME`,
+    `http.log.error.NAME`; Caddy's wrapLogger names both); `""` means the bare logger."""
+    mapped = mapped_logger_name(logs.logger_names, host_header)
+    return mapped if mapped else str(logs.default_logger_name or "")
+
+
 # ---- handler errors (Caddy's http.log.error) ---------------------------------------------------
 
 error_log = logging.getLogger("http.log.error")
 
 
-def log_handler_error(ex: Any, status: int, message: str, err_id: str) -> None:
+def log_handler_error(
+    ex: Any, status: int, message: str, err_id: str, logger_suffix: str = ""
+) -> None:
     """Caddy's server logs a handler error as `http.log.error`: level error for a 5xx, debug
     otherwise, msg the error text, fields request, duration, status, err_id (err_trace, Go's
     caller frame, has no Python equivalent and is left out). Free when the level is off."""
@@ -586,4 +634,7 @@ def log_handler_error(ex: Any, status: int, message: str, err_id: str) -> None:
         "status": status,
         "err_id": err_id,
     }
-    error_log.log(level, "%s", message or f"HTTP {status}", extra={"caddy_fields": fields})
+    # A server with `logs` names its error logger like its access logger (Caddy 2.6.2 and
+    # current: `http.log.error.log0`), so `log { include … }` filters see the site's name.
+    logger = error_log.getChild(logger_suffix) if logger_suffix else error_log
+    logger.log(level, "%s", message or f"HTTP {status}", extra={"caddy_fields": fields})

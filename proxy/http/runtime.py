@@ -19,7 +19,13 @@ from proxy.handlers import BuildContext, build_handler
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.server import HTTP1Connection
 from proxy.http.status_text import status_text
-from proxy.logs import AccessLog, access_entry, log_handler_error
+from proxy.logs import (
+    AccessLog,
+    access_entry,
+    log_handler_error,
+    mapped_logger_name,
+    site_logger_name,
+)
 from proxy.metrics import HandlerMetrics, ProxyMetrics
 from proxy.route import RouteList
 
@@ -191,7 +197,9 @@ class ServerRuntime:
         req = ex.req
         v = req.vars
         v["_handler_error"] = err
-        log_handler_error(ex, err.status, err.message, err.err_id)
+        logs = self.server.logs
+        suffix = site_logger_name(logs, req.host) if logs is not None else ""
+        log_handler_error(ex, err.status, err.message, err.err_id, suffix)
         v["http.error"] = f"{err.status} {err.message}" if err.message else str(err.status)
         v["http.error.status_code"] = err.status
         v["http.error.status_text"] = status_text(err.status)  # Go's http.StatusText
@@ -236,14 +244,11 @@ class ServerRuntime:
         assert logs is not None
         req = ex.req
         host = req.host.rsplit(":", 1)[0] if not req.host.endswith("]") else req.host
-        names = logs.logger_names
-        mapped = names.get(req.host, names.get(host))
+        mapped = mapped_logger_name(logs.logger_names, req.host)
         if mapped is None and logs.skip_unmapped_hosts:
             return
         if host in logs.skip_hosts:
             return
-        if isinstance(mapped, list):
-            mapped = mapped[0] if mapped else ""
         name = mapped if mapped else logs.default_logger_name
         logger = f"http.log.access.{name}" if name else "http.log.access"
         status = ex.status

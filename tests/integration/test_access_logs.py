@@ -162,3 +162,36 @@ def test_failed_proxied_request_logs_caddys_http_log_error(run_proxy: Any, tmp_p
     assert request["proto"] == "HTTP/1.1"
     assert isinstance(request["remote_port"], str)
     assert "headers" in request
+
+
+def test_site_with_its_own_log_names_its_error_logger_like_caddy(
+    run_proxy: Any, tmp_path: Path
+) -> None:
+    # Caddy 2.6.2 (checked live) and current Caddy name both loggers after the site's log
+    # (`http.log.access.log0`, `http.log.error.log0`); the error line goes to the default log,
+    # since the site's log includes only its access logger.
+    http_port, dead_port = dual_free_port(), dual_free_port()
+    access_file = tmp_path / "access.log"
+    site = (
+        f"http://a.test:{http_port} {{\n\tbind 127.0.0.1\n"
+        f"\tlog {{\n\t\toutput file {access_file}\n\t}}\n"
+        f"\treverse_proxy 127.0.0.1:{dead_port}\n}}\n"
+    )
+    proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
+    wait_serving(proc)
+    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as conn:
+        conn.sendall(b"GET /e HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        while conn.recv(65536):
+            pass
+
+    def loggers_in(text: str) -> list[str]:
+        return [json.loads(ln).get("logger", "") for ln in text.splitlines() if ln.strip()]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "http.log.error.log0" not in loggers_in(proc.log):
+        time.sleep(0.05)
+    assert "http.log.error.log0" in loggers_in(proc.log)
+    assert "http.log.error" not in loggers_in(proc.log)
+    while time.monotonic() < deadline and not access_file.exists():
+        time.sleep(0.05)
+    assert loggers_in(access_file.read_text()) == ["http.log.access.log0"]
