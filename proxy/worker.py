@@ -101,6 +101,7 @@ class Generation:
         self.hooks_stop: list[Any] = []
         self.certs: Any = None
         self.pools: Any = None
+        self.access_log: Any = None
         http = model.http
         self.grace_s = http.grace_period_s if http is not None else None
         self.shutdown_delay_s = http.shutdown_delay_s if http is not None else 0.0
@@ -123,7 +124,7 @@ class Generation:
 
         model = self.model
         self.pools = pools = PoolManager(loop)
-        access_log = AccessLog(model.logging)
+        self.access_log = access_log = AccessLog(model.logging)
         http = model.http
         provider = None
         if self.cert_setup is not None:
@@ -212,6 +213,8 @@ class Generation:
                 await self.certs.stop()
         if self.pools is not None:
             self.pools.close()
+        if self.access_log is not None:
+            self.access_log.close()
 
     async def discard(self) -> None:
         """Undo a prepared generation that will never serve."""

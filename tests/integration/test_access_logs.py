@@ -9,7 +9,9 @@ a site with a file access log; a Python client makes the request; the test reads
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import ssl
 import time
@@ -195,3 +197,64 @@ def test_site_with_its_own_log_names_its_error_logger_like_caddy(
     while time.monotonic() < deadline and not access_file.exists():
         time.sleep(0.05)
     assert loggers_in(access_file.read_text()) == ["http.log.access.log0"]
+
+
+def _fetch(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    return reply.partition(b"\r\n\r\n")[2]
+
+
+def _descriptors_open_on(pid: int, path: Path) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                count += 1
+        except OSError:
+            continue  # closed meanwhile
+    return count
+
+
+def test_reloads_do_not_leak_access_log_files(run_proxy: Any, tmp_path: Path) -> None:
+    http_port = dual_free_port()
+    access_file = tmp_path / "access.log"
+
+    def config(body: str) -> str:
+        return (
+            f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n"
+            f"http://a.test:{http_port} {{\n\tbind 127.0.0.1\n"
+            f"\tlog {{\n\t\toutput file {access_file}\n\t}}\n"
+            f'\trespond "{body}"\n}}\n'
+        )
+
+    proc = run_proxy(config("v0"), http_port)
+    wait_serving(proc)
+    assert _fetch(http_port) == b"v0"
+    children = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text()
+    # The supervisor and its children (the worker, the fork server replacements come from).
+    pids = [proc.proc.pid, *(int(p) for p in children.split())]
+
+    def open_count() -> int:
+        return sum(_descriptors_open_on(pid, access_file) for pid in pids)
+
+    # Each config opens the file where its logs need it (the worker's access log, each
+    # process's own-log handler, which `include`-filters every log).
+    before = open_count()
+    assert before >= 1
+    for generation in range(1, 4):
+        (tmp_path / "Caddyfile0").write_text(config(f"v{generation}"))
+        proc.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _fetch(http_port) != f"v{generation}".encode():
+            time.sleep(0.05)
+        assert _fetch(http_port) == f"v{generation}".encode()
+    # The old configs close their files once their connections are done: three reloads later
+    # the same number is open.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and open_count() != before:
+        time.sleep(0.05)
+    assert open_count() == before, {pid: _descriptors_open_on(pid, access_file) for pid in pids}
