@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
-from enginekit import free_port
+from enginekit import distinct_free_ports, free_port
 
 CADDY = "/usr/bin/caddy"
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,8 +274,7 @@ def start_server(
     prelude: str = "",
 ) -> Server:
     """Start Caddy ("caddy") or pyproxy ("pyproxy") on fresh loopback ports, one per snippet."""
-    ports = [free_port() for _ in snippets]
-    admin_port = free_port()
+    *ports, admin_port = distinct_free_ports(len(snippets) + 1)
     path = workdir / f"Caddyfile.{name}"
     admin = f"127.0.0.1:{admin_port}"
     path.write_text(caddyfile(snippets, ports, origin_port, admin, dead_port, prelude))

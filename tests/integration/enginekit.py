@@ -13,6 +13,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different free loopback ports: each stays bound until all are chosen (the
+    kernel may hand a just-closed port out again, so `free_port()` in a loop can repeat one)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def payload(n: int) -> bytes:
     """Deterministic, non-repeating-ish bytes (so truncation/reordering is detected)."""
     block = hashlib.sha256(str(n).encode()).digest() * 32  # 1 KiB
