@@ -466,6 +466,12 @@ class CertificateManager:
                 except IssuerError as exc:
                     if len(self._issuer_configs) == 1:
                         raise
+                    # certmagic logs each issuer's failure ("could not get certificate from
+                    # issuer") before trying the next; without it a fallback success hides why
+                    # the preferred CA was skipped.
+                    log.warning(
+                        "%s: could not get certificate from %s: %s", name, issuer.config.ca, exc
+                    )
                     errors.append(f"[{issuer.config.ca}] {exc}")
                     continue
                 resource = CertificateResource(

@@ -163,6 +163,7 @@ def prepare_certificates(config: Mapping[str, Any]) -> CertSetup:
     Raises ConfigError or CertificateError (both name the file or config path) for startup.
     """
     tls_app = _obj(_obj(config.get("apps")).get("tls"))
+    check_issuer_modules(tls_app)
     try:
         manual = load_manual_certificates(tls_app)
     except CertificateError as exc:
@@ -198,25 +199,53 @@ def _policy(tls_app: Mapping[str, Any], index: int | None) -> dict[str, Any]:
     return _obj(policies[index])
 
 
+# The issuer modules pyproxy runs: `acme` (acme_client.issuer) and `internal` (the local CA).
+SUPPORTED_ISSUER_MODULES = ("acme", "internal")
+
+
+def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
+    """Refuse every automation policy issuer whose module pyproxy cannot run.
+
+    Caddy provisions each policy's issuers at load and an unknown module fails the load; an
+    issuer pyproxy cannot run must fail the same way (validate, run, admin /load), not be skipped
+    while the name falls to another issuer. Caddy 2.6.2 also has a `zerossl` module (it fetches
+    EAB credentials from ZeroSSL's API); pyproxy does not, so the error says how to write the same
+    CA as an `acme` issuer.
+    """
+    for p_index, policy in enumerate(_list(_obj(tls_app.get("automation")).get("policies"))):
+        for i_index, issuer in enumerate(_list(_obj(policy).get("issuers"))):
+            module = _obj(issuer).get("module")
+            if module in SUPPORTED_ISSUER_MODULES:
+                continue
+            where = f"apps.tls.automation.policies[{p_index}].issuers[{i_index}].module"
+            if module is None:
+                raise ConfigError(f"{where}: issuer module name is required (acme or internal)")
+            hint = ""
+            if module == "zerossl":
+                hint = (
+                    '; for ZeroSSL use {"module": "acme", "ca": "https://acme.zerossl.com/v2/DV90",'
+                    ' "external_account": {"key_id": ..., "mac_key": ...}}'
+                )
+            raise ConfigError(
+                f"{where}: issuer module {module!r} is not supported by pyproxy"
+                f" (supported: {', '.join(SUPPORTED_ISSUER_MODULES)}){hint}"
+            )
+
+
 def acme_issuer_configs(
     managed: ManagedName, tls_app: Mapping[str, Any]
 ) -> tuple[IssuerConfig, ...]:
-    """The ACME issuers of a managed name (`zerossl` and others are skipped with a warning)."""
+    """The ACME issuers of a managed name, in order (`internal` ones are the local CA's).
+
+    Any other module was refused by `check_issuer_modules` when the config was prepared.
+    """
     policy = _policy(tls_app, managed.policy_index)
     key_type = policy.get("key_type") if isinstance(policy.get("key_type"), str) else None
     configs: list[IssuerConfig] = []
     for issuer in managed.issuers:
         cfg = issuer_config_from_caddy(issuer, key_type=key_type)
-        if cfg is None:
-            if issuer.get("module") != "internal":
-                log.warning(
-                    "%s: issuer %r not supported; skipped",
-                    managed.name,
-                    issuer.get("module"),
-                    extra=NODE_STATE,
-                )
-            continue
-        configs.append(cfg)
+        if cfg is not None:
+            configs.append(cfg)
     return tuple(configs)
 
 

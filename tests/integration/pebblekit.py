@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -457,7 +457,7 @@ class AcmeEnv:
 
     def manager(
         self,
-        issuer: IssuerConfig,
+        issuer: IssuerConfig | Sequence[IssuerConfig],
         storage: FileStorage | None = None,
         **kw: Any,
     ) -> CertificateManager:
