@@ -82,6 +82,14 @@ VERB_HELP: dict[str, tuple[str, str, str]] = {
         "0 started and serving; 1 the instance failed to start (its error is printed),\n"
         "  another instance holds the admin address, or no confirmation within 120 s",
     ),
+    "reverse-proxy": (
+        "A simple reverse proxy, like `caddy reverse-proxy`: shuttles HTTP(S) traffic from\n"
+        "the --from address to the --to address(es) (repeat --to for several). A --from\n"
+        "with a host is served over HTTPS unless its scheme or port says HTTP; --to is\n"
+        "HTTP unless it says https://. Runs in the foreground with the admin endpoint off.",
+        "pyproxy reverse-proxy --from :8080 --to 127.0.0.1:9000",
+        "0 stopped normally; 1 a bad flag or address, or the proxy failed to start",
+    ),
     "stop": (
         "Gracefully stops the running instance through its admin API (POST /stop), as\n"
         "`caddy stop` does.",
@@ -604,6 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("run", help="serve a config in the foreground")
         add_run_arguments(p)
         p.set_defaults(func=cmd_run)
+
+    from proxy import quick_proxy
+
+    p = sub.add_parser("reverse-proxy", help="a quick reverse proxy from --from to --to")
+    quick_proxy.add_reverse_proxy_arguments(p)
+    p.set_defaults(func=quick_proxy.reverse_proxy_command)
 
     p = sub.add_parser("start", help="run in the background; return once it serves")
     p.add_argument("--config", "-c", default=None, help="config file (default ./Caddyfile)")
