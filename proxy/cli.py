@@ -299,7 +299,8 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     # Same argument rules as `caddy fmt`: one path, as an argument or --config, default
     # ./Caddyfile; "-" means stdin.
     if len(args.file) > 1 or (args.config and args.file):
-        names = " ".join([args.config or "", *args.file]).strip()
+        # Caddy's exact text: "%s %s" of the --config value (maybe empty) and the arguments.
+        names = f"{args.config or ''} {' '.join(args.file)}"
         print(f"Error: fmt does not support multiple files {names}", file=sys.stderr)
         return 1
     path = args.file[0] if args.file else (args.config or "Caddyfile")
