@@ -372,6 +372,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     successfully". The child's exit before that is a failed start; its error is on the shared
     stderr already, as with Caddy. Deviation: a config with the admin endpoint disabled cannot
     be confirmed, so `start` refuses it (use `run`)."""
+    import signal
     import subprocess
 
     from proxy.admin_client import AdminRequestError, admin_request, determine_admin_address
@@ -428,7 +429,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             waited += START_POLL_S
         else:
-            print(f"Error: {_product()} process exited with status {code}", file=sys.stderr)
+            # Caddy's wording, with Go's text for the exit (exec.ExitError).
+            how = f"signal: {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            print(f"Error: {_prog()} process exited with error: {how}", file=sys.stderr)
             return 1
         try:
             admin_request(address, "GET", "/config/", {}, None, timeout=1.0)

@@ -85,6 +85,11 @@ def test_start_serves_in_the_background_until_stop(tmp_path: Path, started_pids:
         conn.close()
         assert any(r["path"] == "/headers" for r in origin.requests)
 
+        # A second start on the same admin address would confirm the first instance: refused.
+        code, out, err = _pyproxy(tmp_path, "start", "--config", str(caddyfile))
+        assert (code, out) == (1, "")
+        assert f"already running with its admin endpoint at 127.0.0.1:{admin_port}" in err
+
         code, _, err = _pyproxy(tmp_path, "stop", "--address", f"127.0.0.1:{admin_port}")
         assert code == 0, err
         deadline = time.monotonic() + GONE_TIMEOUT_S
@@ -107,6 +112,7 @@ def test_start_with_a_bad_config_exits_1_with_the_error(
     assert code == 1
     assert "Successfully started" not in out
     assert "parsing upstream 'www:99999'" in err and "Caddyfile:5" in err
+    assert err.endswith("Error: pyproxy process exited with error: exit status 1\n")
 
 
 def test_start_refuses_a_config_without_admin_endpoint(tmp_path: Path) -> None:
