@@ -74,6 +74,22 @@ VERB_HELP: dict[str, tuple[str, str, str]] = {
         "0 the new config is running; 1 the config is invalid, the instance refused it,\n"
         "  or no instance answers at the admin address",
     ),
+    "start": (
+        "Starts pyproxy in the background with the flags of `run`, and returns once the\n"
+        "instance confirms it serves (its admin endpoint answers), as `caddy start` does.\n"
+        "Stop it with `pyproxy stop`. A config with `admin off` is refused: use `run`.",
+        "pyproxy start --config /etc/caddy/Caddyfile --pidfile /run/pyproxy.pid",
+        "0 started and serving; 1 the instance failed to start (its error is printed),\n"
+        "  another instance holds the admin address, or no confirmation within 120 s",
+    ),
+    "reverse-proxy": (
+        "A simple reverse proxy, like `caddy reverse-proxy`: shuttles HTTP(S) traffic from\n"
+        "the --from address to the --to address(es) (repeat --to for several). A --from\n"
+        "with a host is served over HTTPS unless its scheme or port says HTTP; --to is\n"
+        "HTTP unless it says https://. Runs in the foreground with the admin endpoint off.",
+        "pyproxy reverse-proxy --from :8080 --to 127.0.0.1:9000",
+        "0 stopped normally; 1 a bad flag or address, or the proxy failed to start",
+    ),
     "stop": (
         "Gracefully stops the running instance through its admin API (POST /stop), as\n"
         "`caddy stop` does.",
@@ -283,7 +299,8 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     # Same argument rules as `caddy fmt`: one path, as an argument or --config, default
     # ./Caddyfile; "-" means stdin.
     if len(args.file) > 1 or (args.config and args.file):
-        names = " ".join([args.config or "", *args.file]).strip()
+        # Caddy's exact text: "%s %s" of the --config value (maybe empty) and the arguments.
+        names = f"{args.config or ''} {' '.join(args.file)}"
         print(f"Error: fmt does not support multiple files {names}", file=sys.stderr)
         return 1
     path = args.file[0] if args.file else (args.config or "Caddyfile")
@@ -334,6 +351,104 @@ def cmd_fmt(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+# How long `start` waits for the background instance to confirm it serves. Caddy waits without
+# a limit; a bound keeps a wedged start from hanging a script forever.
+START_TIMEOUT_S = 120.0
+START_POLL_S = 0.1
+
+
+def _product() -> str:
+    return "Caddy" if _prog() == "caddy" else "pyproxy"
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """`caddy start`: run the instance in the background and return once it serves.
+
+    Caddy's child confirms over a one-time loopback connection (`--pingback`). pyproxy's
+    confirmation is its admin endpoint answering: the supervisor opens it only after every
+    worker has applied the config (proxy.supervisor), so an answer means "started
+    successfully". The child's exit before that is a failed start; its error is on the shared
+    stderr already, as with Caddy. Deviation: a config with the admin endpoint disabled cannot
+    be confirmed, so `start` refuses it (use `run`)."""
+    import signal
+    import subprocess
+
+    from proxy.admin_client import AdminRequestError, admin_request, determine_admin_address
+
+    config: dict[str, object] | None = None
+    if args.envfile:
+        from config.envfile import load_envfile
+
+        try:
+            load_envfile(args.envfile)  # the config may use its {$VARS}
+        except (ConfigError, OSError) as exc:
+            print(f"Error: loading config: {exc}", file=sys.stderr)
+            return 1
+    try:
+        from config.source import load_config
+
+        loaded, _ = load_config(args.config, args.adapter)
+        config = dict(loaded)
+    except (ConfigError, OSError):
+        config = None  # the child reports it, with Caddy's wording, and fails the start
+    admin = config.get("admin") if config else None
+    if isinstance(admin, dict) and admin.get("disabled"):
+        print(
+            "Error: start confirms the instance through its admin endpoint, which the config"
+            f" disables; use '{_prog()} run' instead",
+            file=sys.stderr,
+        )
+        return 1
+    address = determine_admin_address(None, config)
+    try:
+        admin_request(address, "GET", "/config/", {}, None, timeout=1.0)
+    except AdminRequestError:
+        pass  # nothing answers there yet: the new instance's admin endpoint can be recognised
+    else:
+        print(
+            f"Error: an instance is already running with its admin endpoint at {address}",
+            file=sys.stderr,
+        )
+        return 1
+    command = [sys.executable, "-m", "proxy.cli", "run"]
+    for flag in ("config", "adapter", "envfile", "pidfile"):
+        value = getattr(args, flag)
+        if value:
+            command += [f"--{flag}", value]
+    if args.watch:
+        command.append("--watch")
+    # Its own session, so the terminal's Ctrl-C does not reach it; stdout and stderr are
+    # shared, as `caddy start` shares them.
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+    waited = 0.0
+    while waited < START_TIMEOUT_S:
+        try:
+            code = child.wait(timeout=START_POLL_S)
+        except subprocess.TimeoutExpired:
+            waited += START_POLL_S
+        else:
+            # Caddy's wording, with Go's text for the exit (exec.ExitError).
+            how = f"signal: {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            print(f"Error: {_prog()} process exited with error: {how}", file=sys.stderr)
+            return 1
+        try:
+            admin_request(address, "GET", "/config/", {}, None, timeout=1.0)
+        except AdminRequestError:
+            continue
+        print(
+            f"Successfully started {_product()} (pid={child.pid}) -"
+            f" {_product()} is running in the background"
+        )
+        return 0
+    child.kill()
+    child.wait()
+    print(
+        f"Error: {_product()} did not confirm its start within {START_TIMEOUT_S:.0f}s",
+        file=sys.stderr,
+    )
+    return 1
 
 
 # Caddy's default bcrypt cost (caddyauth.BcryptHash: DefaultCost 14) and Go's `$2a$` prefix.
@@ -501,6 +616,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("run", help="serve a config in the foreground")
         add_run_arguments(p)
         p.set_defaults(func=cmd_run)
+
+    from proxy import quick_proxy
+
+    p = sub.add_parser("reverse-proxy", help="a quick reverse proxy from --from to --to")
+    quick_proxy.add_reverse_proxy_arguments(p)
+    p.set_defaults(func=quick_proxy.reverse_proxy_command)
+
+    p = sub.add_parser("start", help="run in the background; return once it serves")
+    p.add_argument("--config", "-c", default=None, help="config file (default ./Caddyfile)")
+    p.add_argument("--adapter", "-a", default=None, help="caddyfile or json (by file name)")
+    p.add_argument("--envfile", default=None, help="KEY=VALUE file loaded into the environment")
+    p.add_argument("--pidfile", default=None, help="write the process id to this file")
+    p.add_argument("--watch", action="store_true", help="reload when the config file changes")
+    p.set_defaults(func=cmd_start)
     _apply_verb_help(sub)
     return parser
 

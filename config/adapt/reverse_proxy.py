@@ -251,7 +251,11 @@ def split_network_address(addr: str) -> tuple[str, str, str, bool]:
 
 
 def _parse_port(text: str, which: str) -> int:
-    # strconv.ParseUint(text, 10, 16)
+    # strconv.ParseUint(text, 10, 16), worded as current Caddy's ParseNetworkAddress, which
+    # its reverse_proxy Caddyfile parser calls on each upstream (caddyfile.go, since 2.7): so
+    # `reverse_proxy www:99999` fails to adapt with `parsing upstream 'www:99999': invalid
+    # start port: strconv.ParseUint: parsing "99999": value out of range, at Caddyfile:N`.
+    # Deviation from 2.6.2, which adapts and validates it and fails only when dialling.
     if not text or not text.isascii() or not text.isdigit():
         raise UpstreamError(
             f"invalid {which} port: strconv.ParseUint: parsing {go_quote(text)}: invalid syntax"
