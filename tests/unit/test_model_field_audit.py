@@ -72,7 +72,6 @@ KNOWN_UNHONOURED: frozenset[str] = frozenset(
         "HTTPTransport.versions",
         "ReverseProxyHandler.stream_timeout_s",
         "Server.protocols",
-        "Server.keepalive_interval_s",
     }
 )
 
