@@ -605,7 +605,8 @@ class HTTPTransport:
     max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
     max_idle_conns: int = 0
     max_conns_per_host: int = 0
-    versions: tuple[str, ...] = ("1.1", "2")
+    # No `versions`: pyproxy speaks HTTP/1.1 to upstreams, and the loader refuses a `versions`
+    # list that asks for anything else (_check_upstream_versions).
     # Go's transport asks for gzip and decodes it when the client did not (DisableCompression).
     compression: bool = True
 
@@ -1296,6 +1297,40 @@ def _load_selection_policy(policy: dict[str, Any], where: str) -> None:
         _load_selection_policy(fb, f"{where}.fallback")
 
 
+def _check_upstream_versions(versions: tuple[str, ...], where: str) -> None:
+    """The transport's `versions`, of which pyproxy honours HTTP/1.1 only.
+
+    Caddy (reverseproxy/httptransport.go) defaults to ["1.1", "2"]: HTTP/1.1 to plain-HTTP
+    upstreams, HTTP/2 offered by ALPN to TLS ones. pyproxy's upstream client speaks HTTP/1.1, so
+    unset or a list with "1.1" is accepted (deviation: a TLS upstream that would negotiate h2
+    with Caddy gets HTTP/1.1). A list that needs another protocol is refused: "h2c" makes Caddy
+    speak HTTP/2 in cleartext *instead of* HTTP/1.1, "3" must stand alone in Caddy, and without
+    "1.1" the file asks for HTTP/2 only.
+    """
+    for i, v in enumerate(versions):
+        if v not in ("1.1", "2", "h2c", "3"):
+            raise ConfigError(
+                f"{where}[{i}]: unsupported HTTP version: {v}, supported version: 1.1, 2, h2c, 3"
+            )
+    if not versions:
+        return
+    if "3" in versions:
+        raise ConfigError(
+            f"{where}: HTTP/3 to upstreams is not supported by pyproxy (it speaks HTTP/1.1 "
+            'to upstreams; use ["1.1"])'
+        )
+    if "h2c" in versions:
+        raise ConfigError(
+            f"{where}: h2c (HTTP/2 over cleartext) to upstreams is not supported by pyproxy "
+            '(it speaks HTTP/1.1 to upstreams; use ["1.1"] or an http:// upstream)'
+        )
+    if "1.1" not in versions:
+        raise ConfigError(
+            f"{where}: HTTP/2-only upstream connections are not supported by pyproxy (it "
+            'speaks HTTP/1.1 to upstreams; include "1.1")'
+        )
+
+
 def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
     if not t:
         return HTTPTransport()
@@ -1322,10 +1357,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
     ka = _strict(
         t.get("keep_alive"), f"{where}.keep_alive", KEEP_ALIVE_FIELDS, KEEP_ALIVE_UNSUPPORTED
     )
-    versions = _strs(t.get("versions"), f"{where}.versions") or ("1.1", "2")
-    for i, v in enumerate(versions):
-        if v not in ("1.1", "2", "h2c", "3"):
-            raise ConfigError(f"{where}.versions[{i}]: unsupported HTTP version {v!r}")
+    _check_upstream_versions(_strs(t.get("versions"), f"{where}.versions"), f"{where}.versions")
     return HTTPTransport(
         tls=tls,
         dial_timeout_s=_dur(t.get("dial_timeout"), f"{where}.dial_timeout", DEFAULT_DIAL_TIMEOUT_S)
@@ -1347,6 +1379,5 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
         ),
         max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
         max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
-        versions=versions,
         compression=_bool(t.get("compression"), f"{where}.compression", True),
     )

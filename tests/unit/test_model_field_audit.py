@@ -69,7 +69,6 @@ KNOWN_UNHONOURED: frozenset[str] = frozenset(
         "HTTPTransport.read_timeout_s",
         "HTTPTransport.write_timeout_s",
         "HTTPTransport.max_idle_conns",
-        "HTTPTransport.versions",
         "ReverseProxyHandler.stream_timeout_s",
         "Server.protocols",
     }
