@@ -667,7 +667,8 @@ class Server:
     client_ip_headers: tuple[str, ...] = ("X-Forwarded-For",)
     trusted_proxies_strict: bool = False
     logs: ServerLogs | None = None
-    protocols: tuple[str, ...] = ("h1", "h2", "h3")
+    # No `protocols`: the engine serves HTTP/1.x only, and the loader refuses an explicit list
+    # that asks for more (_check_server_protocols).
     keepalive_interval_s: float | None = None
 
 
@@ -912,10 +913,7 @@ def _load_server(name: str, value: object, where: str) -> Server:
                 f"{where}.trusted_proxies.source: unknown module: http.ip_sources.{source}"
             )
         tp = _cidrs(tp_obj.get("ranges"), f"{where}.trusted_proxies.ranges")
-    protocols = _strs(srv.get("protocols"), f"{where}.protocols") or ("h1", "h2", "h3")
-    for i, p in enumerate(protocols):
-        if p not in ("h1", "h2", "h2c", "h3"):
-            raise ConfigError(f"{where}.protocols[{i}]: unknown protocol {p!r}")
+    _check_server_protocols(_strs(srv.get("protocols"), f"{where}.protocols"), f"{where}.protocols")
     policies = tuple(
         _obj(p, f"{where}.tls_connection_policies[{i}]")
         for i, p in enumerate(
@@ -943,7 +941,6 @@ def _load_server(name: str, value: object, where: str) -> Server:
             _int(srv.get("trusted_proxies_strict"), f"{where}.trusted_proxies_strict")
         ),
         logs=logs,
-        protocols=protocols,
         keepalive_interval_s=_dur(srv.get("keepalive_interval"), f"{where}.keepalive_interval"),
     )
 
@@ -1328,6 +1325,32 @@ def _check_upstream_versions(versions: tuple[str, ...], where: str) -> None:
         raise ConfigError(
             f"{where}: HTTP/2-only upstream connections are not supported by pyproxy (it "
             'speaks HTTP/1.1 to upstreams; include "1.1")'
+        )
+
+
+def _check_server_protocols(protocols: tuple[str, ...], where: str) -> None:
+    """The server's `protocols`: the engine serves HTTP/1.x only (HTTP/2 is issue #13).
+
+    Unset is Caddy's default ["h1", "h2", "h3"] and stays accepted (deviation: clients get
+    HTTP/1.1; the TLS listener offers only http/1.1 by ALPN). An explicit list is the file
+    saying which protocols must be served, so one naming h2, h2c or h3 is refused rather than
+    served as HTTP/1.1, and one without h1 would serve nothing.
+    """
+    for i, p in enumerate(protocols):
+        if p not in ("h1", "h2", "h2c", "h3"):
+            raise ConfigError(f"{where}[{i}]: unknown protocol {p!r}")
+    if not protocols:
+        return
+    if "h1" not in protocols:
+        raise ConfigError(
+            f"{where}: a server without h1 is not supported by pyproxy (it serves HTTP/1.1 "
+            "only; HTTP/2 and HTTP/3 are not implemented)"
+        )
+    others = [p for p in protocols if p != "h1"]
+    if others:
+        raise ConfigError(
+            f"{where}: {', '.join(others)} not supported by pyproxy: HTTP/2 and HTTP/3 are not "
+            'implemented, it serves HTTP/1.1 only; use ["h1"] or leave protocols unset'
         )
 
 

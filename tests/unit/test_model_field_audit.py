@@ -70,7 +70,6 @@ KNOWN_UNHONOURED: frozenset[str] = frozenset(
         "HTTPTransport.write_timeout_s",
         "HTTPTransport.max_idle_conns",
         "ReverseProxyHandler.stream_timeout_s",
-        "Server.protocols",
     }
 )
 

@@ -61,3 +61,39 @@ def test_h2c_upstream_from_the_caddyfile_is_refused_by_path() -> None:
     with pytest.raises(ConfigError) as err:
         load_model(config)
     assert ".transport.versions: h2c (HTTP/2 over cleartext) to upstreams" in str(err.value)
+
+
+@pytest.mark.parametrize("protocols", [None, ["h1"]])
+def test_server_protocols_unset_or_h1_are_accepted(protocols: list[str] | None) -> None:
+    fields = {} if protocols is None else {"protocols": protocols}
+    assert load_model(with_server(**fields)).http is not None
+
+
+@pytest.mark.parametrize(
+    ("protocols", "message"),
+    [
+        (["h1", "h2"], f"{SRV}.protocols: h2 not supported by pyproxy: HTTP/2 and HTTP/3 are not"),
+        (["h1", "h2", "h3"], f"{SRV}.protocols: h2, h3 not supported by pyproxy"),
+        (["h1", "h2c"], f"{SRV}.protocols: h2c not supported by pyproxy"),
+        (["h2"], f"{SRV}.protocols: a server without h1 is not supported by pyproxy"),
+        (["h3"], f"{SRV}.protocols: a server without h1 is not supported by pyproxy"),
+        (["spdy"], f"{SRV}.protocols[0]: unknown protocol 'spdy'"),
+    ],
+)
+def test_server_protocols_asking_for_http2_or_3_are_refused(
+    protocols: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_model(with_server(protocols=protocols))
+    assert str(err.value).startswith(message)
+    if "unknown" not in message:
+        assert "HTTP/2 and HTTP/3 are not implemented" in str(err.value)
+
+
+def test_servers_protocols_global_option_is_refused_by_path() -> None:
+    config, _ = adapt_caddyfile(
+        "{\n\tservers {\n\t\tprotocols h1 h2\n\t}\n}\n:8080 {\n\trespond hi\n}\n", "Caddyfile"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_model(config)
+    assert ".protocols: h2 not supported by pyproxy" in str(err.value)
