@@ -295,12 +295,14 @@ REVERSE_PROXY_FIELDS = F(
         "headers",
         "request_buffers",
         "response_buffers",
-        "stream_timeout",
         "stream_close_delay",
         "rewrite",
     }
 )
-REVERSE_PROXY_UNSUPPORTED = F({"circuit_breaker", "max_buffer_size", "verbose_logs"})
+# stream_timeout (Caddy closes upgraded streams after it) is not implemented yet: refused.
+REVERSE_PROXY_UNSUPPORTED = F(
+    {"circuit_breaker", "max_buffer_size", "verbose_logs", "stream_timeout"}
+)
 # reverse_proxy's `rewrite` is a rewrite handler; pyproxy applies its method and uri.
 PROXY_REWRITE_FIELDS = F({"method", "uri"})
 PROXY_REWRITE_UNSUPPORTED = REWRITE_FIELDS - PROXY_REWRITE_FIELDS - F({"handler"})
@@ -357,13 +359,15 @@ HTTP_TRANSPORT_FIELDS = F(
         "max_conns_per_host",
         "dial_timeout",
         "response_header_timeout",
-        "read_timeout",
-        "write_timeout",
         "versions",
     }
 )
+# read_timeout / write_timeout (Caddy's per-read and per-write deadlines on the upstream
+# connection) are not implemented yet: refused rather than accepted and ignored.
 HTTP_TRANSPORT_UNSUPPORTED = F(
     {
+        "read_timeout",
+        "write_timeout",
         "resolver",
         "proxy_protocol",
         "forward_proxy_url",
@@ -376,8 +380,10 @@ HTTP_TRANSPORT_UNSUPPORTED = F(
         "local_address",
     }
 )
-KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns", "max_idle_conns_per_host", "idle_timeout"})
-KEEP_ALIVE_UNSUPPORTED = F({"probe_interval"})
+KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns_per_host", "idle_timeout"})
+# max_idle_conns (Go's cap on idle connections across all hosts of one transport) is not
+# implemented yet; pyproxy caps idle connections per host (max_idle_conns_per_host).
+KEEP_ALIVE_UNSUPPORTED = F({"probe_interval", "max_idle_conns"})
 TRANSPORT_TLS_FIELDS = F(
     {
         "root_ca_pool",
@@ -385,13 +391,14 @@ TRANSPORT_TLS_FIELDS = F(
         "client_certificate_file",
         "client_certificate_key_file",
         "insecure_skip_verify",
-        "handshake_timeout",
         "server_name",
         "curves",
     }
 )
+# handshake_timeout (Caddy bounds the upstream TLS handshake apart from the TCP dial) is not
+# implemented yet: pyproxy's dial_timeout covers the TCP connect and the handshake together.
 TRANSPORT_TLS_UNSUPPORTED = F(
-    {"client_certificate_automate", "renegotiation", "except_ports", "ca"}
+    {"client_certificate_automate", "renegotiation", "except_ports", "ca", "handshake_timeout"}
 )
 del F
 
@@ -589,7 +596,6 @@ class TransportTLS:
     root_ca_pool: tuple[str, ...] = ()  # base64 DER certificates
     client_certificate_file: str = ""
     client_certificate_key_file: str = ""
-    handshake_timeout_s: float | None = None
     curves: tuple[str, ...] = ()  # Caddy's names (x25519, secp256r1, ...); () = defaults
 
 
@@ -598,12 +604,9 @@ class HTTPTransport:
     tls: TransportTLS | None = None
     dial_timeout_s: float = DEFAULT_DIAL_TIMEOUT_S
     response_header_timeout_s: float | None = None
-    read_timeout_s: float | None = None
-    write_timeout_s: float | None = None
     keepalive_enabled: bool = True
     keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
     max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
-    max_idle_conns: int = 0
     max_conns_per_host: int = 0
     # No `versions`: pyproxy speaks HTTP/1.1 to upstreams, and the loader refuses a `versions`
     # list that asks for anything else (_check_upstream_versions).
@@ -630,7 +633,6 @@ class ReverseProxyHandler(Handler):
     headers_response: Mapping[str, Any] | None = None
     rewrite: Mapping[str, Any] | None = None
     handle_response: tuple[Mapping[str, Any], ...] = ()
-    stream_timeout_s: float = 0.0
     stream_close_delay_s: float = 0.0
 
 
@@ -1273,7 +1275,6 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
             _obj(x, f"{where}.handle_response[{i}]")
             for i, x in enumerate(_list(h.get("handle_response"), f"{where}.handle_response"))
         ),
-        stream_timeout_s=_dur(h.get("stream_timeout"), f"{where}.stream_timeout", 0.0) or 0.0,
         stream_close_delay_s=_dur(h.get("stream_close_delay"), f"{where}.stream_close_delay", 0.0)
         or 0.0,
     )
@@ -1374,7 +1375,6 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             client_certificate_key_file=_str(
                 tt.get("client_certificate_key_file"), f"{tw}.client_certificate_key_file"
             ),
-            handshake_timeout_s=_dur(tt.get("handshake_timeout"), f"{tw}.handshake_timeout"),
             curves=_strs(tt.get("curves"), f"{tw}.curves"),
         )
     ka = _strict(
@@ -1388,8 +1388,6 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
         response_header_timeout_s=_dur(
             t.get("response_header_timeout"), f"{where}.response_header_timeout"
         ),
-        read_timeout_s=_dur(t.get("read_timeout"), f"{where}.read_timeout"),
-        write_timeout_s=_dur(t.get("write_timeout"), f"{where}.write_timeout"),
         keepalive_enabled=_bool(ka.get("enabled"), f"{where}.keep_alive.enabled", True),
         keepalive_idle_s=_dur(
             ka.get("idle_timeout"), f"{where}.keep_alive.idle_timeout", DEFAULT_KEEPALIVE_IDLE_S
@@ -1400,7 +1398,6 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             f"{where}.keep_alive.max_idle_conns_per_host",
             DEFAULT_MAX_IDLE_CONNS_PER_HOST,
         ),
-        max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
         max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
         compression=_bool(t.get("compression"), f"{where}.compression", True),
     )
