@@ -391,14 +391,13 @@ TRANSPORT_TLS_FIELDS = F(
         "client_certificate_file",
         "client_certificate_key_file",
         "insecure_skip_verify",
+        "handshake_timeout",
         "server_name",
         "curves",
     }
 )
-# handshake_timeout (Caddy bounds the upstream TLS handshake apart from the TCP dial) is not
-# implemented yet: pyproxy's dial_timeout covers the TCP connect and the handshake together.
 TRANSPORT_TLS_UNSUPPORTED = F(
-    {"client_certificate_automate", "renegotiation", "except_ports", "ca", "handshake_timeout"}
+    {"client_certificate_automate", "renegotiation", "except_ports", "ca"}
 )
 del F
 
@@ -596,6 +595,7 @@ class TransportTLS:
     root_ca_pool: tuple[str, ...] = ()  # base64 DER certificates
     client_certificate_file: str = ""
     client_certificate_key_file: str = ""
+    handshake_timeout_s: float | None = None  # None: no limit of its own (Caddy's default)
     curves: tuple[str, ...] = ()  # Caddy's names (x25519, secp256r1, ...); () = defaults
 
 
@@ -1375,6 +1375,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             client_certificate_key_file=_str(
                 tt.get("client_certificate_key_file"), f"{tw}.client_certificate_key_file"
             ),
+            handshake_timeout_s=_dur(tt.get("handshake_timeout"), f"{tw}.handshake_timeout"),
             curves=_strs(tt.get("curves"), f"{tw}.curves"),
         )
     ka = _strict(

@@ -265,12 +265,20 @@ class ReverseProxy:
         pool = self._pools.get(up.dial)
         if pool is None:
             t = self.cfg.transport
-            key = (up.host, up.port, id(self.ssl) if self.ssl else 0, self.server_name)
+            handshake_s = t.tls.handshake_timeout_s if t.tls is not None else None
+            key = (
+                up.host,
+                up.port,
+                id(self.ssl) if self.ssl else 0,
+                self.server_name,
+                handshake_s,
+            )
             pool = self.ctx.pools.get(
                 key,
                 ssl_context=self.ssl,
                 server_hostname=self.server_name,
                 dial_timeout_s=t.dial_timeout_s,
+                handshake_timeout_s=handshake_s,
                 idle_timeout_s=t.keepalive_idle_s if t.keepalive_enabled else 0.0,
                 max_idle=t.max_idle_conns_per_host,
                 max_conns=t.max_conns_per_host,

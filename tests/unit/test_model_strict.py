@@ -137,12 +137,6 @@ CASES: list[tuple[dict[str, Any], str]] = [
                 ".transport.keep_alive",
                 "max_idle_conns",
             ),
-            (
-                "transport",
-                {"protocol": "http", "tls": {"handshake_timeout": "5s"}},
-                ".transport.tls",
-                "handshake_timeout",
-            ),
         ]
     ),
     (
