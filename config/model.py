@@ -295,14 +295,12 @@ REVERSE_PROXY_FIELDS = F(
         "headers",
         "request_buffers",
         "response_buffers",
+        "stream_timeout",
         "stream_close_delay",
         "rewrite",
     }
 )
-# stream_timeout (Caddy closes upgraded streams after it) is not implemented yet: refused.
-REVERSE_PROXY_UNSUPPORTED = F(
-    {"circuit_breaker", "max_buffer_size", "verbose_logs", "stream_timeout"}
-)
+REVERSE_PROXY_UNSUPPORTED = F({"circuit_breaker", "max_buffer_size", "verbose_logs"})
 # reverse_proxy's `rewrite` is a rewrite handler; pyproxy applies its method and uri.
 PROXY_REWRITE_FIELDS = F({"method", "uri"})
 PROXY_REWRITE_UNSUPPORTED = REWRITE_FIELDS - PROXY_REWRITE_FIELDS - F({"handler"})
@@ -633,6 +631,7 @@ class ReverseProxyHandler(Handler):
     headers_response: Mapping[str, Any] | None = None
     rewrite: Mapping[str, Any] | None = None
     handle_response: tuple[Mapping[str, Any], ...] = ()
+    stream_timeout_s: float = 0.0  # > 0: an upgraded stream is closed this long after it began
     stream_close_delay_s: float = 0.0
 
 
@@ -1275,6 +1274,7 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
             _obj(x, f"{where}.handle_response[{i}]")
             for i, x in enumerate(_list(h.get("handle_response"), f"{where}.handle_response"))
         ),
+        stream_timeout_s=_dur(h.get("stream_timeout"), f"{where}.stream_timeout", 0.0) or 0.0,
         stream_close_delay_s=_dur(h.get("stream_close_delay"), f"{where}.stream_close_delay", 0.0)
         or 0.0,
     )

@@ -64,9 +64,10 @@ READ_ELSEWHERE: dict[str, str] = {
 # or refused by name (a "not supported by pyproxy" ConfigError); until then they are listed so
 # that any *new* unread field fails this test. Do not add to this list. It is empty now: the
 # server's keepalive_interval is applied, transport versions and server protocols are checked by
-# the loader (only HTTP/1.1 passes), tls.handshake_timeout bounds the upstream handshake, and the
-# transport's read_timeout, write_timeout, keep_alive.max_idle_conns and the handler's
-# stream_timeout are refused by name (config/model.py *_UNSUPPORTED) until they are implemented.
+# the loader (only HTTP/1.1 passes), tls.handshake_timeout bounds the upstream handshake,
+# stream_timeout closes upgraded streams, and the transport's read_timeout, write_timeout and
+# keep_alive.max_idle_conns are refused by name (config/model.py *_UNSUPPORTED) until they are
+# implemented.
 KNOWN_UNHONOURED: frozenset[str] = frozenset()
 
 

@@ -123,7 +123,6 @@ CASES: list[tuple[dict[str, Any], str]] = [
             f"{RP}{path}.{name}: field {name!r} is not supported by pyproxy",
         )
         for key, value, path, name in [
-            ("stream_timeout", "1m", "", "stream_timeout"),
             ("transport", {"protocol": "http", "read_timeout": "5s"}, ".transport", "read_timeout"),
             (
                 "transport",
