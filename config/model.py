@@ -357,13 +357,15 @@ HTTP_TRANSPORT_FIELDS = F(
         "max_conns_per_host",
         "dial_timeout",
         "response_header_timeout",
-        "read_timeout",
-        "write_timeout",
         "versions",
     }
 )
+# read_timeout / write_timeout (Caddy's per-read and per-write deadlines on the upstream
+# connection) are not implemented yet: refused rather than accepted and ignored.
 HTTP_TRANSPORT_UNSUPPORTED = F(
     {
+        "read_timeout",
+        "write_timeout",
         "resolver",
         "proxy_protocol",
         "forward_proxy_url",
@@ -376,8 +378,10 @@ HTTP_TRANSPORT_UNSUPPORTED = F(
         "local_address",
     }
 )
-KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns", "max_idle_conns_per_host", "idle_timeout"})
-KEEP_ALIVE_UNSUPPORTED = F({"probe_interval"})
+KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns_per_host", "idle_timeout"})
+# max_idle_conns (Go's cap on idle connections across all hosts of one transport) is not
+# implemented yet; pyproxy caps idle connections per host (max_idle_conns_per_host).
+KEEP_ALIVE_UNSUPPORTED = F({"probe_interval", "max_idle_conns"})
 TRANSPORT_TLS_FIELDS = F(
     {
         "root_ca_pool",
@@ -589,7 +593,7 @@ class TransportTLS:
     root_ca_pool: tuple[str, ...] = ()  # base64 DER certificates
     client_certificate_file: str = ""
     client_certificate_key_file: str = ""
-    handshake_timeout_s: float | None = None
+    handshake_timeout_s: float | None = None  # None: no limit of its own (Caddy's default)
     curves: tuple[str, ...] = ()  # Caddy's names (x25519, secp256r1, ...); () = defaults
 
 
@@ -598,14 +602,12 @@ class HTTPTransport:
     tls: TransportTLS | None = None
     dial_timeout_s: float = DEFAULT_DIAL_TIMEOUT_S
     response_header_timeout_s: float | None = None
-    read_timeout_s: float | None = None
-    write_timeout_s: float | None = None
     keepalive_enabled: bool = True
     keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
     max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
-    max_idle_conns: int = 0
     max_conns_per_host: int = 0
-    versions: tuple[str, ...] = ("1.1", "2")
+    # No `versions`: pyproxy speaks HTTP/1.1 to upstreams, and the loader refuses a `versions`
+    # list that asks for anything else (_check_upstream_versions).
     # Go's transport asks for gzip and decodes it when the client did not (DisableCompression).
     compression: bool = True
 
@@ -629,7 +631,7 @@ class ReverseProxyHandler(Handler):
     headers_response: Mapping[str, Any] | None = None
     rewrite: Mapping[str, Any] | None = None
     handle_response: tuple[Mapping[str, Any], ...] = ()
-    stream_timeout_s: float = 0.0
+    stream_timeout_s: float = 0.0  # > 0: an upgraded stream is closed this long after it began
     stream_close_delay_s: float = 0.0
 
 
@@ -666,7 +668,8 @@ class Server:
     client_ip_headers: tuple[str, ...] = ("X-Forwarded-For",)
     trusted_proxies_strict: bool = False
     logs: ServerLogs | None = None
-    protocols: tuple[str, ...] = ("h1", "h2", "h3")
+    # No `protocols`: the engine serves HTTP/1.x only, and the loader refuses an explicit list
+    # that asks for more (_check_server_protocols).
     keepalive_interval_s: float | None = None
 
 
@@ -911,10 +914,7 @@ def _load_server(name: str, value: object, where: str) -> Server:
                 f"{where}.trusted_proxies.source: unknown module: http.ip_sources.{source}"
             )
         tp = _cidrs(tp_obj.get("ranges"), f"{where}.trusted_proxies.ranges")
-    protocols = _strs(srv.get("protocols"), f"{where}.protocols") or ("h1", "h2", "h3")
-    for i, p in enumerate(protocols):
-        if p not in ("h1", "h2", "h2c", "h3"):
-            raise ConfigError(f"{where}.protocols[{i}]: unknown protocol {p!r}")
+    _check_server_protocols(_strs(srv.get("protocols"), f"{where}.protocols"), f"{where}.protocols")
     policies = tuple(
         _obj(p, f"{where}.tls_connection_policies[{i}]")
         for i, p in enumerate(
@@ -942,7 +942,6 @@ def _load_server(name: str, value: object, where: str) -> Server:
             _int(srv.get("trusted_proxies_strict"), f"{where}.trusted_proxies_strict")
         ),
         logs=logs,
-        protocols=protocols,
         keepalive_interval_s=_dur(srv.get("keepalive_interval"), f"{where}.keepalive_interval"),
     )
 
@@ -1296,6 +1295,66 @@ def _load_selection_policy(policy: dict[str, Any], where: str) -> None:
         _load_selection_policy(fb, f"{where}.fallback")
 
 
+def _check_upstream_versions(versions: tuple[str, ...], where: str) -> None:
+    """The transport's `versions`, of which pyproxy honours HTTP/1.1 only.
+
+    Caddy (reverseproxy/httptransport.go) defaults to ["1.1", "2"]: HTTP/1.1 to plain-HTTP
+    upstreams, HTTP/2 offered by ALPN to TLS ones. pyproxy's upstream client speaks HTTP/1.1, so
+    unset or a list with "1.1" is accepted (deviation: a TLS upstream that would negotiate h2
+    with Caddy gets HTTP/1.1). A list that needs another protocol is refused: "h2c" makes Caddy
+    speak HTTP/2 in cleartext *instead of* HTTP/1.1, "3" must stand alone in Caddy, and without
+    "1.1" the file asks for HTTP/2 only.
+    """
+    for i, v in enumerate(versions):
+        if v not in ("1.1", "2", "h2c", "3"):
+            raise ConfigError(
+                f"{where}[{i}]: unsupported HTTP version: {v}, supported version: 1.1, 2, h2c, 3"
+            )
+    if not versions:
+        return
+    if "3" in versions:
+        raise ConfigError(
+            f"{where}: HTTP/3 to upstreams is not supported by pyproxy (it speaks HTTP/1.1 "
+            'to upstreams; use ["1.1"])'
+        )
+    if "h2c" in versions:
+        raise ConfigError(
+            f"{where}: h2c (HTTP/2 over cleartext) to upstreams is not supported by pyproxy "
+            '(it speaks HTTP/1.1 to upstreams; use ["1.1"] or an http:// upstream)'
+        )
+    if "1.1" not in versions:
+        raise ConfigError(
+            f"{where}: HTTP/2-only upstream connections are not supported by pyproxy (it "
+            'speaks HTTP/1.1 to upstreams; include "1.1")'
+        )
+
+
+def _check_server_protocols(protocols: tuple[str, ...], where: str) -> None:
+    """The server's `protocols`: the engine serves HTTP/1.x only (HTTP/2 is issue #13).
+
+    Unset is Caddy's default ["h1", "h2", "h3"] and stays accepted (deviation: clients get
+    HTTP/1.1; the TLS listener offers only http/1.1 by ALPN). An explicit list is the file
+    saying which protocols must be served, so one naming h2, h2c or h3 is refused rather than
+    served as HTTP/1.1, and one without h1 would serve nothing.
+    """
+    for i, p in enumerate(protocols):
+        if p not in ("h1", "h2", "h2c", "h3"):
+            raise ConfigError(f"{where}[{i}]: unknown protocol {p!r}")
+    if not protocols:
+        return
+    if "h1" not in protocols:
+        raise ConfigError(
+            f"{where}: a server without h1 is not supported by pyproxy (it serves HTTP/1.1 "
+            "only; HTTP/2 and HTTP/3 are not implemented)"
+        )
+    others = [p for p in protocols if p != "h1"]
+    if others:
+        raise ConfigError(
+            f"{where}: {', '.join(others)} not supported by pyproxy: HTTP/2 and HTTP/3 are not "
+            'implemented, it serves HTTP/1.1 only; use ["h1"] or leave protocols unset'
+        )
+
+
 def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
     if not t:
         return HTTPTransport()
@@ -1322,10 +1381,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
     ka = _strict(
         t.get("keep_alive"), f"{where}.keep_alive", KEEP_ALIVE_FIELDS, KEEP_ALIVE_UNSUPPORTED
     )
-    versions = _strs(t.get("versions"), f"{where}.versions") or ("1.1", "2")
-    for i, v in enumerate(versions):
-        if v not in ("1.1", "2", "h2c", "3"):
-            raise ConfigError(f"{where}.versions[{i}]: unsupported HTTP version {v!r}")
+    _check_upstream_versions(_strs(t.get("versions"), f"{where}.versions"), f"{where}.versions")
     return HTTPTransport(
         tls=tls,
         dial_timeout_s=_dur(t.get("dial_timeout"), f"{where}.dial_timeout", DEFAULT_DIAL_TIMEOUT_S)
@@ -1333,8 +1389,6 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
         response_header_timeout_s=_dur(
             t.get("response_header_timeout"), f"{where}.response_header_timeout"
         ),
-        read_timeout_s=_dur(t.get("read_timeout"), f"{where}.read_timeout"),
-        write_timeout_s=_dur(t.get("write_timeout"), f"{where}.write_timeout"),
         keepalive_enabled=_bool(ka.get("enabled"), f"{where}.keep_alive.enabled", True),
         keepalive_idle_s=_dur(
             ka.get("idle_timeout"), f"{where}.keep_alive.idle_timeout", DEFAULT_KEEPALIVE_IDLE_S
@@ -1345,8 +1399,6 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             f"{where}.keep_alive.max_idle_conns_per_host",
             DEFAULT_MAX_IDLE_CONNS_PER_HOST,
         ),
-        max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
         max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
-        versions=versions,
         compression=_bool(t.get("compression"), f"{where}.compression", True),
     )

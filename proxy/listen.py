@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import os
 import socket
 from collections.abc import Iterable
@@ -20,6 +21,14 @@ from collections.abc import Iterable
 from config.model import NetworkAddress
 
 BACKLOG = 1024
+
+# Caddy's server `keepalive_interval` (modules/caddyhttp/app.go hands it to Go's
+# net.ListenConfig.KeepAliveConfig): unset or zero means 15 s; negative disables keep-alive
+# probes. The idle time before the first probe and the probe count are Go's defaults (15 s, 9),
+# as pyproxy refuses `keepalive_idle` and `keepalive_count` by name.
+DEFAULT_KEEPALIVE_INTERVAL_S = 15.0
+DEFAULT_KEEPALIVE_IDLE_S = 15.0
+DEFAULT_KEEPALIVE_COUNT = 9
 
 
 class ListenError(OSError):
@@ -49,6 +58,30 @@ def _tcp_socket(
         sock.close()
         raise
     return sock
+
+
+def set_tcp_keepalive(sock: socket.socket, interval_s: float | None) -> None:
+    """Configure TCP keep-alive on an accepted connection, as Caddy does on every accept.
+
+    Only TCP sockets: a Unix socket has no keep-alive. Options the OS lacks are skipped (Linux
+    has all three; TCP_KEEPIDLE is missing on macOS, which calls it TCP_KEEPALIVE).
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    interval = interval_s if interval_s else DEFAULT_KEEPALIVE_INTERVAL_S
+    if interval < 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # The kernel takes whole seconds; Go rounds a period up to the next second (roundDurationUp).
+    for name, value in (
+        ("TCP_KEEPIDLE", math.ceil(DEFAULT_KEEPALIVE_IDLE_S)),
+        ("TCP_KEEPINTVL", math.ceil(interval)),
+        ("TCP_KEEPCNT", DEFAULT_KEEPALIVE_COUNT),
+    ):
+        opt = getattr(socket, name, None)
+        if opt is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
 
 
 def _bind_any(port: int, reuse_port: bool) -> list[socket.socket]:

@@ -265,12 +265,20 @@ class ReverseProxy:
         pool = self._pools.get(up.dial)
         if pool is None:
             t = self.cfg.transport
-            key = (up.host, up.port, id(self.ssl) if self.ssl else 0, self.server_name)
+            handshake_s = t.tls.handshake_timeout_s if t.tls is not None else None
+            key = (
+                up.host,
+                up.port,
+                id(self.ssl) if self.ssl else 0,
+                self.server_name,
+                handshake_s,
+            )
             pool = self.ctx.pools.get(
                 key,
                 ssl_context=self.ssl,
                 server_hostname=self.server_name,
                 dial_timeout_s=t.dial_timeout_s,
+                handshake_timeout_s=handshake_s,
                 idle_timeout_s=t.keepalive_idle_s if t.keepalive_enabled else 0.0,
                 max_idle=t.max_idle_conns_per_host,
                 max_conns=t.max_conns_per_host,
@@ -291,7 +299,7 @@ class ReverseProxy:
 class Tunnel:
     """Bytes both ways after 101 Switching Protocols, with back-pressure each way."""
 
-    __slots__ = ("client", "handler", "upstream")
+    __slots__ = ("client", "handler", "timer", "upstream")
 
     def __init__(self, client: Any, upstream: UpstreamConnection) -> None:
         self.client = client
@@ -299,6 +307,19 @@ class Tunnel:
         # The ReverseProxyHandler model that opened it: a reload keeps the tunnel open when the
         # new config has the same handler (proxy.worker).
         self.handler: Any = None
+        # stream_timeout: Caddy (streaming.go handleUpgradeResponse) forcibly closes the
+        # upgraded stream when it expires, however busy it is.
+        self.timer: asyncio.TimerHandle | None = None
+
+    def expire(self) -> None:
+        self.timer = None
+        self.upstream.close()
+        self.client.close()
+
+    def _cancel_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
 
     def from_client(self, data: bytes) -> None:
         self.upstream.write(data)
@@ -309,9 +330,11 @@ class Tunnel:
             t.write(data)
 
     def client_closed(self) -> None:
+        self._cancel_timer()
         self.upstream.close()
 
     def upstream_closed(self) -> None:
+        self._cancel_timer()
         self.client.close()
 
     def client_pause(self) -> None:
@@ -1059,6 +1082,8 @@ class ProxyCall:
         client = self.ex.conn
         tunnel = Tunnel(client, conn)
         tunnel.handler = self.rp.cfg
+        if self.rp.cfg.stream_timeout_s > 0:
+            tunnel.timer = self.rp.loop.call_later(self.rp.cfg.stream_timeout_s, tunnel.expire)
         conn.tunnel = tunnel
         conn.call = None
         client.flush()

@@ -37,6 +37,7 @@ from proxy.http.wire import (
     parse_request_head,
 )
 from proxy.http.wire_errors import RequestError
+from proxy.listen import set_tcp_keepalive
 
 log = logging.getLogger("pyproxy.http")
 
@@ -166,6 +167,11 @@ class HTTP1Connection(asyncio.Protocol):
             if self.remote_ip.startswith("::ffff:") and "." in self.remote_ip:
                 self.remote_ip = self.remote_ip[7:]  # IPv4-mapped on a dual-stack socket
         self.runtime.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Caddy sets TCP keep-alive on every accepted connection (server keepalive_interval).
+            with contextlib.suppress(OSError):  # the client may already have reset it
+                set_tcp_keepalive(sock, self.runtime.server.keepalive_interval_s)
         self._set_deadline(self.runtime.timeouts.idle_s)
         sslobj = transport.get_extra_info("ssl_object") if self.scheme == "https" else None
         if sslobj is not None:

@@ -11,3 +11,10 @@ class DialError(OSError):
 
 class DialTimeout(DialError, TimeoutError):
     """The dial did not complete within dial_timeout."""
+
+
+class TLSHandshakeTimeout(DialTimeout):
+    """The TCP connection was made but the TLS handshake exceeded tls.handshake_timeout.
+
+    A timeout like Go's tlsHandshakeTimeoutError, so Caddy answers 504 (statusError).
+    """

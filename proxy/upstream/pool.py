@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any, Final
 
 from proxy.http.client import UpstreamConnection
-from proxy.upstream.errors import DialError, DialTimeout
+from proxy.upstream.errors import DialError, DialTimeout, TLSHandshakeTimeout
 from proxy.upstream.resolve import Resolver, is_ip_literal
 
 log = logging.getLogger("pyproxy.upstream")
@@ -33,6 +33,7 @@ class ConnectionPool:
         "clock",
         "dial_timeout_s",
         "dialing",
+        "handshake_timeout_s",
         "host",
         "idle",
         "idle_timeout_s",
@@ -56,6 +57,7 @@ class ConnectionPool:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         dial_timeout_s: float = 3.0,
+        handshake_timeout_s: float | None = None,
         idle_timeout_s: float = 120.0,
         max_idle: int = 32,
         max_conns: int = 0,
@@ -68,6 +70,9 @@ class ConnectionPool:
         self.ssl = ssl_context
         self.server_hostname = server_hostname
         self.dial_timeout_s = dial_timeout_s
+        # Caddy's transport tls.handshake_timeout (Go's TLSHandshakeTimeout): the TLS handshake
+        # has its own limit, apart from dial_timeout, which bounds only the TCP connect.
+        self.handshake_timeout_s = handshake_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_idle = max_idle
         self.max_conns = max_conns
@@ -136,14 +141,15 @@ class ConnectionPool:
             if remaining <= 0:
                 break
             try:
-                async with asyncio.timeout(remaining):
-                    _, proto = await self.loop.create_connection(
-                        lambda: UpstreamConnection(self),
-                        addr,
-                        self.port,
-                        ssl=self.ssl,
-                        server_hostname=(self.server_hostname or host) if self.ssl else None,
-                    )
+                if self.ssl is not None:
+                    proto = await self._connect_tls(addr, remaining)
+                else:
+                    async with asyncio.timeout(remaining):
+                        _, proto = await self.loop.create_connection(
+                            lambda: UpstreamConnection(self), addr, self.port
+                        )
+            except TLSHandshakeTimeout:
+                raise
             except TimeoutError as exc:
                 last = exc
                 continue
@@ -162,6 +168,39 @@ class ConnectionPool:
         if isinstance(last, TimeoutError) or last is None:
             raise DialTimeout(f"dial tcp {host}:{self.port}: i/o timeout")
         raise DialError(f"dial tcp {host}:{self.port}: {last}") from last
+
+    async def _connect_tls(self, addr: str, dial_timeout_s: float) -> UpstreamConnection:
+        """TCP connect within the dial timeout, then the TLS handshake within its own limit.
+
+        Go's transport (Caddy) dials with the dialer's timeout and then handshakes under
+        TLSHandshakeTimeout; unset, Caddy sets no handshake limit. asyncio always bounds the
+        handshake (60 s by default), which is what an unset handshake_timeout gets here.
+        """
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            async with asyncio.timeout(dial_timeout_s):
+                await self.loop.sock_connect(sock, (addr, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        limit = self.handshake_timeout_s
+        try:
+            async with asyncio.timeout(limit if limit and limit > 0 else None):
+                _, proto = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    sock=sock,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname or self.host,
+                    # Longer than our own limit, so that limit decides (asyncio's abort is a
+                    # ConnectionAbortedError, not a timeout).
+                    ssl_handshake_timeout=max(60.0, (limit or 0.0) + 1.0),
+                )
+        except TimeoutError as exc:
+            sock.close()
+            raise TLSHandshakeTimeout("net/http: TLS handshake timeout") from exc
+        return proto
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection after a complete exchange; keep it if there is room."""

@@ -117,6 +117,27 @@ CASES: list[tuple[dict[str, Any], str]] = [
         f"{RP}.transport.keep_alive.probe_interval: field 'probe_interval' is not supported by "
         "pyproxy",
     ),
+    *(
+        (
+            with_proxy(**{key: value}),
+            f"{RP}{path}.{name}: field {name!r} is not supported by pyproxy",
+        )
+        for key, value, path, name in [
+            ("transport", {"protocol": "http", "read_timeout": "5s"}, ".transport", "read_timeout"),
+            (
+                "transport",
+                {"protocol": "http", "write_timeout": "5s"},
+                ".transport",
+                "write_timeout",
+            ),
+            (
+                "transport",
+                {"protocol": "http", "keep_alive": {"max_idle_conns": 10}},
+                ".transport.keep_alive",
+                "max_idle_conns",
+            ),
+        ]
+    ),
     (
         with_proxy(rewrite={"strip_path_prefix": "/a"}),
         f"{RP}.rewrite.strip_path_prefix: field 'strip_path_prefix' is not supported by pyproxy",
