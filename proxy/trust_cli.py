@@ -245,8 +245,23 @@ def install_root(root_file: Path, root: x509.Certificate, ca_dir: Path,
     return done
 
 
-def uninstall_root(root: x509.Certificate, ca_dir: Path, nss: NSSTrust | None) -> list[str]:
+def legacy_installed_name(ca_id: str) -> str:
+    # What pyproxy's `trust --install` wrote before it used truststore's name.
+    return f"pyproxy-{ca_id}-root.crt"
+
+
+def uninstall_root(
+    root: x509.Certificate, ca_dir: Path, nss: NSSTrust | None, ca_id: str = LOCAL_ISSUER_KEY
+) -> list[str]:
     done: list[str] = []
+    legacy = ca_dir / legacy_installed_name(ca_id)
+    try:
+        legacy.unlink()
+        done.append(f"removed {legacy}")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise TrustError(f"removing {legacy}: {exc}") from exc
     if nss is not None:
         done += [f"removed from NSS database {db}" for db in nss.uninstall(truststore_name(root))]
     target = ca_dir / system_trust_filename(root)
@@ -295,14 +310,15 @@ def _read_root(path: Path) -> x509.Certificate:
 
 
 def untrust_command(args: argparse.Namespace) -> int:
-    if args.cert and (args.config or args.ca != LOCAL_ISSUER_KEY):
+    cert_arg: str | None = getattr(args, "cert", None)
+    if cert_arg and (args.config or args.ca != LOCAL_ISSUER_KEY):
         # Caddy: --cert excludes the other flags.
         print("Error: conflicting command line arguments, cannot use --cert with other flags",
               file=sys.stderr)  # fmt: skip
         return 1
     try:
-        if args.cert:
-            cert_file = Path(args.cert)
+        if cert_arg:
+            cert_file = Path(cert_arg)
         else:
             cert_file = LocalCA(FileStorage(_storage_root(args)), ca_id=args.ca).root_cert_path()
         root = _read_root(cert_file)
@@ -310,7 +326,7 @@ def untrust_command(args: argparse.Namespace) -> int:
         print(f"Error: accessing certificate file: {exc}", file=sys.stderr)
         return 1
     try:
-        done = uninstall_root(root, _trust_dir(args), NSSTrust.find())
+        done = uninstall_root(root, _trust_dir(args), NSSTrust.find(), args.ca)
     except TrustError as exc:
         print(f"Error: failed to uninstall certificate file: {exc}", file=sys.stderr)
         return 1

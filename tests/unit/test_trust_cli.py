@@ -82,9 +82,11 @@ def test_install_and_remove_in_nss_and_system_store(tmp_path: Path) -> None:
     again = pyproxy(home, trust_dir, "trust", "--install")
     assert again.returncode == 0, again.stderr
 
+    legacy = trust_dir / "pyproxy-local-root.crt"  # what older pyproxy versions installed
+    legacy.write_bytes(installed.read_bytes())
     gone = pyproxy(home, trust_dir, "untrust")
     assert gone.returncode == 0, gone.stderr
-    assert not installed.exists()
+    assert not installed.exists() and not legacy.exists()
     for db in (chromium, firefox):
         assert name not in nicknames(db)
     assert f"removed {installed}" in gone.stderr
