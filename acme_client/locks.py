@@ -11,6 +11,13 @@ folder use it so only one of them obtains or renews a given certificate at a tim
   create and write) is re-read every 250 ms up to 8 times before it counts as stale;
 - `unlock` removes the file.
 
+pyproxy adds one field, `"pyproxy": {"host", "pid", "node"}`, saying which process holds the
+lock; certmagic decodes lock files into a struct of `created`/`updated` with encoding/json, which
+ignores unknown fields, so Caddy still honours the lock (and only Caddy's own locks are ever
+rewritten by Caddy). `node` is the holder's parent pid: every worker's parent is the node's
+supervisor (it forks them, or is their subreaper), so a waiter can tell a sibling worker of its
+own node from another instance and say so (pyproxy issue #15).
+
 Timestamps are RFC 3339 like Go's time.Time JSON, so Caddy honours our locks and we honour its.
 Staleness decisions use an injected clock; the waits themselves use real time.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,9 +64,40 @@ class LockTimeout(LockError):
 
 
 @dataclass(frozen=True, slots=True)
+class LockOwner:
+    """Which process holds a lock: host name, pid, and its node (the parent's pid)."""
+
+    host: str
+    pid: int
+    node: int
+
+    @classmethod
+    def current(cls) -> LockOwner:
+        return cls(host=socket.gethostname(), pid=os.getpid(), node=os.getppid())
+
+    def same_node(self, other: LockOwner) -> bool:
+        # A sibling worker: same host, same supervisor. The process itself counts too.
+        return self.host == other.host and (self.node == other.node or self.pid == other.pid)
+
+    def to_json(self) -> dict[str, object]:
+        return {"host": self.host, "pid": self.pid, "node": self.node}
+
+    @classmethod
+    def from_json(cls, doc: object) -> LockOwner | None:
+        if not isinstance(doc, dict):
+            return None
+        host, pid, node = doc.get("host"), doc.get("pid"), doc.get("node")
+        if not isinstance(host, str) or type(pid) is not int or type(node) is not int:
+            return None
+        return cls(host=host, pid=pid, node=node)
+
+
+@dataclass(frozen=True, slots=True)
 class LockMeta:
     created: datetime | None
     updated: datetime | None
+    # Only pyproxy writes it; None for Caddy's locks (or ones we cannot read).
+    owner: LockOwner | None = None
 
     def reference(self) -> datetime | None:
         # certmagic: staleness is judged on `updated`, falling back to `created` when zero.
@@ -108,9 +147,14 @@ def parse_go_time(text: object) -> datetime | None:
     return moment
 
 
-def encode_lock_meta(created: datetime, updated: datetime) -> bytes:
+def encode_lock_meta(created: datetime, updated: datetime, owner: LockOwner | None = None) -> bytes:
     # One JSON object plus newline, the way Go's json.Encoder writes it.
-    doc = {"created": format_go_time(created), "updated": format_go_time(updated)}
+    doc: dict[str, object] = {
+        "created": format_go_time(created),
+        "updated": format_go_time(updated),
+    }
+    if owner is not None:
+        doc["pyproxy"] = owner.to_json()
     return (json.dumps(doc, separators=(",", ":")) + "\n").encode("ascii")
 
 
@@ -120,8 +164,22 @@ def decode_lock_meta(data: bytes) -> LockMeta:
     if not isinstance(doc, dict):
         raise ValueError("lock file is not a JSON object")
     return LockMeta(
-        created=parse_go_time(doc.get("created")), updated=parse_go_time(doc.get("updated"))
+        created=parse_go_time(doc.get("created")),
+        updated=parse_go_time(doc.get("updated")),
+        owner=LockOwner.from_json(doc.get("pyproxy")),
     )
+
+
+def waiting_message(lock: str, holder: LockMeta | None, me: LockOwner) -> str:
+    """What a process says while it waits for `lock`: a sibling worker of its own node is named
+    as such (it is not "another instance"), anyone else as another instance, with host/pid when
+    the lock file says (Caddy's locks do not)."""
+    owner = holder.owner if holder is not None else None
+    if owner is None:
+        return f"{lock}: waiting for another instance holding the lock"
+    if me.same_node(owner):
+        return f"{lock}: waiting for worker {owner.pid} of this node, which holds the lock"
+    return f"{lock}: waiting for another instance ({owner.host}/{owner.pid}), which holds the lock"
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -131,11 +189,14 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
 class _Holder:
     """The refresh thread of one lock we hold."""
 
-    __slots__ = ("created", "identity", "path", "stop", "thread")
+    __slots__ = ("created", "identity", "owner", "path", "stop", "thread")
 
-    def __init__(self, path: Path, created: datetime, identity: tuple[int, int]) -> None:
+    def __init__(
+        self, path: Path, created: datetime, identity: tuple[int, int], owner: LockOwner
+    ) -> None:
         self.path = path
         self.created = created
+        self.owner = owner
         # (st_dev, st_ino) of the file we created: after a stall long enough for another
         # process to judge our lock stale and create its own, the name points to *their* file,
         # which we must neither refresh nor delete.
@@ -242,6 +303,14 @@ class FileLocker:
         finally:
             self.unlock(name)
 
+    def holder_of(self, name: str) -> LockMeta | None:
+        """The lock file's contents, or None when it is absent, empty or unreadable."""
+        try:
+            with open(self.lock_path(name), "rb") as f:
+                return decode_lock_meta(f.read(LOCKFILE_MAX_BYTES))
+        except (OSError, ValueError):
+            return None
+
     def is_stale(self, meta: LockMeta) -> bool:
         ref = meta.reference()
         if ref is None:
@@ -321,13 +390,14 @@ class FileLocker:
         except OSError as exc:
             raise LockError(f"{path}: creating lock file: {exc}") from exc
         now = _as_utc(self.clock())
+        owner = LockOwner.current()
         try:
             identity = _identity(os.fstat(fd))
-            os.write(fd, encode_lock_meta(now, now))
+            os.write(fd, encode_lock_meta(now, now, owner))
             os.fsync(fd)
         finally:
             os.close(fd)
-        holder = _Holder(path, now, identity)
+        holder = _Holder(path, now, identity, owner)
         holder.thread = threading.Thread(
             target=self._keep_fresh, args=(holder,), name=f"lock-refresh:{name}", daemon=True
         )
@@ -358,7 +428,7 @@ class FileLocker:
             # letting a waiter create its own lock in the gap.
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, encode_lock_meta(holder.created, self.clock()))
+            os.write(fd, encode_lock_meta(holder.created, self.clock(), holder.owner))
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -49,7 +49,7 @@ from acme_client.issuer import (
     IssuerError,
     RenewalInfo,
 )
-from acme_client.locks import FileLocker
+from acme_client.locks import FileLocker, LockOwner, waiting_message
 from acme_client.schedule import (
     DEFAULT_RENEW_INTERVAL_S,
     DEFAULT_RENEWAL_WINDOW_RATIO,
@@ -426,9 +426,9 @@ class CertificateManager:
         first = True
         while not await self._in_thread(self.locker.try_lock, lock):
             if first:
-                log.info(
-                    "%s: waiting for another instance holding the lock", lock, extra=NODE_STATE
-                )
+                # Say who holds it: a sibling worker of this node is not "another instance".
+                holder = await self._in_thread(self.locker.holder_of, lock)
+                log.info("%s", waiting_message(lock, holder, LockOwner.current()), extra=NODE_STATE)
                 first = False
             await asyncio.sleep(self.lock_poll_interval_s)
 

@@ -103,16 +103,19 @@ VERB_HELP: dict[str, tuple[str, str, str]] = {
         "0 always",
     ),
     "trust": (
-        "Prints the path of the local CA's root certificate; --install adds it to the\n"
-        "system trust store, as `caddy trust` does.",
-        "pyproxy trust --install",
+        "Prints the path of the local CA's root certificate; --install adds it, as\n"
+        "`caddy trust` does, to every NSS database (Firefox profiles, ~/.pki/nssdb for\n"
+        "Chromium) when certutil exists, and to the system trust store\n"
+        "(/usr/local/share/ca-certificates + update-ca-certificates), named\n"
+        "'Truststore Development CA <serial>' as Caddy names it.",
+        'curl --cacert "$(pyproxy trust)" https://localhost/\n  pyproxy trust --install',
         "0 done; 1 failed (the message says why)",
     ),
     "untrust": (
-        "Removes the local CA's root certificate from the system trust store, as\n"
-        "`caddy untrust` does.",
-        "pyproxy untrust",
-        "0 removed; 1 failed (the message says why)",
+        "Removes the local CA's root certificate from the NSS databases and the system\n"
+        "trust store, as `caddy untrust` does; --cert FILE names the root directly.",
+        "pyproxy untrust\n  pyproxy untrust --cert root.crt",
+        "0 removed (or was not installed); 1 failed (the message says why)",
     ),
     "certs": (
         "Lists the managed certificates: subject names, issuer, expiry and when the next\n"
@@ -600,7 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     trust_cli.add_trust_arguments(p)
     p.set_defaults(func=trust_cli.trust_command)
 
-    p = sub.add_parser("untrust", help="remove the local CA root from the system trust store")
+    p = sub.add_parser(
+        "untrust", help="remove the local CA root from the NSS databases and the system trust store"
+    )
     trust_cli.add_untrust_arguments(p)
     p.set_defaults(func=trust_cli.untrust_command)
 

@@ -864,7 +864,11 @@ def _root_trust_line(internal: bool, trust_dir: Path) -> str | None:
     the store is in — Caddy's wording when the root is not there."""
     if not internal:
         return None
-    if any(trust_dir.glob("pyproxy-*-root.crt")):
+    # smallstep/truststore's file name (what `pyproxy trust --install` and `caddy trust` write),
+    # or the name earlier pyproxy versions used.
+    if any(trust_dir.glob("Truststore_Development_CA_*.crt")) or any(
+        trust_dir.glob("pyproxy-*-root.crt")
+    ):
         return "local CA root certificate is installed in the system trust store"
     return f"{ROOT_UNTRUSTED} (install it with `pyproxy trust --install`)"
 

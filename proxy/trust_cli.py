@@ -1,10 +1,15 @@
 """`pyproxy trust`, `pyproxy untrust` and `pyproxy certs`: the local CA root and certificate status.
 
 - `trust` prints the path of the local CA's root certificate (creating the CA in storage when it
-  does not exist yet, as the first `tls internal` site would); with `--install` it copies the
-  root into the system trust store (`/usr/local/share/ca-certificates/`, then
-  `update-ca-certificates` when present), which is what Caddy's `trust` does on Debian.
-- `untrust` removes that copy again.
+  does not exist yet, as the first `tls internal` site would); with `--install` it installs the
+  root as `caddy trust` does through smallstep/truststore: into every NSS database (Firefox
+  profiles' cert9.db/cert8.db, ~/.pki/nssdb for Chromium) when `certutil` exists, then into the
+  system store (`/usr/local/share/ca-certificates/` + `update-ca-certificates` on Debian), under
+  truststore's nickname `Truststore Development CA <serial>`, so Caddy's `untrust` undoes ours.
+  Deviation: `caddy trust` installs without a flag and asks the running instance's admin API for
+  the root; pyproxy reads storage, and installs only with `--install` (plain `trust` prints the
+  path, for `curl --cacert "$(pyproxy trust)"`).
+- `untrust` removes it from those stores again (`--cert FILE` names the root directly, as Caddy's).
 - `certs` lists every managed name of a config with issuer, expiry, next renewal, state and the
   last error. It asks the running instance first (`GET /pyproxy/certificates` on its admin API:
   `--address`, else the config's `admin.listen`, else the default), since only it knows retry
@@ -27,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from acme_client.certificates import CertificateError
 from acme_client.local_ca import LocalCA
 from acme_client.storage import LOCAL_ISSUER_KEY, FileStorage, default_storage_root
@@ -34,11 +41,114 @@ from config.errors import ConfigError
 
 SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
 UPDATE_TOOL = "update-ca-certificates"
+# Tests point the system store at a temporary folder; the real default stays unchanged.
+TRUST_DIR_ENV = "PYPROXY_TRUST_DIR"
+# smallstep/truststore names an installed root "<prefix><serial in decimal>"; Caddy passes no
+# prefix, so its default is what `caddy trust` writes. Using the same nickname means `caddy
+# untrust` removes what `pyproxy trust --install` added, and the other way round.
+TRUSTSTORE_PREFIX = "Truststore Development CA "
+# truststore_nss.go: trusted as a CA for TLS servers only ("C,,").
+NSS_TRUST_FLAGS = "C,,"
+CERTUTIL_INSTALL_HELP = 'apt install libnss3-tools" or "yum install nss-tools'
+CERTUTIL_TIMEOUT_S = 60.0
 
 
-def _installed_name(ca_id: str) -> str:
-    # update-ca-certificates only picks up files ending in .crt.
-    return f"pyproxy-{ca_id}-root.crt"
+def truststore_name(root: x509.Certificate) -> str:
+    """The nickname smallstep/truststore (so `caddy trust`) gives this root in every store."""
+    return TRUSTSTORE_PREFIX + str(root.serial_number)
+
+
+def system_trust_filename(root: x509.Certificate) -> str:
+    # truststore_linux.go: spaces become underscores; update-ca-certificates wants `.crt`.
+    return truststore_name(root).replace(" ", "_") + ".crt"
+
+
+def default_trust_dir() -> Path:
+    override = os.environ.get(TRUST_DIR_ENV)
+    return Path(override) if override else SYSTEM_CA_DIR
+
+
+def nss_databases(home: Path) -> list[str]:
+    """NSS databases as truststore finds them: Firefox profiles, then the user's ~/.pki/nssdb.
+
+    Each is returned with certutil's scheme: `sql:` for cert9.db, `dbm:` for the legacy cert8.db.
+    """
+    candidates = sorted((home / ".mozilla" / "firefox").glob("*"))
+    candidates.append(home / ".pki" / "nssdb")
+    found: list[str] = []
+    for profile in candidates:
+        if not profile.is_dir():
+            continue
+        if (profile / "cert9.db").exists():
+            found.append(f"sql:{profile}")
+        elif (profile / "cert8.db").exists():
+            found.append(f"dbm:{profile}")
+    return found
+
+
+class TrustError(Exception):
+    """A trust store refused a change; the message names the command and its output."""
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=CERTUTIL_TIMEOUT_S, check=False
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TrustError(f'failed to execute "{" ".join(argv)}": {exc}') from exc
+
+
+def _cmd_error(argv: list[str], proc: subprocess.CompletedProcess[str]) -> TrustError:
+    # truststore's cmdError wording: `failed to execute "<cmd>": exit status N` + its output.
+    output = (proc.stdout + proc.stderr).strip()
+    return TrustError(f'failed to execute "{argv[0]} {argv[1]}": exit status {proc.returncode}'
+                      + (f"\n\n{output}" if output else ""))  # fmt: skip
+
+
+class NSSTrust:
+    """Firefox / Chromium trust through `certutil`, as truststore's NSSTrust does."""
+
+    def __init__(self, certutil: str, home: Path) -> None:
+        self.certutil = certutil
+        self.home = home
+
+    @classmethod
+    def find(cls, home: Path | None = None) -> NSSTrust | None:
+        tool = shutil.which("certutil")
+        return cls(tool, home or Path.home()) if tool else None
+
+    def databases(self) -> list[str]:
+        return nss_databases(self.home)
+
+    def has(self, db: str, name: str) -> bool:
+        return _run([self.certutil, "-V", "-d", db, "-u", "L", "-n", name]).returncode == 0
+
+    def install(self, root_file: Path, name: str) -> list[str]:
+        dbs = self.databases()
+        if not dbs:
+            raise TrustError("no NSS security databases found")
+        for db in dbs:
+            argv = [self.certutil, "-A", "-d", db, "-t", NSS_TRUST_FLAGS, "-n", name, "-i",
+                    str(root_file)]  # fmt: skip
+            proc = _run(argv)
+            if proc.returncode != 0:
+                raise _cmd_error(argv, proc)
+        if not all(self.has(db, name) for db in dbs):
+            raise TrustError("certificate cannot be installed in NSS security databases")
+        return dbs
+
+    def uninstall(self, name: str) -> list[str]:
+        removed: list[str] = []
+        for db in self.databases():
+            if not self.has(db, name):
+                continue  # truststore skips databases that do not hold it
+            argv = [self.certutil, "-D", "-d", db, "-n", name]
+            proc = _run(argv)
+            if proc.returncode != 0:
+                raise _cmd_error(argv, proc)
+            removed.append(db)
+        return removed
 
 
 def _storage_root(args: argparse.Namespace) -> Path:
@@ -57,19 +167,25 @@ def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--adapter", "-a", default=None, help="caddyfile or json (by file name)")
     parser.add_argument("--ca", default=LOCAL_ISSUER_KEY, help="CA id (default: local)")
+    # Hidden: where the system store lives (tests); PYPROXY_TRUST_DIR does the same.
+    parser.add_argument("--ca-dir", default=None, help=argparse.SUPPRESS)
 
 
 def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     _add_storage_arguments(parser)
     parser.add_argument(
-        "--install", action="store_true", help="also install the root into the system trust store"
+        "--install",
+        action="store_true",
+        help="install the root into the system trust store and NSS databases (Firefox, "
+        "Chromium) where certutil exists, as `caddy trust` does",
     )
-    parser.add_argument("--ca-dir", default=str(SYSTEM_CA_DIR), help=argparse.SUPPRESS)
 
 
 def add_untrust_arguments(parser: argparse.ArgumentParser) -> None:
     _add_storage_arguments(parser)
-    parser.add_argument("--ca-dir", default=str(SYSTEM_CA_DIR), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cert", "-p", default=None, help="the CA certificate file to untrust (instead of --ca)"
+    )
 
 
 def add_certs_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,20 +200,81 @@ def add_certs_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _update_trust_store(ca_dir: Path) -> str | None:
-    """Run update-ca-certificates for the system directory; an error message or None."""
+def _trust_dir(args: argparse.Namespace) -> Path:
+    return Path(args.ca_dir) if getattr(args, "ca_dir", None) else default_trust_dir()
+
+
+def _update_trust_store(ca_dir: Path) -> None:
+    """Run update-ca-certificates for the real system directory (never for a test folder)."""
     tool = shutil.which(UPDATE_TOOL)
     if tool is None or ca_dir.resolve() != SYSTEM_CA_DIR.resolve():
-        return None
-    try:
-        proc = subprocess.run(
-            [tool], capture_output=True, text=True, timeout=120, check=False
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{UPDATE_TOOL}: {exc}"
+        return
+    proc = _run([tool])
     if proc.returncode != 0:
-        return f"{UPDATE_TOOL} exited with {proc.returncode}: {proc.stderr.strip()}"
-    return None
+        raise TrustError(f'failed to execute "{UPDATE_TOOL}": exit status {proc.returncode}'
+                         f"\n\n{(proc.stdout + proc.stderr).strip()}")  # fmt: skip
+
+
+def _note_nss_missing() -> None:
+    # truststore's PreCheck skips NSS without certutil and says how to get it.
+    print(f'warning: "certutil" is not available, install "certutil" with '
+          f'"{CERTUTIL_INSTALL_HELP}" and try again', file=sys.stderr)  # fmt: skip
+
+
+def install_root(root_file: Path, root: x509.Certificate, ca_dir: Path,
+                 nss: NSSTrust | None) -> list[str]:  # fmt: skip
+    """Install into NSS databases (when certutil exists), then the system store, in
+    truststore's order. Returns what was done, one line each."""
+    done: list[str] = []
+    name = truststore_name(root)
+    if nss is None:
+        _note_nss_missing()
+    elif nss.databases():
+        done += [f"installed in NSS database {db}" for db in nss.install(root_file, name)]
+    target = ca_dir / system_trust_filename(root)
+    try:
+        ca_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(root_file, tmp)
+        os.chmod(tmp, 0o644)  # the trust store is world-readable; the root is public
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise TrustError(f"installing {root_file} as {target}: {exc}") from exc
+    _update_trust_store(ca_dir)
+    done.append(f"installed as {target}")
+    return done
+
+
+def legacy_installed_name(ca_id: str) -> str:
+    # What pyproxy's `trust --install` wrote before it used truststore's name.
+    return f"pyproxy-{ca_id}-root.crt"
+
+
+def uninstall_root(
+    root: x509.Certificate, ca_dir: Path, nss: NSSTrust | None, ca_id: str = LOCAL_ISSUER_KEY
+) -> list[str]:
+    done: list[str] = []
+    legacy = ca_dir / legacy_installed_name(ca_id)
+    try:
+        legacy.unlink()
+        done.append(f"removed {legacy}")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise TrustError(f"removing {legacy}: {exc}") from exc
+    if nss is not None:
+        done += [f"removed from NSS database {db}" for db in nss.uninstall(truststore_name(root))]
+    target = ca_dir / system_trust_filename(root)
+    try:
+        target.unlink()
+    except FileNotFoundError:
+        done.append(f"{target}: not installed")
+        return done  # truststore's `rm -f` + update: nothing changed, nothing to refresh
+    except OSError as exc:
+        raise TrustError(f"removing {target}: {exc}") from exc
+    _update_trust_store(ca_dir)
+    done.append(f"removed {target}")
+    return done
 
 
 def trust_command(args: argparse.Namespace) -> int:
@@ -108,45 +285,53 @@ def trust_command(args: argparse.Namespace) -> int:
     except Exception as exc:  # config, storage or CA errors all end the command
         print(f"Error: local CA: {exc}", file=sys.stderr)
         return 1
-    root = ca.root_cert_path()
-    print(root)
+    root_file = ca.root_cert_path()
+    print(root_file)
     if not args.install:
         return 0
-    ca_dir = Path(args.ca_dir)
-    target = ca_dir / _installed_name(args.ca)
+    # Caddy's installRoot message, then truststore's work.
+    print(f"installing root certificate (you might be prompted for password): {root_file}",
+          file=sys.stderr)  # fmt: skip
     try:
-        ca_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(root, tmp)
-        os.chmod(tmp, 0o644)  # the trust store is world-readable; the root is public
-        os.replace(tmp, target)
-    except OSError as exc:
-        print(f"Error: installing {root} as {target}: {exc}", file=sys.stderr)
+        done = install_root(root_file, ca.root_certificate, _trust_dir(args), NSSTrust.find())
+    except TrustError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
         return 1
-    error = _update_trust_store(ca_dir)
-    if error is not None:
-        print(f"Error: {error}", file=sys.stderr)
-        return 1
-    print(f"installed as {target}", file=sys.stderr)
+    for line in done:
+        print(line, file=sys.stderr)
     return 0
 
 
+def _read_root(path: Path) -> x509.Certificate:
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN "):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
 def untrust_command(args: argparse.Namespace) -> int:
-    ca_dir = Path(args.ca_dir)
-    target = ca_dir / _installed_name(args.ca)
+    cert_arg: str | None = getattr(args, "cert", None)
+    if cert_arg and (args.config or args.ca != LOCAL_ISSUER_KEY):
+        # Caddy: --cert excludes the other flags.
+        print("Error: conflicting command line arguments, cannot use --cert with other flags",
+              file=sys.stderr)  # fmt: skip
+        return 1
     try:
-        target.unlink()
-    except FileNotFoundError:
-        print(f"{target}: not installed", file=sys.stderr)
-        return 0
-    except OSError as exc:
-        print(f"Error: removing {target}: {exc}", file=sys.stderr)
+        if cert_arg:
+            cert_file = Path(cert_arg)
+        else:
+            cert_file = LocalCA(FileStorage(_storage_root(args)), ca_id=args.ca).root_cert_path()
+        root = _read_root(cert_file)
+    except (OSError, ValueError, ConfigError) as exc:
+        print(f"Error: accessing certificate file: {exc}", file=sys.stderr)
         return 1
-    error = _update_trust_store(ca_dir)
-    if error is not None:
-        print(f"Error: {error}", file=sys.stderr)
+    try:
+        done = uninstall_root(root, _trust_dir(args), NSSTrust.find(), args.ca)
+    except TrustError as exc:
+        print(f"Error: failed to uninstall certificate file: {exc}", file=sys.stderr)
         return 1
-    print(f"removed {target}", file=sys.stderr)
+    for line in done:
+        print(line, file=sys.stderr)
     return 0
 
 

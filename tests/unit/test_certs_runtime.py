@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
+from cryptography import x509
 
 from acme_client.http01 import Http01Challenge, publish_http01
 from acme_client.local_ca import LocalCA
@@ -314,8 +315,10 @@ def test_answer_http01_from_storage(tmp_path: Path) -> None:
 
 
 def test_trust_untrust_and_certs_commands(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # --install also writes to the NSS databases under HOME: never the real user's.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     config_path = tmp_path / "caddy.json"
     # `admin` disabled: `certs` then reads storage without asking any admin API (no sockets).
     config_path.write_text(
@@ -328,7 +331,8 @@ def test_trust_untrust_and_certs_commands(
     assert trust_cli.trust_command(args) == 0
     root = tmp_path / "data" / "pki" / "authorities" / "local" / "root.crt"
     assert capsys.readouterr().out.strip() == str(root)
-    installed = ca_dir / "pyproxy-local-root.crt"
+    serial = x509.load_pem_x509_certificate(root.read_bytes()).serial_number
+    installed = ca_dir / f"Truststore_Development_CA_{serial}.crt"
     assert installed.read_bytes() == root.read_bytes()
     assert trust_cli.untrust_command(args) == 0
     assert not installed.exists()

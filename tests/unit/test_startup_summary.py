@@ -62,7 +62,10 @@ def test_root_trust_line(tmp_path: Path) -> None:
     assert _root_trust_line(False, tmp_path) is None
     line = _root_trust_line(True, tmp_path)
     assert line is not None and line.startswith(ROOT_UNTRUSTED)
-    (tmp_path / "pyproxy-local-root.crt").write_text("x")
-    assert _root_trust_line(True, tmp_path) == (
-        "local CA root certificate is installed in the system trust store"
-    )
+    # The name `pyproxy trust --install` (and `caddy trust`) writes, and the older pyproxy one.
+    for name in ("Truststore_Development_CA_12345.crt", "pyproxy-local-root.crt"):
+        (tmp_path / name).write_text("x")
+        assert _root_trust_line(True, tmp_path) == (
+            "local CA root certificate is installed in the system trust store"
+        )
+        (tmp_path / name).unlink()
