@@ -6,9 +6,10 @@
   profiles' cert9.db/cert8.db, ~/.pki/nssdb for Chromium) when `certutil` exists, then into the
   system store (`/usr/local/share/ca-certificates/` + `update-ca-certificates` on Debian), under
   truststore's nickname `Truststore Development CA <serial>`, so Caddy's `untrust` undoes ours.
-  Deviation: `caddy trust` installs without a flag and asks the running instance's admin API for
-  the root; pyproxy reads storage, and installs only with `--install` (plain `trust` prints the
-  path, for `curl --cacert "$(pyproxy trust)"`).
+  Through the image's `caddy` shim, `caddy trust` installs without a flag, as Caddy's does.
+  Deviations: Caddy asks the running instance's admin API for the root, pyproxy reads storage;
+  plain `pyproxy trust` prints the path and installs only with `--install` (for
+  `curl --cacert "$(pyproxy trust)"`).
 - `untrust` removes it from those stores again (`--cert FILE` names the root directly, as Caddy's).
 - `certs` lists every managed name of a config with issuer, expiry, next renewal, state and the
   last error. It asks the running instance first (`GET /pyproxy/certificates` on its admin API:
@@ -286,8 +287,12 @@ def trust_command(args: argparse.Namespace) -> int:
         print(f"Error: local CA: {exc}", file=sys.stderr)
         return 1
     root_file = ca.root_cert_path()
-    print(root_file)
-    if not args.install:
+    # Through the image's `caddy` shim (PYPROXY_PROG=caddy) the verb is Caddy's: it installs
+    # without a flag, and prints no path a script would not expect.
+    as_caddy = os.environ.get("PYPROXY_PROG") == "caddy"
+    if not as_caddy:
+        print(root_file)
+    if not (args.install or as_caddy):
         return 0
     # Caddy's installRoot message, then truststore's work.
     print(f"installing root certificate (you might be prompted for password): {root_file}",

@@ -40,12 +40,14 @@ def nicknames(folder: Path) -> str:
 
 
 def pyproxy(
-    home: Path, trust_dir: Path, *args: str, path: str | None = None
+    home: Path, trust_dir: Path, *args: str, path: str | None = None, prog: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home / "data"),
                PYPROXY_TRUST_DIR=str(trust_dir), PYPROXY_NATIVE="0")  # fmt: skip
     if path is not None:
         env["PATH"] = path
+    if prog is not None:
+        env["PYPROXY_PROG"] = prog  # what the image's `caddy` shim sets
     return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
@@ -147,3 +149,22 @@ def test_nss_databases_are_found_like_truststore(tmp_path: Path) -> None:
         f"dbm:{tmp_path}/.mozilla/firefox/old",
         f"sql:{tmp_path}/.pki/nssdb",
     ]
+
+
+@needs_certutil
+def test_caddy_trust_through_the_shim_installs_without_a_flag(tmp_path: Path) -> None:
+    home, trust_dir = tmp_path / "home", tmp_path / "ca-certificates"
+    chromium = home / ".pki" / "nssdb"
+    make_nss_db(chromium)
+    done = pyproxy(home, trust_dir, "trust", prog="caddy")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # Caddy's `trust` prints no path
+    name = TRUSTSTORE_PREFIX + str(root_of(home).root_certificate.serial_number)
+    assert name in nicknames(chromium)
+    assert (trust_dir / (name.replace(" ", "_") + ".crt")).exists()
+    # Plain `pyproxy trust` still only prints the path (README: curl --cacert "$(pyproxy trust)").
+    other_home = tmp_path / "other"
+    make_nss_db(other_home / ".pki" / "nssdb")
+    plain = pyproxy(other_home, tmp_path / "other-ca", "trust")
+    assert plain.returncode == 0 and plain.stdout.strip().endswith(".crt")
+    assert not (tmp_path / "other-ca").exists()
