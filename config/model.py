@@ -357,15 +357,13 @@ HTTP_TRANSPORT_FIELDS = F(
         "max_conns_per_host",
         "dial_timeout",
         "response_header_timeout",
+        "read_timeout",
+        "write_timeout",
         "versions",
     }
 )
-# read_timeout / write_timeout (Caddy's per-read and per-write deadlines on the upstream
-# connection) are not implemented yet: refused rather than accepted and ignored.
 HTTP_TRANSPORT_UNSUPPORTED = F(
     {
-        "read_timeout",
-        "write_timeout",
         "resolver",
         "proxy_protocol",
         "forward_proxy_url",
@@ -602,6 +600,10 @@ class HTTPTransport:
     tls: TransportTLS | None = None
     dial_timeout_s: float = DEFAULT_DIAL_TIMEOUT_S
     response_header_timeout_s: float | None = None
+    # Caddy's read_timeout / write_timeout: per-read and per-write deadlines on the upstream
+    # connection (0: none), enforced by proxy.http.client.UpstreamConnection.
+    read_timeout_s: float = 0.0
+    write_timeout_s: float = 0.0
     keepalive_enabled: bool = True
     keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
     max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
@@ -1389,6 +1391,8 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
         response_header_timeout_s=_dur(
             t.get("response_header_timeout"), f"{where}.response_header_timeout"
         ),
+        read_timeout_s=_dur(t.get("read_timeout"), f"{where}.read_timeout", 0.0) or 0.0,
+        write_timeout_s=_dur(t.get("write_timeout"), f"{where}.write_timeout", 0.0) or 0.0,
         keepalive_enabled=_bool(ka.get("enabled"), f"{where}.keep_alive.enabled", True),
         keepalive_idle_s=_dur(
             ka.get("idle_timeout"), f"{where}.keep_alive.idle_timeout", DEFAULT_KEEPALIVE_IDLE_S

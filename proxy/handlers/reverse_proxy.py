@@ -272,6 +272,8 @@ class ReverseProxy:
                 id(self.ssl) if self.ssl else 0,
                 self.server_name,
                 handshake_s,
+                t.read_timeout_s,
+                t.write_timeout_s,
             )
             pool = self.ctx.pools.get(
                 key,
@@ -282,6 +284,8 @@ class ReverseProxy:
                 idle_timeout_s=t.keepalive_idle_s if t.keepalive_enabled else 0.0,
                 max_idle=t.max_idle_conns_per_host,
                 max_conns=t.max_conns_per_host,
+                read_timeout_s=t.read_timeout_s,
+                write_timeout_s=t.write_timeout_s,
             )
             self._pools[up.dial] = pool
         return pool

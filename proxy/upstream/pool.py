@@ -41,10 +41,12 @@ class ConnectionPool:
         "max_conns",
         "max_idle",
         "port",
+        "read_timeout_s",
         "resolver",
         "server_hostname",
         "ssl",
         "waiters",
+        "write_timeout_s",
     )
 
     def __init__(
@@ -61,6 +63,8 @@ class ConnectionPool:
         idle_timeout_s: float = 120.0,
         max_idle: int = 32,
         max_conns: int = 0,
+        read_timeout_s: float = 0.0,
+        write_timeout_s: float = 0.0,
         clock: Any = None,
     ) -> None:
         self.loop = loop
@@ -76,6 +80,10 @@ class ConnectionPool:
         self.idle_timeout_s = idle_timeout_s
         self.max_idle = max_idle
         self.max_conns = max_conns
+        # Caddy's transport read_timeout / write_timeout (0: none): deadlines each connection of
+        # this pool enforces on its own reads and writes (UpstreamConnection).
+        self.read_timeout_s = read_timeout_s
+        self.write_timeout_s = write_timeout_s
         self.idle: list[UpstreamConnection] = []
         self.active = 0  # open connections (idle or carrying a request)
         self.dialing = 0

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from config.errors import ConfigError
-from config.model import load_model
+from config.model import ReverseProxyHandler, load_model
 
 SRV = "apps.http.servers.s"
 RP = f"{SRV}.routes[0].handle[0]"
@@ -123,13 +123,6 @@ CASES: list[tuple[dict[str, Any], str]] = [
             f"{RP}{path}.{name}: field {name!r} is not supported by pyproxy",
         )
         for key, value, path, name in [
-            ("transport", {"protocol": "http", "read_timeout": "5s"}, ".transport", "read_timeout"),
-            (
-                "transport",
-                {"protocol": "http", "write_timeout": "5s"},
-                ".transport",
-                "write_timeout",
-            ),
             (
                 "transport",
                 {"protocol": "http", "keep_alive": {"max_idle_conns": 10}},
@@ -163,3 +156,15 @@ def test_fields_being_implemented_elsewhere_and_meta_ids_are_accepted() -> None:
         )
     )
     assert model.http is not None
+
+
+def test_transport_read_and_write_timeouts_load_as_seconds() -> None:
+    model = load_model(
+        with_proxy(
+            transport={"protocol": "http", "read_timeout": "1500ms", "write_timeout": 2_000_000_000}
+        )
+    )
+    assert model.http is not None
+    handler = model.http.servers["s"].routes[0].handle[0]
+    assert isinstance(handler, ReverseProxyHandler)
+    assert (handler.transport.read_timeout_s, handler.transport.write_timeout_s) == (1.5, 2.0)
