@@ -280,6 +280,36 @@ HEADERS_FIELDS = F({"handler", "request", "response"})
 HEADER_OPS_FIELDS = F({"add", "set", "delete", "replace"})
 RESPONSE_HEADER_OPS_FIELDS = HEADER_OPS_FIELDS | F({"require", "deferred"})
 ENCODE_FIELDS = F({"handler", "encodings", "prefer", "minimum_length", "match"})
+# The encoder modules (encode/gzip, encode/zstd): proxy.handlers.encode reads their `level`.
+ENCODER_FIELDS: dict[str, frozenset[str]] = {
+    "gzip": F({"level"}),
+    # zstd `checksum` (current Caddy; `disable_checksum` in the Caddyfile): only `false` is
+    # honoured, as proxy.handlers.encode writes frames without checksums.
+    "zstd": F({"level", "checksum"}),
+}
+# reverse_proxy handle_response entries (caddyhttp.ResponseHandler) and their matcher
+# (caddyhttp.ResponseMatcher). The runtime refuses handle_response by name; the entries are
+# still decoded strictly, as Caddy does before anything else.
+RESPONSE_HANDLER_FIELDS = F({"match", "status_code", "routes"})
+RESPONSE_MATCHER_FIELDS = F({"status_code", "headers"})
+# A server's tls_connection_policies entries (caddytls.ConnectionPolicy); proxy.tls reads the
+# rest. insecure_secrets_log (a TLS key log) and handshake_context are not implemented.
+TLS_CONNECTION_POLICY_FIELDS = F(
+    {
+        "match",
+        "certificate_selection",
+        "cipher_suites",
+        "curves",
+        "alpn",
+        "protocol_min",
+        "protocol_max",
+        "drop",
+        "client_authentication",
+        "default_sni",
+        "fallback_sni",
+    }
+)
+TLS_CONNECTION_POLICY_UNSUPPORTED = F({"insecure_secrets_log", "handshake_context"})
 REVERSE_PROXY_FIELDS = F(
     {
         "handler",
@@ -918,7 +948,12 @@ def _load_server(name: str, value: object, where: str) -> Server:
         tp = _cidrs(tp_obj.get("ranges"), f"{where}.trusted_proxies.ranges")
     _check_server_protocols(_strs(srv.get("protocols"), f"{where}.protocols"), f"{where}.protocols")
     policies = tuple(
-        _obj(p, f"{where}.tls_connection_policies[{i}]")
+        _strict(
+            p,
+            f"{where}.tls_connection_policies[{i}]",
+            TLS_CONNECTION_POLICY_FIELDS,
+            TLS_CONNECTION_POLICY_UNSUPPORTED,
+        )
         for i, p in enumerate(
             _list(srv.get("tls_connection_policies"), f"{where}.tls_connection_policies")
         )
@@ -991,6 +1026,30 @@ def _load_route(value: object, where: str) -> Route:
     )
 
 
+# The fields of the matcher modules whose argument is an object (modules/caddyhttp/
+# matchers.go, ip_matchers.go, fileserver/matcher.go). `header`, `query` and `vars` take
+# maps of the user's own names and are not field lists.
+IP_MATCHER_FIELDS = frozenset({"ranges"})  # current Caddy: no `forwarded` (2.6.2's, deprecated)
+REGEXP_MATCHER_FIELDS = frozenset({"name", "pattern"})
+TLS_MATCHER_FIELDS = frozenset({"handshake_complete"})
+FILE_MATCHER_FIELDS = frozenset({"fs", "root", "try_files", "try_policy", "split_path"})
+
+
+def _load_regexp(spec: object, where: str) -> None:
+    pattern = _str(_fields(spec, where, REGEXP_MATCHER_FIELDS).get("pattern"), f"{where}.pattern")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}.pattern: compiling matcher regexp: {exc}")
+
+
+def _load_response_handler(value: object, where: str) -> dict[str, Any]:
+    entry = _fields(value, where, RESPONSE_HANDLER_FIELDS)
+    if entry.get("match") is not None:
+        _fields(entry["match"], f"{where}.match", RESPONSE_MATCHER_FIELDS)
+    return entry
+
+
 def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
     mset = _obj(value, where)
     for key, arg in mset.items():
@@ -998,7 +1057,7 @@ def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}.{key}: unknown module: http.matchers.{key}")
         if key in ("host", "path", "method", "remote_ip", "client_ip") or key == "protocol":
             if key in ("remote_ip", "client_ip"):
-                ranges = _obj(arg, f"{where}.{key}").get("ranges")
+                ranges = _fields(arg, f"{where}.{key}", IP_MATCHER_FIELDS).get("ranges")
                 for i, r in enumerate(_strs(ranges, f"{where}.{key}.ranges")):
                     if r == "private_ranges" or "{" in r:
                         continue
@@ -1013,20 +1072,19 @@ def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
         elif key == "not":
             for i, sub in enumerate(_list(arg, f"{where}.not")):
                 _load_matcher_set(sub, f"{where}.not[{i}]")
-        elif key in ("path_regexp", "header_regexp"):
-            specs = [arg] if key == "path_regexp" else list(_obj(arg, f"{where}.{key}").values())
-            for spec in specs:
-                pattern = _str(
-                    _obj(spec, f"{where}.{key}").get("pattern"), f"{where}.{key}.pattern"
-                )
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise ConfigError(f"{where}.{key}.pattern: compiling matcher regexp: {exc}")
+        elif key == "path_regexp":
+            _load_regexp(arg, f"{where}.{key}")
+        elif key in ("header_regexp", "vars_regexp"):
+            for field_name, spec in _obj(arg, f"{where}.{key}").items():
+                _load_regexp(spec, f"{where}.{key}.{field_name}")
         elif key in ("header", "query"):
             for hk, hv in _obj(arg, f"{where}.{key}").items():
                 if hv is not None:
                     _strs(hv, f"{where}.{key}.{hk}")
+        elif key == "tls":
+            _fields(arg, f"{where}.{key}", TLS_MATCHER_FIELDS)
+        elif key == "file":
+            _fields(arg, f"{where}.{key}", FILE_MATCHER_FIELDS)
     return mset
 
 
@@ -1163,9 +1221,15 @@ def _load_handler(value: object, where: str) -> Handler:
     if name == "encode":
         _strict(h, where, ENCODE_FIELDS)
         encs = _obj(h.get("encodings"), f"{where}.encodings")
-        for enc in encs:
-            if enc not in ("gzip", "zstd"):
+        for enc, enc_cfg in encs.items():
+            if enc not in ENCODER_FIELDS:
                 raise ConfigError(f"{where}.encodings.{enc}: unknown module: http.encoders.{enc}")
+            enc_obj = _strict(enc_cfg, f"{where}.encodings.{enc}", ENCODER_FIELDS[enc])
+            if _bool(enc_obj.get("checksum"), f"{where}.encodings.{enc}.checksum", False):
+                raise ConfigError(
+                    f"{where}.encodings.{enc}.checksum: zstd frame checksums are not supported "
+                    "by pyproxy"
+                )
         prefer = _strs(h.get("prefer"), f"{where}.prefer")
         return EncodeHandler(
             name,
@@ -1273,7 +1337,7 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
         )
         or None,
         handle_response=tuple(
-            _obj(x, f"{where}.handle_response[{i}]")
+            _load_response_handler(x, f"{where}.handle_response[{i}]")
             for i, x in enumerate(_list(h.get("handle_response"), f"{where}.handle_response"))
         ),
         stream_timeout_s=_dur(h.get("stream_timeout"), f"{where}.stream_timeout", 0.0) or 0.0,
