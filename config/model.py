@@ -406,10 +406,8 @@ HTTP_TRANSPORT_UNSUPPORTED = F(
         "local_address",
     }
 )
-KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns_per_host", "idle_timeout"})
-# max_idle_conns (Go's cap on idle connections across all hosts of one transport) is not
-# implemented yet; pyproxy caps idle connections per host (max_idle_conns_per_host).
-KEEP_ALIVE_UNSUPPORTED = F({"probe_interval", "max_idle_conns"})
+KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns", "max_idle_conns_per_host", "idle_timeout"})
+KEEP_ALIVE_UNSUPPORTED = F({"probe_interval"})
 TRANSPORT_TLS_FIELDS = F(
     {
         "root_ca_pool",
@@ -637,6 +635,7 @@ class HTTPTransport:
     keepalive_enabled: bool = True
     keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
     max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
+    max_idle_conns: int = 0  # across all hosts (Go's MaxIdleConns); 0: no limit
     max_conns_per_host: int = 0
     # No `versions`: pyproxy speaks HTTP/1.1 to upstreams, and the loader refuses a `versions`
     # list that asks for anything else (_check_upstream_versions).
@@ -1467,6 +1466,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             f"{where}.keep_alive.max_idle_conns_per_host",
             DEFAULT_MAX_IDLE_CONNS_PER_HOST,
         ),
+        max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
         max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
         compression=_bool(t.get("compression"), f"{where}.compression", True),
     )

@@ -66,8 +66,8 @@ READ_ELSEWHERE: dict[str, str] = {
 # server's keepalive_interval is applied, transport versions and server protocols are checked by
 # the loader (only HTTP/1.1 passes), tls.handshake_timeout bounds the upstream handshake,
 # stream_timeout closes upgraded streams, the transport's read_timeout and write_timeout are
-# deadlines on the upstream connection, and keep_alive.max_idle_conns is refused by name
-# (config/model.py *_UNSUPPORTED) until it is implemented.
+# deadlines on the upstream connection, and keep_alive.max_idle_conns caps the idle connections
+# of all of a transport's pools (proxy.upstream.pool.IdleLimit).
 KNOWN_UNHONOURED: frozenset[str] = frozenset()
 
 

@@ -124,20 +124,6 @@ CASES: list[tuple[dict[str, Any], str]] = [
         f"{RP}.transport.keep_alive.probe_interval: field 'probe_interval' is not supported by "
         "pyproxy",
     ),
-    *(
-        (
-            with_proxy(**{key: value}),
-            f"{RP}{path}.{name}: field {name!r} is not supported by pyproxy",
-        )
-        for key, value, path, name in [
-            (
-                "transport",
-                {"protocol": "http", "keep_alive": {"max_idle_conns": 10}},
-                ".transport.keep_alive",
-                "max_idle_conns",
-            ),
-        ]
-    ),
     (
         with_proxy(rewrite={"strip_path_prefix": "/a"}),
         f"{RP}.rewrite.strip_path_prefix: field 'strip_path_prefix' is not supported by pyproxy",
@@ -219,16 +205,22 @@ def test_fields_being_implemented_elsewhere_and_meta_ids_are_accepted() -> None:
     assert model.http is not None
 
 
-def test_transport_read_and_write_timeouts_load_as_seconds() -> None:
+def test_transport_timeouts_and_max_idle_conns_load() -> None:
     model = load_model(
         with_proxy(
-            transport={"protocol": "http", "read_timeout": "1500ms", "write_timeout": 2_000_000_000}
+            transport={
+                "protocol": "http",
+                "read_timeout": "1500ms",
+                "write_timeout": 2_000_000_000,
+                "keep_alive": {"max_idle_conns": 10},
+            }
         )
     )
     assert model.http is not None
     handler = model.http.servers["s"].routes[0].handle[0]
     assert isinstance(handler, ReverseProxyHandler)
     assert (handler.transport.read_timeout_s, handler.transport.write_timeout_s) == (1.5, 2.0)
+    assert handler.transport.max_idle_conns == 10
 
 
 def test_every_field_caddy_has_in_the_newly_strict_objects_loads() -> None:
