@@ -280,6 +280,36 @@ HEADERS_FIELDS = F({"handler", "request", "response"})
 HEADER_OPS_FIELDS = F({"add", "set", "delete", "replace"})
 RESPONSE_HEADER_OPS_FIELDS = HEADER_OPS_FIELDS | F({"require", "deferred"})
 ENCODE_FIELDS = F({"handler", "encodings", "prefer", "minimum_length", "match"})
+# The encoder modules (encode/gzip, encode/zstd): proxy.handlers.encode reads their `level`.
+ENCODER_FIELDS: dict[str, frozenset[str]] = {
+    "gzip": F({"level"}),
+    # zstd `checksum` (current Caddy; `disable_checksum` in the Caddyfile): only `false` is
+    # honoured, as proxy.handlers.encode writes frames without checksums.
+    "zstd": F({"level", "checksum"}),
+}
+# reverse_proxy handle_response entries (caddyhttp.ResponseHandler) and their matcher
+# (caddyhttp.ResponseMatcher). The runtime refuses handle_response by name; the entries are
+# still decoded strictly, as Caddy does before anything else.
+RESPONSE_HANDLER_FIELDS = F({"match", "status_code", "routes"})
+RESPONSE_MATCHER_FIELDS = F({"status_code", "headers"})
+# A server's tls_connection_policies entries (caddytls.ConnectionPolicy); proxy.tls reads the
+# rest. insecure_secrets_log (a TLS key log) and handshake_context are not implemented.
+TLS_CONNECTION_POLICY_FIELDS = F(
+    {
+        "match",
+        "certificate_selection",
+        "cipher_suites",
+        "curves",
+        "alpn",
+        "protocol_min",
+        "protocol_max",
+        "drop",
+        "client_authentication",
+        "default_sni",
+        "fallback_sni",
+    }
+)
+TLS_CONNECTION_POLICY_UNSUPPORTED = F({"insecure_secrets_log", "handshake_context"})
 REVERSE_PROXY_FIELDS = F(
     {
         "handler",
@@ -357,15 +387,13 @@ HTTP_TRANSPORT_FIELDS = F(
         "max_conns_per_host",
         "dial_timeout",
         "response_header_timeout",
+        "read_timeout",
+        "write_timeout",
         "versions",
     }
 )
-# read_timeout / write_timeout (Caddy's per-read and per-write deadlines on the upstream
-# connection) are not implemented yet: refused rather than accepted and ignored.
 HTTP_TRANSPORT_UNSUPPORTED = F(
     {
-        "read_timeout",
-        "write_timeout",
         "resolver",
         "proxy_protocol",
         "forward_proxy_url",
@@ -378,10 +406,8 @@ HTTP_TRANSPORT_UNSUPPORTED = F(
         "local_address",
     }
 )
-KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns_per_host", "idle_timeout"})
-# max_idle_conns (Go's cap on idle connections across all hosts of one transport) is not
-# implemented yet; pyproxy caps idle connections per host (max_idle_conns_per_host).
-KEEP_ALIVE_UNSUPPORTED = F({"probe_interval", "max_idle_conns"})
+KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns", "max_idle_conns_per_host", "idle_timeout"})
+KEEP_ALIVE_UNSUPPORTED = F({"probe_interval"})
 TRANSPORT_TLS_FIELDS = F(
     {
         "root_ca_pool",
@@ -602,9 +628,14 @@ class HTTPTransport:
     tls: TransportTLS | None = None
     dial_timeout_s: float = DEFAULT_DIAL_TIMEOUT_S
     response_header_timeout_s: float | None = None
+    # Caddy's read_timeout / write_timeout: per-read and per-write deadlines on the upstream
+    # connection (0: none), enforced by proxy.http.client.UpstreamConnection.
+    read_timeout_s: float = 0.0
+    write_timeout_s: float = 0.0
     keepalive_enabled: bool = True
     keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
     max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
+    max_idle_conns: int = 0  # across all hosts (Go's MaxIdleConns); 0: no limit
     max_conns_per_host: int = 0
     # No `versions`: pyproxy speaks HTTP/1.1 to upstreams, and the loader refuses a `versions`
     # list that asks for anything else (_check_upstream_versions).
@@ -916,7 +947,12 @@ def _load_server(name: str, value: object, where: str) -> Server:
         tp = _cidrs(tp_obj.get("ranges"), f"{where}.trusted_proxies.ranges")
     _check_server_protocols(_strs(srv.get("protocols"), f"{where}.protocols"), f"{where}.protocols")
     policies = tuple(
-        _obj(p, f"{where}.tls_connection_policies[{i}]")
+        _strict(
+            p,
+            f"{where}.tls_connection_policies[{i}]",
+            TLS_CONNECTION_POLICY_FIELDS,
+            TLS_CONNECTION_POLICY_UNSUPPORTED,
+        )
         for i, p in enumerate(
             _list(srv.get("tls_connection_policies"), f"{where}.tls_connection_policies")
         )
@@ -989,6 +1025,30 @@ def _load_route(value: object, where: str) -> Route:
     )
 
 
+# The fields of the matcher modules whose argument is an object (modules/caddyhttp/
+# matchers.go, ip_matchers.go, fileserver/matcher.go). `header`, `query` and `vars` take
+# maps of the user's own names and are not field lists.
+IP_MATCHER_FIELDS = frozenset({"ranges"})  # current Caddy: no `forwarded` (2.6.2's, deprecated)
+REGEXP_MATCHER_FIELDS = frozenset({"name", "pattern"})
+TLS_MATCHER_FIELDS = frozenset({"handshake_complete"})
+FILE_MATCHER_FIELDS = frozenset({"fs", "root", "try_files", "try_policy", "split_path"})
+
+
+def _load_regexp(spec: object, where: str) -> None:
+    pattern = _str(_fields(spec, where, REGEXP_MATCHER_FIELDS).get("pattern"), f"{where}.pattern")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}.pattern: compiling matcher regexp: {exc}")
+
+
+def _load_response_handler(value: object, where: str) -> dict[str, Any]:
+    entry = _fields(value, where, RESPONSE_HANDLER_FIELDS)
+    if entry.get("match") is not None:
+        _fields(entry["match"], f"{where}.match", RESPONSE_MATCHER_FIELDS)
+    return entry
+
+
 def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
     mset = _obj(value, where)
     for key, arg in mset.items():
@@ -996,7 +1056,7 @@ def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}.{key}: unknown module: http.matchers.{key}")
         if key in ("host", "path", "method", "remote_ip", "client_ip") or key == "protocol":
             if key in ("remote_ip", "client_ip"):
-                ranges = _obj(arg, f"{where}.{key}").get("ranges")
+                ranges = _fields(arg, f"{where}.{key}", IP_MATCHER_FIELDS).get("ranges")
                 for i, r in enumerate(_strs(ranges, f"{where}.{key}.ranges")):
                     if r == "private_ranges" or "{" in r:
                         continue
@@ -1011,20 +1071,19 @@ def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
         elif key == "not":
             for i, sub in enumerate(_list(arg, f"{where}.not")):
                 _load_matcher_set(sub, f"{where}.not[{i}]")
-        elif key in ("path_regexp", "header_regexp"):
-            specs = [arg] if key == "path_regexp" else list(_obj(arg, f"{where}.{key}").values())
-            for spec in specs:
-                pattern = _str(
-                    _obj(spec, f"{where}.{key}").get("pattern"), f"{where}.{key}.pattern"
-                )
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise ConfigError(f"{where}.{key}.pattern: compiling matcher regexp: {exc}")
+        elif key == "path_regexp":
+            _load_regexp(arg, f"{where}.{key}")
+        elif key in ("header_regexp", "vars_regexp"):
+            for field_name, spec in _obj(arg, f"{where}.{key}").items():
+                _load_regexp(spec, f"{where}.{key}.{field_name}")
         elif key in ("header", "query"):
             for hk, hv in _obj(arg, f"{where}.{key}").items():
                 if hv is not None:
                     _strs(hv, f"{where}.{key}.{hk}")
+        elif key == "tls":
+            _fields(arg, f"{where}.{key}", TLS_MATCHER_FIELDS)
+        elif key == "file":
+            _fields(arg, f"{where}.{key}", FILE_MATCHER_FIELDS)
     return mset
 
 
@@ -1161,9 +1220,15 @@ def _load_handler(value: object, where: str) -> Handler:
     if name == "encode":
         _strict(h, where, ENCODE_FIELDS)
         encs = _obj(h.get("encodings"), f"{where}.encodings")
-        for enc in encs:
-            if enc not in ("gzip", "zstd"):
+        for enc, enc_cfg in encs.items():
+            if enc not in ENCODER_FIELDS:
                 raise ConfigError(f"{where}.encodings.{enc}: unknown module: http.encoders.{enc}")
+            enc_obj = _strict(enc_cfg, f"{where}.encodings.{enc}", ENCODER_FIELDS[enc])
+            if _bool(enc_obj.get("checksum"), f"{where}.encodings.{enc}.checksum", False):
+                raise ConfigError(
+                    f"{where}.encodings.{enc}.checksum: zstd frame checksums are not supported "
+                    "by pyproxy"
+                )
         prefer = _strs(h.get("prefer"), f"{where}.prefer")
         return EncodeHandler(
             name,
@@ -1271,7 +1336,7 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
         )
         or None,
         handle_response=tuple(
-            _obj(x, f"{where}.handle_response[{i}]")
+            _load_response_handler(x, f"{where}.handle_response[{i}]")
             for i, x in enumerate(_list(h.get("handle_response"), f"{where}.handle_response"))
         ),
         stream_timeout_s=_dur(h.get("stream_timeout"), f"{where}.stream_timeout", 0.0) or 0.0,
@@ -1389,6 +1454,8 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
         response_header_timeout_s=_dur(
             t.get("response_header_timeout"), f"{where}.response_header_timeout"
         ),
+        read_timeout_s=_dur(t.get("read_timeout"), f"{where}.read_timeout", 0.0) or 0.0,
+        write_timeout_s=_dur(t.get("write_timeout"), f"{where}.write_timeout", 0.0) or 0.0,
         keepalive_enabled=_bool(ka.get("enabled"), f"{where}.keep_alive.enabled", True),
         keepalive_idle_s=_dur(
             ka.get("idle_timeout"), f"{where}.keep_alive.idle_timeout", DEFAULT_KEEPALIVE_IDLE_S
@@ -1399,6 +1466,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             f"{where}.keep_alive.max_idle_conns_per_host",
             DEFAULT_MAX_IDLE_CONNS_PER_HOST,
         ),
+        max_idle_conns=_int(ka.get("max_idle_conns"), f"{where}.keep_alive.max_idle_conns"),
         max_conns_per_host=_int(t.get("max_conns_per_host"), f"{where}.max_conns_per_host"),
         compression=_bool(t.get("compression"), f"{where}.compression", True),
     )

@@ -50,7 +50,7 @@ from proxy.tls import CURVES as TLS_CURVES
 from proxy.tls import groups_problem, set_groups
 from proxy.upstream.errors import DialError, DialTimeout
 from proxy.upstream.health import ActiveHealthChecker, PassiveHealth
-from proxy.upstream.pool import ConnectionPool
+from proxy.upstream.pool import ConnectionPool, IdleLimit
 from proxy.upstream.retry import FailureKind, RetryPolicy
 from proxy.upstream.selection import SelectionPolicy, make_selection_policy
 from proxy.upstream.upstream import Upstream
@@ -143,6 +143,7 @@ class ReverseProxy:
         "header_down",
         "header_timeout_s",
         "header_up",
+        "idle_limit",
         "loop",
         "needs_clock",
         "passive",
@@ -222,6 +223,9 @@ class ReverseProxy:
         nets = [*ctx.server_trusted, *cfg.trusted_proxies]
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in nets]
         self._pools: dict[str, ConnectionPool] = {}
+        # keep_alive.max_idle_conns bounds the idle connections of all this transport's pools.
+        max_idle = cfg.transport.max_idle_conns
+        self.idle_limit = IdleLimit(max_idle) if max_idle > 0 else None
         self.active = ActiveHealthChecker.from_config(
             hc.get("active"), self.upstreams, ssl_context=self.ssl, server_name=self.server_name
         )
@@ -272,6 +276,9 @@ class ReverseProxy:
                 id(self.ssl) if self.ssl else 0,
                 self.server_name,
                 handshake_s,
+                t.read_timeout_s,
+                t.write_timeout_s,
+                self.idle_limit.key if self.idle_limit is not None else 0,
             )
             pool = self.ctx.pools.get(
                 key,
@@ -282,6 +289,9 @@ class ReverseProxy:
                 idle_timeout_s=t.keepalive_idle_s if t.keepalive_enabled else 0.0,
                 max_idle=t.max_idle_conns_per_host,
                 max_conns=t.max_conns_per_host,
+                read_timeout_s=t.read_timeout_s,
+                write_timeout_s=t.write_timeout_s,
+                idle_limit=self.idle_limit,
             )
             self._pools[up.dial] = pool
         return pool

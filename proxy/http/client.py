@@ -127,9 +127,14 @@ class UpstreamConnection(asyncio.Protocol):
         "_interim_count",
         "_keep",
         "_length",
+        "_read_paused",
+        "_read_timer",
         "_refused",
         "_status",
         "_te",
+        "_unsent_at_check",
+        "_write_timer",
+        "_written_since_check",
         "call",
         "client",
         "closed",
@@ -139,12 +144,15 @@ class UpstreamConnection(asyncio.Protocol):
         "has_date",
         "head_only",
         "idle_since",
+        "last_read",
         "lines",
         "parser",
         "pool",
+        "read_timeout_s",
         "requests",
         "transport",
         "tunnel",
+        "write_timeout_s",
     )
 
     def __init__(self, pool: Any) -> None:
@@ -180,14 +188,31 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._keep = False  # the parser's keep-alive verdict for the complete response
         self._refused = ""  # why a parser callback refused the response
+        # Caddy's transport read_timeout / write_timeout (its tcpRWTimeoutConn sets a net.Conn
+        # deadline before every Read and Write of the upstream connection). Go's transport has
+        # a Read pending on the connection all the time except while the client's side holds
+        # the body back, so the read deadline runs while waiting for the response, during its
+        # body, while idle in the pool and inside an upgraded stream; it is paused with reading.
+        # One timer per deadline, re-armed lazily from `last_read` (no timer churn per read).
+        self.read_timeout_s: float = pool.read_timeout_s
+        self.write_timeout_s: float = pool.write_timeout_s
+        self.last_read = 0.0
+        self._read_paused = False
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._unsent_at_check = 0  # the transport's write buffer when the write timer was set
+        self._written_since_check = 0  # bytes written since then
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if self.read_timeout_s > 0:
+            self._arm_read_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._cancel_deadlines()
         self.pool.forget(self)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
@@ -219,18 +244,96 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)
+            if self.write_timeout_s > 0:
+                self._watch_write(len(data))
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.call = None
+            self._cancel_deadlines()
             self.transport.close()
 
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
             self.call = None
+            self._cancel_deadlines()
             self.transport.abort()
+
+    # -- read_timeout / write_timeout --------------------------------------------------------
+
+    def _arm_read_deadline(self) -> None:
+        loop = self.pool.loop
+        self.last_read = loop.time()
+        if self._read_timer is None:
+            self._read_timer = loop.call_at(self.last_read + self.read_timeout_s, self._read_due)
+
+    def _read_due(self) -> None:
+        self._read_timer = None
+        if self.closed or self._read_paused:
+            return  # resume_reading starts a fresh deadline
+        loop = self.pool.loop
+        due = self.last_read + self.read_timeout_s
+        if loop.time() < due:
+            self._read_timer = loop.call_at(due, self._read_due)
+            return
+        self._deadline_exceeded("read")
+
+    def _watch_write(self, size: int) -> None:
+        # asyncio writes never block: the equivalent of Go's Write outliving its deadline is
+        # the transport's buffer not draining by a single byte for write_timeout.
+        if self._write_timer is not None:
+            self._written_since_check += size
+            return
+        unsent = self.transport.get_write_buffer_size()
+        if unsent:
+            self._unsent_at_check = unsent
+            self._written_since_check = 0
+            self._write_timer = self.pool.loop.call_later(self.write_timeout_s, self._write_due)
+
+    def _write_due(self) -> None:
+        self._write_timer = None
+        if self.closed:
+            return
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            return
+        if unsent < self._unsent_at_check + self._written_since_check:
+            # Some bytes went out: a new deadline for the rest.
+            self._unsent_at_check = unsent
+            self._written_since_check = 0
+            self._write_timer = self.pool.loop.call_later(self.write_timeout_s, self._write_due)
+            return
+        self._deadline_exceeded("write")
+
+    def _deadline_exceeded(self, which: str) -> None:
+        call = self.call
+        # Go: the Read or Write fails with "i/o timeout" and the transport closes the
+        # connection. A request in flight fails like a broken response (502 before the head,
+        # an aborted response after it); an idle connection is just closed; an upgraded stream
+        # ends on both sides (the client side is closed from connection_lost).
+        if call is not None:
+            call.upstream_bad_response(f"{which} tcp {self._peer()}: i/o timeout")
+        if not self.closed:
+            self.call = None
+            self.closed = True
+            self._cancel_deadlines()
+            self.transport.abort()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return "upstream"
+
+    def _cancel_deadlines(self) -> None:
+        timer, self._read_timer = self._read_timer, None
+        if timer is not None:
+            timer.cancel()
+        timer, self._write_timer = self._write_timer, None
+        if timer is not None:
+            timer.cancel()
 
     @property
     def usable(self) -> bool:
@@ -252,15 +355,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if not self.closed:
+            self._read_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if not self.closed:
+            self._read_paused = False
             self.transport.resume_reading()
+            if self.read_timeout_s > 0:
+                self._arm_read_deadline()
 
     # -- reading -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.read_timeout_s > 0:
+            self.last_read = self.pool.loop.time()
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.from_upstream(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import ssl
@@ -25,6 +26,39 @@ log = logging.getLogger("pyproxy.upstream")
 
 SWEEP_INTERVAL_S: Final = 1.0
 IDLE_BURST_FACTOR: Final = 4
+_limit_ids = itertools.count(1)
+
+
+class IdleLimit:
+    """Go's Transport.MaxIdleConns (Caddy's keep_alive.max_idle_conns): at most `max_idle`
+    idle connections across every host of one transport. Putting one more idle closes the
+    least recently used idle connection of any of its pools first (Go: tryPutIdleConn evicts
+    idleLRU's oldest)."""
+
+    __slots__ = ("key", "max_idle", "pools")
+
+    def __init__(self, max_idle: int) -> None:
+        self.max_idle = max_idle
+        self.pools: list[ConnectionPool] = []
+        self.key = next(_limit_ids)  # part of the pool key: pools under a limit are its own
+
+    def make_room(self) -> None:
+        """Close the oldest idle connections until one more fits."""
+        pools = self.pools
+        total = 0
+        for pool in pools:
+            total += len(pool.idle)
+        while total >= self.max_idle:
+            oldest: ConnectionPool | None = None
+            for pool in pools:
+                if pool.idle and (
+                    oldest is None or pool.idle[0].idle_since < oldest.idle[0].idle_since
+                ):
+                    oldest = pool
+            if oldest is None:
+                return
+            oldest.idle.pop(0).close()
+            total -= 1
 
 
 class ConnectionPool:
@@ -36,15 +70,18 @@ class ConnectionPool:
         "handshake_timeout_s",
         "host",
         "idle",
+        "idle_limit",
         "idle_timeout_s",
         "loop",
         "max_conns",
         "max_idle",
         "port",
+        "read_timeout_s",
         "resolver",
         "server_hostname",
         "ssl",
         "waiters",
+        "write_timeout_s",
     )
 
     def __init__(
@@ -61,6 +98,9 @@ class ConnectionPool:
         idle_timeout_s: float = 120.0,
         max_idle: int = 32,
         max_conns: int = 0,
+        read_timeout_s: float = 0.0,
+        write_timeout_s: float = 0.0,
+        idle_limit: IdleLimit | None = None,
         clock: Any = None,
     ) -> None:
         self.loop = loop
@@ -76,7 +116,14 @@ class ConnectionPool:
         self.idle_timeout_s = idle_timeout_s
         self.max_idle = max_idle
         self.max_conns = max_conns
+        # Caddy's transport read_timeout / write_timeout (0: none): deadlines each connection of
+        # this pool enforces on its own reads and writes (UpstreamConnection).
+        self.read_timeout_s = read_timeout_s
+        self.write_timeout_s = write_timeout_s
         self.idle: list[UpstreamConnection] = []
+        self.idle_limit = idle_limit
+        if idle_limit is not None:
+            idle_limit.pools.append(self)
         self.active = 0  # open connections (idle or carrying a request)
         self.dialing = 0
         # Requests waiting for a connection while max_conns are open (Go's MaxConnsPerHost):
@@ -214,6 +261,8 @@ class ConnectionPool:
         if len(self.idle) >= self.max_idle * IDLE_BURST_FACTOR or self.idle_timeout_s <= 0:
             conn.close()
             return
+        if self.idle_limit is not None:
+            self.idle_limit.make_room()
         conn.idle_since = self.clock.now
         self.idle.append(conn)
 

@@ -11,6 +11,9 @@ from proxy.http.client import UpstreamConnection, transfer_coding_error, upgrade
 
 
 class Pool:
+    read_timeout_s = 0.0
+    write_timeout_s = 0.0
+
     def forget(self, conn: Any) -> None:
         pass
 

@@ -65,9 +65,9 @@ READ_ELSEWHERE: dict[str, str] = {
 # that any *new* unread field fails this test. Do not add to this list. It is empty now: the
 # server's keepalive_interval is applied, transport versions and server protocols are checked by
 # the loader (only HTTP/1.1 passes), tls.handshake_timeout bounds the upstream handshake,
-# stream_timeout closes upgraded streams, and the transport's read_timeout, write_timeout and
-# keep_alive.max_idle_conns are refused by name (config/model.py *_UNSUPPORTED) until they are
-# implemented.
+# stream_timeout closes upgraded streams, the transport's read_timeout and write_timeout are
+# deadlines on the upstream connection, and keep_alive.max_idle_conns caps the idle connections
+# of all of a transport's pools (proxy.upstream.pool.IdleLimit).
 KNOWN_UNHONOURED: frozenset[str] = frozenset()
 
 

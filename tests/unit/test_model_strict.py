@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from config.errors import ConfigError
-from config.model import load_model
+from config.model import ReverseProxyHandler, load_model
 
 SRV = "apps.http.servers.s"
 RP = f"{SRV}.routes[0].handle[0]"
@@ -20,6 +20,13 @@ def with_server(**fields: Any) -> dict[str, Any]:
 
 def with_handler(handler: dict[str, Any]) -> dict[str, Any]:
     return with_server(routes=[{"handle": [handler]}])
+
+
+MATCH = f"{SRV}.routes[0].match[0]"
+
+
+def with_match(**matchers: Any) -> dict[str, Any]:
+    return with_server(routes=[{"match": [matchers]}])
 
 
 def with_proxy(**fields: Any) -> dict[str, Any]:
@@ -117,30 +124,63 @@ CASES: list[tuple[dict[str, Any], str]] = [
         f"{RP}.transport.keep_alive.probe_interval: field 'probe_interval' is not supported by "
         "pyproxy",
     ),
-    *(
-        (
-            with_proxy(**{key: value}),
-            f"{RP}{path}.{name}: field {name!r} is not supported by pyproxy",
-        )
-        for key, value, path, name in [
-            ("transport", {"protocol": "http", "read_timeout": "5s"}, ".transport", "read_timeout"),
-            (
-                "transport",
-                {"protocol": "http", "write_timeout": "5s"},
-                ".transport",
-                "write_timeout",
-            ),
-            (
-                "transport",
-                {"protocol": "http", "keep_alive": {"max_idle_conns": 10}},
-                ".transport.keep_alive",
-                "max_idle_conns",
-            ),
-        ]
-    ),
     (
         with_proxy(rewrite={"strip_path_prefix": "/a"}),
         f"{RP}.rewrite.strip_path_prefix: field 'strip_path_prefix' is not supported by pyproxy",
+    ),
+    # Matcher modules whose argument is an object (caddyhttp MatchRemoteIP, MatchRegexp, ...).
+    (with_match(remote_ip={"rangez": []}), f'{MATCH}.remote_ip: json: unknown field "rangez"'),
+    # Current Caddy dropped remote_ip's deprecated `forwarded` (client_ip replaces it).
+    (
+        with_match(remote_ip={"forwarded": True}),
+        f'{MATCH}.remote_ip: json: unknown field "forwarded"',
+    ),
+    (with_match(client_ip={"range": []}), f'{MATCH}.client_ip: json: unknown field "range"'),
+    (
+        with_match(path_regexp={"patern": "^/a"}),
+        f'{MATCH}.path_regexp: json: unknown field "patern"',
+    ),
+    (
+        with_match(header_regexp={"X-A": {"pattern": "a", "nam": "n"}}),
+        f'{MATCH}.header_regexp.X-A: json: unknown field "nam"',
+    ),
+    (
+        with_match(vars_regexp={"{x}": {"regexp": "a"}}),
+        f'{MATCH}.vars_regexp.{{x}}: json: unknown field "regexp"',
+    ),
+    (with_match(tls={"handshake": True}), f'{MATCH}.tls: json: unknown field "handshake"'),
+    (with_match(file={"try_file": ["/"]}), f'{MATCH}.file: json: unknown field "try_file"'),
+    (
+        with_match(**{"not": [{"remote_ip": {"ip": []}}]}),
+        f'{MATCH}.not[0].remote_ip: json: unknown field "ip"',
+    ),
+    # The encode handler's encoder modules.
+    (
+        with_handler({"handler": "encode", "encodings": {"gzip": {"levle": 5}}}),
+        f'{RP}.encodings.gzip: json: unknown field "levle"',
+    ),
+    (
+        with_handler({"handler": "encode", "encodings": {"zstd": {"checksum": True}}}),
+        f"{RP}.encodings.zstd.checksum: zstd frame checksums are not supported by pyproxy",
+    ),
+    # reverse_proxy handle_response entries and their response matcher.
+    (
+        with_proxy(handle_response=[{"routs": []}]),
+        f'{RP}.handle_response[0]: json: unknown field "routs"',
+    ),
+    (
+        with_proxy(handle_response=[{"match": {"status": [500]}}]),
+        f'{RP}.handle_response[0].match: json: unknown field "status"',
+    ),
+    # A server's TLS connection policies (caddytls.ConnectionPolicy).
+    (
+        with_server(tls_connection_policies=[{"alpns": ["h2"]}]),
+        f'{SRV}.tls_connection_policies[0]: json: unknown field "alpns"',
+    ),
+    (
+        with_server(tls_connection_policies=[{}, {"insecure_secrets_log": "/tmp/k"}]),
+        f"{SRV}.tls_connection_policies[1].insecure_secrets_log: field 'insecure_secrets_log' is "
+        "not supported by pyproxy",
     ),
 ]
 
@@ -163,3 +203,81 @@ def test_fields_being_implemented_elsewhere_and_meta_ids_are_accepted() -> None:
         )
     )
     assert model.http is not None
+
+
+def test_transport_timeouts_and_max_idle_conns_load() -> None:
+    model = load_model(
+        with_proxy(
+            transport={
+                "protocol": "http",
+                "read_timeout": "1500ms",
+                "write_timeout": 2_000_000_000,
+                "keep_alive": {"max_idle_conns": 10},
+            }
+        )
+    )
+    assert model.http is not None
+    handler = model.http.servers["s"].routes[0].handle[0]
+    assert isinstance(handler, ReverseProxyHandler)
+    assert (handler.transport.read_timeout_s, handler.transport.write_timeout_s) == (1.5, 2.0)
+    assert handler.transport.max_idle_conns == 10
+
+
+def test_every_field_caddy_has_in_the_newly_strict_objects_loads() -> None:
+    """The strict field lists must not refuse what Caddy accepts there."""
+    regexp = {"name": "n", "pattern": "^a"}
+    matchers = {
+        "remote_ip": {"ranges": ["10.0.0.0/8"]},
+        "client_ip": {"ranges": ["private_ranges"]},
+        "path_regexp": regexp,
+        "header_regexp": {"X-A": regexp},
+        "vars_regexp": {"{x}": regexp},
+        "tls": {"handshake_complete": True},
+        "file": {
+            "fs": "f",
+            "root": "/srv",
+            "try_files": ["{http.request.uri.path}"],
+            "try_policy": "first_exist",
+            "split_path": [".php"],
+        },
+    }
+    policy = {
+        "match": {"sni": ["a.example"]},
+        "certificate_selection": {"any_tag": ["cert0"]},
+        "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"],
+        "curves": ["x25519"],
+        "alpn": ["http/1.1"],
+        "protocol_min": "tls1.2",
+        "protocol_max": "tls1.3",
+        "drop": False,
+        "client_authentication": {"mode": "request"},
+        "default_sni": "a.example",
+        "fallback_sni": "a.example",
+    }
+    handle_response = {"match": {"status_code": [500], "headers": {}}, "status_code": 502}
+    encode = {
+        "handler": "encode",
+        "encodings": {"gzip": {"level": 5}, "zstd": {"level": "best", "checksum": False}},
+    }
+    model = load_model(
+        with_server(
+            tls_connection_policies=[policy],
+            routes=[
+                {
+                    "match": [matchers],
+                    "handle": [
+                        encode,
+                        {
+                            "handler": "reverse_proxy",
+                            "upstreams": [{"dial": "a:1"}],
+                            "handle_response": [{**handle_response, "routes": []}],
+                        },
+                    ],
+                }
+            ],
+        )
+    )
+    assert model.http is not None
+    server = model.http.servers["s"]
+    assert server.tls_connection_policies == (policy,)
+    assert server.routes[0].match == (matchers,)
