@@ -77,6 +77,9 @@ SUPPORTED_HANDLERS = frozenset(
     }
 )
 
+# Caddy matchers pyproxy does not implement (no file server: `file` needs one).
+UNSUPPORTED_MATCHERS = frozenset({"file"})
+
 KNOWN_MATCHERS = frozenset(
     {
         "host",
@@ -1031,7 +1034,6 @@ def _load_route(value: object, where: str) -> Route:
 IP_MATCHER_FIELDS = frozenset({"ranges"})  # current Caddy: no `forwarded` (2.6.2's, deprecated)
 REGEXP_MATCHER_FIELDS = frozenset({"name", "pattern"})
 TLS_MATCHER_FIELDS = frozenset({"handshake_complete"})
-FILE_MATCHER_FIELDS = frozenset({"fs", "root", "try_files", "try_policy", "split_path"})
 
 
 def _load_regexp(spec: object, where: str) -> None:
@@ -1054,6 +1056,10 @@ def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
     for key, arg in mset.items():
         if key not in KNOWN_MATCHERS:
             raise ConfigError(f"{where}.{key}: unknown module: http.matchers.{key}")
+        if key in UNSUPPORTED_MATCHERS:
+            # Caddy has it; the runtime (proxy.matchers) does not: refused here, so `validate`
+            # says so too instead of "Valid configuration" followed by a failed start.
+            raise ConfigError(f"{where}.{key}: matcher '{key}' is not supported by pyproxy")
         if key in ("host", "path", "method", "remote_ip", "client_ip") or key == "protocol":
             if key in ("remote_ip", "client_ip"):
                 ranges = _fields(arg, f"{where}.{key}", IP_MATCHER_FIELDS).get("ranges")
@@ -1082,8 +1088,6 @@ def _load_matcher_set(value: object, where: str) -> dict[str, Any]:
                     _strs(hv, f"{where}.{key}.{hk}")
         elif key == "tls":
             _fields(arg, f"{where}.{key}", TLS_MATCHER_FIELDS)
-        elif key == "file":
-            _fields(arg, f"{where}.{key}", FILE_MATCHER_FIELDS)
     return mset
 
 
