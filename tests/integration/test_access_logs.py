@@ -33,6 +33,16 @@ def read_entries(path: Path, count: int, timeout_s: float = 10.0) -> list[dict[s
     raise AssertionError(f"timed out waiting for {count} entries in {path}")
 
 
+def raw_exchange(port: int, target: str) -> bytes:
+    """One `GET target` on a fresh connection to a.test; the whole reply (head and body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(f"GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    return reply
+
+
 def tls_get(port: int, sni: str, cafile: Path, alpn: list[str] | None, version: Any) -> None:
     ctx = ssl.create_default_context(cafile=str(cafile))
     ctx.minimum_version = ctx.maximum_version = version
@@ -139,12 +149,7 @@ def test_failed_proxied_request_logs_caddys_http_log_error(run_proxy: Any, tmp_p
     )
     proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
     wait_serving(proc)
-    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as conn:
-        conn.sendall(b"GET /e?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := conn.recv(65536):
-            reply += chunk
-    assert reply.startswith(b"HTTP/1.1 502")
+    assert raw_exchange(http_port, "/e?q=1").startswith(b"HTTP/1.1 502")
 
     def error_entries() -> list[dict[str, Any]]:
         entries = [json.loads(ln) for ln in proc.log.splitlines() if ln.strip()]
@@ -181,10 +186,7 @@ def test_site_with_its_own_log_names_its_error_logger_like_caddy(
     )
     proc = run_proxy(f"{{\n\tadmin off\n\thttp_port {http_port}\n}}\n" + site, http_port)
     wait_serving(proc)
-    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as conn:
-        conn.sendall(b"GET /e HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        while conn.recv(65536):
-            pass
+    assert raw_exchange(http_port, "/e").startswith(b"HTTP/1.1 502")
 
     def loggers_in(text: str) -> list[str]:
         return [json.loads(ln).get("logger", "") for ln in text.splitlines() if ln.strip()]
@@ -200,12 +202,7 @@ def test_site_with_its_own_log_names_its_error_logger_like_caddy(
 
 
 def _fetch(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := conn.recv(65536):
-            reply += chunk
-    return reply.partition(b"\r\n\r\n")[2]
+    return raw_exchange(port, "/").partition(b"\r\n\r\n")[2]
 
 
 def _descriptors_open_on(pid: int, path: Path) -> int:
