@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import bcrypt
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-CADDY = shutil.which("caddy") or ("/usr/bin/caddy" if Path("/usr/bin/caddy").exists() else None)
+from clikit import CADDY, run_pyproxy
 
 
 def _hash(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYPROXY_NATIVE": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "hash-password", *args],
-        cwd=REPO,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_pyproxy("hash-password", *args, stdin=stdin)
 
 
 def test_plaintext_gives_a_go_style_bcrypt_hash() -> None:

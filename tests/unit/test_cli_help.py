@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from clikit import CADDY, REPO, run_pyproxy
 
 from proxy import cli
 
-REPO = Path(__file__).resolve().parents[2]
-CADDY = shutil.which("caddy") or ("/usr/bin/caddy" if Path("/usr/bin/caddy").exists() else None)
 needs_caddy = pytest.mark.skipif(CADDY is None, reason="needs /usr/bin/caddy")
 
 
 def _pyproxy(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYPROXY_NATIVE": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "proxy.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_pyproxy(*args)
 
 
 def test_help_lists_every_verb(capsys: pytest.CaptureFixture[str]) -> None:

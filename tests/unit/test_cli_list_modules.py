@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from clikit import CADDY
 
 from proxy import __version__, cli
-
-CADDY = shutil.which("caddy") or ("/usr/bin/caddy" if Path("/usr/bin/caddy").exists() else None)
 
 
 def test_lists_supported_handlers_by_caddy_id(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,30 +4,15 @@ nothing binds: the flags act before the config is loaded, as in `caddy run`."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from clikit import run_pyproxy
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYPROXY_NATIVE": "0",
-        "PYTHONPATH": str(REPO),
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "run", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    xdg = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    return run_pyproxy("run", *args, cwd=tmp_path, env_extra=xdg)
 
 
 def _bad_caddyfile(tmp_path: Path) -> Path:
