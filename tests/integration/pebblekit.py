@@ -160,6 +160,7 @@ class Pebble:
     dns_port: int = 0
     challtest_mgmt_port: int = 0
     ca_pem: Path = field(default_factory=Path)
+    _requests_from: int = 0
     pids: list[int] = field(default_factory=list)
     _cert: Path = field(default_factory=Path)
     _key: Path = field(default_factory=Path)
@@ -278,6 +279,8 @@ class Pebble:
             try:
                 self.get(self.directory_url, timeout_s=1.0)
                 self.get(f"{self.mgmt_url}/roots/0", timeout_s=1.0)
+                # What clients asked from here on (the probes above are not theirs).
+                self._requests_from = (self.workdir / "pebble.log").stat().st_size
                 return
             except OSError as exc:
                 last = exc
@@ -285,6 +288,30 @@ class Pebble:
         logs = self.logs()
         self.stop()
         raise RuntimeError(f"pebble did not start: {last}\n{logs}")
+
+    def ca_requests(self) -> list[str]:
+        """Every ACME request clients made since the CA was ready, as `METHOD /path`, in order.
+
+        Pebble's WFE logs each request it handles (`POST /order-plz -> calling handler()`), so
+        tests count what was sent to the CA without a proxy in front of it.
+        """
+        with open(self.workdir / "pebble.log", "rb") as f:
+            f.seek(self._requests_from)
+            text = f.read().decode(errors="replace")
+        out = []
+        for line in text.splitlines():
+            head, sep, _ = line.partition(" -> calling handler()")
+            if sep:
+                out.append(" ".join(head.split()[3:]))
+        return out
+
+    def new_orders(self) -> int:
+        """How many orders clients created (RFC 8555 section 7.4: POST to `newOrder`)."""
+        return sum(1 for r in self.ca_requests() if r == "POST /order-plz")
+
+    def challenge_answers(self) -> int:
+        """How many times clients told the CA a challenge is ready (RFC 8555 section 7.5.1)."""
+        return sum(1 for r in self.ca_requests() if r.startswith("POST /chalZ/"))
 
     def logs(self) -> str:
         out = []
