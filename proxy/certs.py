@@ -1,26 +1,25 @@
-"""The certificate runtime of one worker process: what Caddy's TLS app does beside the servers.
+"""The certificates of one worker process: what Caddy's TLS app does beside the servers.
 
-Design: every worker process is an independent certificate runtime over one shared storage
-folder, exactly like several Caddy instances in a cluster (certmagic's design). Storage locks
-guarantee one order per name across workers and nodes; the others load what the winner stored.
-So no supervisor event loop, no IPC: each worker
+Design: ACME is managed once per node, by the supervisor (proxy.node_certs, one
+`CertificateManager` per issuer list): one order per name however many workers serve, retries
+on one schedule, one log line per step. The workers never talk to a CA. Each worker
 
 - serves manually loaded certificates (`apps.tls.certificates.load_files` / `load_pem`), and
   reloads `load_files` certificates when their files change on disk (a half-written or
   mismatched pair keeps the old certificate in service until the pair is complete);
 - gets local-CA leaves for internal names (`tls internal`, `localhost`, IPs, ...) and renews
-  them when a third of their 12 h lifetime remains (another worker may already have: the CA's
-  `obtain` reuses a fresh stored leaf);
-- serves stored ACME certificates at once and runs a `CertificateManager` for ACME names (its
-  `on_certificate` swaps the certificate into the store);
-- polls storage for certificates another worker or node stored (a renewal elsewhere shows up
-  here without waiting for the manager's own renewal check);
+  them when a third of their 12 h lifetime remains (no CA to contact: storage locks make one
+  worker sign and the others load it; the CA's `obtain` reuses a fresh stored leaf);
+- serves the ACME certificates in storage: at start, whenever the supervisor says one changed
+  (`refresh_from_storage`), and on a short poll (so a renewal by another node sharing the storage
+  shows up too);
 - answers HTTP-01 requests from the challenge tokens in storage (any instance sharing storage
-  answers, as certmagic does).
+  answers, as certmagic's distributed solver does), for the node's orders and other nodes'.
 
 `prepare_certificates(config)` runs once before the workers fork (file errors are startup errors
 naming the file) and yields the automatic-HTTPS plan whose adjusted config the engine serves;
-`CertRuntime(setup)` is then built inside each worker's event loop.
+`CertRuntime(setup)` is then built inside each worker's event loop; `acme_groups(setup)` is what
+both the workers and the supervisor's managers read the ACME names from.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from acme_client.http01 import answer_http01 as _answer_http01
 from acme_client.http01 import is_http01_path
 from acme_client.issuer import IssuerConfig, issuer_config_from_caddy
 from acme_client.local_ca import LocalCA
-from acme_client.manager import NODE_STATE, CertificateManager, CertStatus, stored_status
+from acme_client.manager import NODE_STATE, CertStatus, stored_status
 from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
 from acme_client.storage import (
     LOCAL_ISSUER_KEY,
@@ -288,13 +287,43 @@ class _WatchedFiles:
 
 
 @dataclass(slots=True)
-class _AcmeGroup:
-    """Names sharing one issuer list: one CertificateManager."""
+class AcmeGroup:
+    """Names sharing one issuer list: the node runs one CertificateManager for them."""
 
+    key: str
     issuers: tuple[IssuerConfig, ...]
     names: list[str]
     renewal_ratio: float
-    manager: CertificateManager | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcmePlan:
+    """The ACME side of a config: groups of names, and names no issuer can serve (why)."""
+
+    groups: tuple[AcmeGroup, ...]
+    unsupported: Mapping[str, str]
+    renew_interval_s: float
+
+
+def acme_plan(setup: CertSetup) -> AcmePlan:
+    """Group the config's ACME names by issuer list (Caddy: one automation policy's issuers)."""
+    tls_app = _obj(_obj(setup.config.get("apps")).get("tls"))
+    groups: dict[str, AcmeGroup] = {}
+    unsupported: dict[str, str] = {}
+    for managed in setup.plan.managed:
+        if managed.internal:
+            continue
+        issuers = acme_issuer_configs(managed, tls_app)
+        if not issuers:
+            unsupported[managed.name] = "no supported ACME issuer"
+            continue
+        key = _issuer_group_key(managed)
+        group = groups.get(key)
+        if group is None:
+            policy = _policy(tls_app, managed.policy_index)
+            group = groups[key] = AcmeGroup(key, issuers, [], _renewal_ratio(policy))
+        group.names.append(managed.name)
+    return AcmePlan(tuple(groups.values()), unsupported, _renew_interval_s(tls_app))
 
 
 @dataclass(slots=True)
@@ -316,10 +345,7 @@ def split_host_port(host: str) -> str:
 
 
 class CertRuntime:
-    """One worker's certificates; see the module docstring. Call `start()` inside the loop.
-
-    `manager_options` are passed to every CertificateManager (tests shorten its intervals).
-    """
+    """One worker's certificates; see the module docstring. Call `start()` inside the loop."""
 
     def __init__(
         self,
@@ -327,20 +353,17 @@ class CertRuntime:
         *,
         maintenance_interval_s: float = MAINTENANCE_INTERVAL_S,
         local_ca_check_interval_s: float = LOCAL_CA_CHECK_INTERVAL_S,
-        manager_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.setup = setup
         self.maintenance_interval_s = maintenance_interval_s
         self.local_ca_check_interval_s = local_ca_check_interval_s
-        self.manager_options = dict(manager_options or {})
         self.store = CertificateStore.from_tls_app(self.tls_app)
         self.storage = FileStorage(setup.storage_root)
         self.selectors: dict[str, SNISelector] = {}
         self._watched: list[_WatchedFiles] = []
         self._internal: list[_InternalName] = []
         self._local_cas: dict[str, LocalCA] = {}
-        self._acme: list[_AcmeGroup] = []
-        self._acme_unsupported: dict[str, str] = {}
+        self._acme: tuple[AcmeGroup, ...] = ()
         self._stored_sigs: dict[str, tuple[Any, ...]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ticket_rotation: asyncio.Task[None] | None = None
@@ -357,25 +380,15 @@ class CertRuntime:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Fill the store (manual, local CA, stored ACME), start ACME management and upkeep.
+        """Fill the store (manual, local CA, stored ACME) and start the upkeep.
 
         Returns once every certificate that can be had without a CA is in the store; ACME
-        certificates not yet in storage arrive later (the other names serve meanwhile).
+        certificates not yet in storage arrive when the node's manager stored them.
         """
         self._install_manual()
         await asyncio.to_thread(self._install_internal)
         self._plan_acme()
         await asyncio.to_thread(self._install_stored_acme)
-        for group in self._acme:
-            group.manager = CertificateManager(
-                self.storage,
-                group.issuers,
-                on_certificate=self._on_certificate,
-                renewal_window_ratio=group.renewal_ratio,
-                renew_interval_s=_renew_interval_s(self.tls_app),
-                **self.manager_options,
-            )
-            await group.manager.start(group.names)
         self._last_local_check = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._maintain_forever(), name="cert-maintenance")
         keys = self.store.ticket_keys
@@ -391,9 +404,10 @@ class CertRuntime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._ticket_rotation = None
-        for group in self._acme:
-            if group.manager is not None:
-                await group.manager.stop()
+
+    async def refresh_from_storage(self) -> None:
+        """The supervisor stored a certificate: serve it now rather than at the next poll."""
+        await asyncio.to_thread(self._poll_storage)
 
     # -- the engine's seams ---------------------------------------------------------------------
 
@@ -442,20 +456,9 @@ class CertRuntime:
             return None
 
     def status(self) -> list[dict[str, Any]]:
-        """Every certificate this worker manages or serves, for the operator."""
+        """The certificates this worker obtains itself (local CA) or loads from files, for the
+        operator; ACME names are the node's (proxy.node_certs reports them)."""
         out: list[dict[str, Any]] = []
-        for group in self._acme:
-            if group.manager is not None:
-                for st in group.manager.status():
-                    entry = st.to_json()
-                    # The manager learns the issuer when a certificate is stored; before that
-                    # (or while every order fails) the operator still wants to see which CA
-                    # is being tried: the first in the list, as the storage-only view shows.
-                    if not entry["issuer"] and group.issuers:
-                        entry["issuer"] = group.issuers[0].issuer_key
-                    out.append(entry)
-        for name, error in sorted(self._acme_unsupported.items()):
-            out.append(CertStatus(name=name, state="failed", last_error=error).to_json())
         for item in self._internal:
             cert = self.store.get(item.name)
             st = CertStatus(name=item.name, issuer=item.ca.issuer_key)
@@ -547,22 +550,7 @@ class CertRuntime:
             log.error("%s: %s", item.name, item.last_error)
 
     def _plan_acme(self) -> None:
-        groups: dict[str, _AcmeGroup] = {}
-        for managed in self.plan.managed:
-            if managed.internal:
-                continue
-            issuers = acme_issuer_configs(managed, self.tls_app)
-            if not issuers:
-                self._acme_unsupported[managed.name] = "no supported ACME issuer"
-                log.error("%s: obtaining certificate: no supported ACME issuer", managed.name)
-                continue
-            key = _issuer_group_key(managed)
-            group = groups.get(key)
-            if group is None:
-                policy = _policy(self.tls_app, managed.policy_index)
-                group = groups[key] = _AcmeGroup(issuers, [], _renewal_ratio(policy))
-            group.names.append(managed.name)
-        self._acme = list(groups.values())
+        self._acme = acme_plan(self.setup).groups
 
     def _install_stored_acme(self) -> None:
         """Serve stored ACME certificates before listening (the manager re-installs them)."""

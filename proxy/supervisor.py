@@ -53,6 +53,7 @@ from config.errors import ConfigError
 from config.model import Config
 from proxy import native
 from proxy.admin import AdminServer, ReloadError, start_admin_server, strip_meta_fields
+from proxy.certs import CertSetup
 from proxy.control import (
     MAX_FDS_PER_MESSAGE,
     Channel,
@@ -64,6 +65,7 @@ from proxy.control import (
 from proxy.forkserver import ForkServer, ForkServerGone
 from proxy.logs import apply_logging, check_log_writers
 from proxy.metrics import ProxyMetrics, cumulative_part, merge_snapshots, render_snapshots
+from proxy.node_certs import NodeCertificates, announce
 from proxy.respawn import RespawnPolicy, describe_exit
 
 log = logging.getLogger("pyproxy")
@@ -93,6 +95,11 @@ FORK_SERVER_MAX_FDS = MAX_FDS_PER_MESSAGE + 2
 def validate(config: dict[str, Any]) -> Config:
     """Everything about a config that can be checked without binding: certificates plan,
     manual certificate files, the typed model. Raises ConfigError."""
+    return validated(config)[0]
+
+
+def validated(config: dict[str, Any]) -> tuple[Config, CertSetup]:
+    """`validate`, also giving the certificate setup (the node's ACME managers run from it)."""
     from config.model import load_model
     from proxy.certs import prepare_certificates
     from proxy.tls import TLSConfigError, check_tls_config
@@ -103,7 +110,7 @@ def validate(config: dict[str, Any]) -> Config:
         check_tls_config(setup.config)
     except TLSConfigError as exc:
         raise ConfigError(str(exc)) from exc
-    return model
+    return model, setup
 
 
 def file_signature(path: str | None) -> tuple[int, int] | None:
@@ -140,13 +147,14 @@ def _stamp(value: Any) -> str:
 
 
 def merge_certificate_status(per_worker: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One entry per name from every worker's `CertRuntime.status()`.
+    """One entry per name from every worker's `CertRuntime.status()` (local-CA and file
+    certificates; ACME names are the node's, proxy.node_certs).
 
-    Each worker runs its own manager for the same names (they coordinate through storage
-    locks), so a worker that lost the lock race may still say `pending` while another holds a
-    fresh certificate, and only the worker whose order failed knows the error. The merged entry
-    is the one with the latest `not_after` (a valid certificate beats none), completed with the
-    most recent error any worker saw and the highest failure count.
+    Each worker signs its own local-CA leaves (coordinated through storage locks), so a worker
+    that lost the lock race may still say `pending` while another holds a fresh certificate, and
+    only the worker whose attempt failed knows the error. The merged entry is the one with the
+    latest `not_after` (a valid certificate beats none), completed with the most recent error
+    any worker saw and the highest failure count.
     """
     by_name: dict[str, list[dict[str, Any]]] = {}
     for entries in per_worker:
@@ -281,6 +289,8 @@ class Supervisor:
         # The counters of exited workers as last scraped (proxy.metrics.cumulative_part).
         self.retired_metrics: dict[str, Any] = {}
         self.admin: AdminServer | None = None
+        # The node's ACME managers: created once the start succeeded (no CA contact before).
+        self.node_certs: NodeCertificates | None = None
         self.exit_code = EXIT_OK
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -304,7 +314,7 @@ class Supervisor:
                 log.info("config is unchanged")
                 return
             try:
-                model = validate(config)
+                model, setup = validated(config)
                 check_log_writers(model.logging)
                 await self._apply(strip_meta_fields(config), self.serving_workers())
             except BaseException:
@@ -314,6 +324,8 @@ class Supervisor:
             apply_logging(model.logging)  # the process log follows the config in effect
             self.metrics.record_reload(True)
             log.info("config loaded")
+            if self.node_certs is not None:
+                await self.node_certs.apply(setup)
 
     async def current_config(self) -> dict[str, Any]:
         return self.config
@@ -350,7 +362,13 @@ class Supervisor:
 
     async def certificates(self) -> list[dict[str, Any]]:
         answers = await self._ask_serving("certificates")
-        return merge_certificate_status([a.get("certificates", []) for a in answers])
+        local = merge_certificate_status([a.get("certificates", []) for a in answers])
+        acme = self.node_certs.status() if self.node_certs is not None else []
+        return sorted(local + acme, key=lambda e: str(e.get("name")))
+
+    def _certificate_stored(self) -> None:
+        """A node manager put a new certificate in storage: the workers load it now."""
+        self._spawn(announce(self.serving_workers(), WORKER_QUERY_TIMEOUT_S))
 
     async def _ask_serving(self, op: str) -> list[Any]:
         """The answers of the workers in service. One that exits meanwhile (it is being
@@ -625,7 +643,7 @@ class Supervisor:
         for slot in self.slots:
             self._watch_worker(slot, slot.worker)
         try:
-            self.model = validate(self.config)
+            self.model, setup = validated(self.config)
             check_log_writers(self.model.logging)
             # A worker that dies before this succeeded fails the start (exit 1), like Caddy.
             await self._apply(strip_meta_fields(self.config), self.workers)
@@ -647,6 +665,9 @@ class Supervisor:
             self._stop.set()
             await self._stop_workers()
             return EXIT_FAILED_START
+        # Only now, with every listener and the admin endpoint bound, may a CA be contacted.
+        self.node_certs = NodeCertificates(self._certificate_stored)
+        await self.node_certs.apply(setup)
         loop.add_signal_handler(
             signal.SIGUSR1, lambda: self._spawn(self.reload_from_file("SIGUSR1"))
         )
@@ -661,6 +682,10 @@ class Supervisor:
         self._report_startup()
         await self._stop.wait()
         log.info("shutting down")
+        if self.node_certs is not None:
+            # No new order once the stop began; an order in flight is abandoned (certmagic too).
+            with contextlib.suppress(Exception):
+                await self.node_certs.stop()
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 await self.admin.close()

@@ -276,10 +276,17 @@ class Worker:
             self._record_upstream_health()
             return {"snapshot": self.metrics.snapshot()}
         if op == "certificates":
-            # The generation in service is the one whose managers run (a prepared one that was
-            # not committed yet has not started ordering anything worth reporting).
+            # The generation in service (a prepared one may not commit).
             certs = self.current.certs if self.current is not None else None
             return {"certificates": certs.status() if certs is not None else []}
+        if op == "certificates_changed":
+            # The node's manager stored a certificate (proxy.node_certs): serve it now, in the
+            # config in service and in one prepared beside it.
+            gens = [self.current, self._pending[0] if self._pending is not None else None]
+            for gen in gens:
+                if gen is not None and gen.certs is not None:
+                    await gen.certs.refresh_from_storage()
+            return {}
         if op == "upstreams":
             now = self.loop.time()
             hosts = self.registry._hosts

@@ -2,9 +2,10 @@
 
 Pebble issues 180-second certificates; `renew_interval 5s` and `renewal_window_ratio 0.8` make
 pyproxy renew about 36 s after issuance (or when Pebble's renewalInfo says so). A client thread
-opens a new TLS connection per request the whole time: every request must succeed, and the
-serial it sees must change (the renewed certificate is swapped into the running worker). The
-admin API and `pyproxy certs` then report the name with issuer, expiry and next renewal.
+opens a new TLS connection per request the whole time: every request must succeed, the serial
+it sees must change (the renewed certificate is swapped into every running worker), and the CA
+sees one order for the renewal although four workers serve. The admin API and `pyproxy certs`
+then report the name with issuer, expiry and next renewal.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def test_certificate_renewed_and_swapped_in_while_requests_keep_succeeding(
             storage=tmp_path / "data",
             extra=("renew_interval 5s", "renewal_window_ratio 0.8"),
         ) + (f'{NAME} {{\n\trespond "renewed ok"\n}}\n')
-        proc = run_proxy(config_text, https_port)
+        # Four workers: the node still places one order per obtain and per renewal.
+        proc = run_proxy(config_text, https_port, extra=["--workers", "4"])
         config = tmp_path / "Caddyfile0"  # where run_proxy wrote it
         first = wait_for_certificate(https_port, NAME, root_pem, proc)
         assert first.not_valid_after_utc - first.not_valid_before_utc <= timedelta(
@@ -114,6 +116,9 @@ def test_certificate_renewed_and_swapped_in_while_requests_keep_succeeding(
         client.stop.set()
         client.join(10)
         assert finished, f"no renewal within {RENEWAL_TIMEOUT_S} s\n{proc.log[-6000:]}"
+        # The first certificate and its renewal: two orders at the CA for the whole node (the
+        # next renewal is due a good 30 s later).
+        assert pebble.new_orders() == 2, pebble.ca_requests()
         assert client.failures == [], (client.failures[:5], proc.log[-6000:])
         assert client.after_swap >= REQUESTS_AFTER_SWAP
         # Once swapped, every later connection sees a renewed certificate (no flapping back).
