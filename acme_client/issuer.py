@@ -55,6 +55,7 @@ from acme_client.storage import (
     user_private_key_key,
     user_registration_key,
 )
+from acme_client.zerossl import ZEROSSL_EAB_ENDPOINT, EabError, generate_eab, is_zerossl_ca
 
 log = logging.getLogger("acme_client.issuer")
 
@@ -129,6 +130,9 @@ class IssuerConfig:
     profile: str | None = None
     network_timeout_s: float = NETWORK_TIMEOUT_S
     order_deadline_s: float = ORDER_DEADLINE_S
+    # Where to generate EAB credentials from `email` when none are configured (ZeroSSL's API
+    # for ZeroSSL's CA, as current Caddy; acme_client.zerossl). None: register without.
+    eab_endpoint: str | None = None
 
     @property
     def issuer_key(self) -> str:
@@ -145,6 +149,7 @@ class IssuerConfig:
             profile=self.profile,
             network_timeout_s=self.network_timeout_s,
             order_deadline_s=self.order_deadline_s,
+            eab_endpoint=self.eab_endpoint,
         )
 
 
@@ -509,11 +514,21 @@ class AcmeIssuer:
     def _register(self, acme: client.ClientV2) -> messages.RegistrationResource:
         assert self._account_key is not None
         eab = None
-        if self.config.eab is not None:
+        credentials = self.config.eab
+        if credentials is None and self.config.eab_endpoint is not None:
+            try:
+                generated = generate_eab(
+                    self.config.email, self.config.eab_endpoint, user_agent=USER_AGENT
+                )
+            except EabError as exc:
+                raise IssuerError(f"registering account with {self.config.ca}: {exc}") from None
+            log.info("%s: generated EAB credentials (key_id %s)", self.config.ca, generated.key_id)
+            credentials = ExternalAccountBinding(generated.key_id, generated.mac_key)
+        if credentials is not None:
             eab = messages.ExternalAccountBinding.from_data(
                 account_public_key=self._account_key.public_key(),
-                kid=self.config.eab.key_id,
-                hmac_key=self.config.eab.mac_key,
+                kid=credentials.key_id,
+                hmac_key=credentials.mac_key,
                 directory=acme.directory,
             )
         new_reg = messages.NewRegistration.from_data(
@@ -752,7 +767,8 @@ def issuer_config_from_caddy(
     Reads `ca` (default Let's Encrypt production), `email`, `external_account{key_id, mac_key}`,
     `trusted_roots_pem_files` (the first file is used to verify the CA; `acme_ca_root`),
     `preferred_chains{smallest, root_common_name, any_common_name}` and `profile`. `key_type` is
-    the policy's `key_type` (Caddy keeps it on the automation policy, not the issuer).
+    the policy's `key_type` (Caddy keeps it on the automation policy, not the issuer). ZeroSSL's
+    CA without `external_account` gets its credentials generated from `email` at registration.
     """
     if issuer.get("module") != "acme":
         return None
@@ -769,12 +785,14 @@ def issuer_config_from_caddy(
             root_common_name=tuple(str(x) for x in chains_doc.get("root_common_name") or ()),
             any_common_name=tuple(str(x) for x in chains_doc.get("any_common_name") or ()),
         )
+    ca = str(issuer.get("ca") or DEFAULT_CA)
     return IssuerConfig(
-        ca=str(issuer.get("ca") or DEFAULT_CA),
+        ca=ca,
         email=str(issuer.get("email") or ""),
         ca_root=str(roots[0]) if roots else None,
         eab=eab,
         preferred_chains=chains,
         key_type=key_type or DEFAULT_KEY_TYPE,
         profile=str(issuer["profile"]) if issuer.get("profile") else None,
+        eab_endpoint=ZEROSSL_EAB_ENDPOINT if eab is None and is_zerossl_ca(ca) else None,
     )

@@ -207,9 +207,9 @@ def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
 
     Caddy provisions each policy's issuers at load and an unknown module fails the load; an
     issuer pyproxy cannot run must fail the same way (validate, run, admin /load), not be skipped
-    while the name falls to another issuer. Caddy 2.6.2 also has a `zerossl` module (it fetches
-    EAB credentials from ZeroSSL's API); pyproxy does not, so the error says how to write the same
-    CA as an `acme` issuer.
+    while the name falls to another issuer. Caddy also has a `zerossl` module (2.6.2: ACME with
+    EAB fetched from ZeroSSL's API; current Caddy: ZeroSSL's own non-ACME API with an `api_key`);
+    pyproxy does not, so the error says how to write ZeroSSL's ACME CA as an `acme` issuer.
     """
     for p_index, policy in enumerate(_list(_obj(tls_app.get("automation")).get("policies"))):
         for i_index, issuer in enumerate(_list(_obj(policy).get("issuers"))):
@@ -222,8 +222,9 @@ def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
             hint = ""
             if module == "zerossl":
                 hint = (
-                    '; for ZeroSSL use {"module": "acme", "ca": "https://acme.zerossl.com/v2/DV90",'
-                    ' "external_account": {"key_id": ..., "mac_key": ...}}'
+                    '; for ZeroSSL\'s ACME CA use {"module": "acme", "ca":'
+                    ' "https://acme.zerossl.com/v2/DV90", "email": ...} (EAB credentials are'
+                    ' generated from the email, or give "external_account")'
                 )
             raise ConfigError(
                 f"{where}: issuer module {module!r} is not supported by pyproxy"
