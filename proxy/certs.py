@@ -663,7 +663,8 @@ class CertRuntime:
                     current.not_after,
                 ):
                     self._add_quietly(name, cert)
-                    log.info("%s: certificate from storage in service", name, extra=NODE_STATE)
+                    # Debug only: the node's manager already said "certificate in service".
+                    log.debug("%s: certificate from storage in service", name, extra=NODE_STATE)
 
     def _maintain_local(self) -> None:
         """Renew the local CA's intermediate and leaves in their renewal window."""
