@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clikit import run_pyproxy
 
 from config.adapt import adapt_caddyfile
 from config.errors import ConfigError
@@ -439,3 +440,15 @@ def test_pyproxys_adapter_output_passes_the_checker(caddyfile: str, refused: str
         return
     message = error_of(config)
     assert message.startswith(f"{refused}: not supported by pyproxy: "), message
+
+
+def test_pyproxy_validate_refuses_a_bad_tls_app(tmp_path: Path) -> None:
+    config = with_acme(challenges={"http": {"alternate_port": 9999}})
+    config["storage"] = {"module": "file_system", "root": str(tmp_path / "data")}
+    path = tmp_path / "caddy.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    proc = run_pyproxy("validate", "--config", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{ACME}.challenges.http.alternate_port: no server of this config listens" in (
+        proc.stderr
+    )
