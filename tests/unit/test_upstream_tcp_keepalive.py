@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trustme
 
 from config.errors import ConfigError
 from config.model import ReverseProxyHandler, load_model
@@ -137,6 +139,39 @@ async def test_a_negative_probe_interval_turns_probes_off(origin_port: int) -> N
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
     finally:
         conn.close()
+
+
+async def test_a_tls_upstream_connection_gets_the_probe_interval_too() -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("origin.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_ctx)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    try:
+        pool = ConnectionPool(
+            asyncio.get_running_loop(),
+            "127.0.0.1",
+            server.sockets[0].getsockname()[1],
+            resolver=Resolver(),
+            ssl_context=client_ctx,
+            server_hostname="origin.test",
+            keepalive_probe_interval_s=11.0,
+        )
+        conn = await _connect(pool)
+        try:
+            assert conn.transport.get_extra_info("ssl_object") is not None
+            assert keepalive_options(conn.transport.get_extra_info("socket")) == (1, 15, 11, 9)
+        finally:
+            conn.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_the_reverse_proxy_dials_with_its_transports_probe_interval(
