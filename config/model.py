@@ -29,9 +29,10 @@ DEFAULT_HTTP_PORT = 80
 DEFAULT_HTTPS_PORT = 443
 
 # reverse_proxy transport defaults (httptransport.go): dial 3 s, keepalive idle 2 min,
-# 32 idle connections per host.
+# 32 idle connections per host, a TCP keep-alive probe every 30 s.
 DEFAULT_DIAL_TIMEOUT_S = 3.0
 DEFAULT_KEEPALIVE_IDLE_S = 120.0
+DEFAULT_KEEPALIVE_PROBE_INTERVAL_S = 30.0
 DEFAULT_MAX_IDLE_CONNS_PER_HOST = 32
 
 KNOWN_HANDLERS = frozenset(
@@ -409,8 +410,9 @@ HTTP_TRANSPORT_UNSUPPORTED = F(
         "local_address",
     }
 )
-KEEP_ALIVE_FIELDS = F({"enabled", "max_idle_conns", "max_idle_conns_per_host", "idle_timeout"})
-KEEP_ALIVE_UNSUPPORTED = F({"probe_interval"})
+KEEP_ALIVE_FIELDS = F(
+    {"enabled", "probe_interval", "max_idle_conns", "max_idle_conns_per_host", "idle_timeout"}
+)
 TRANSPORT_TLS_FIELDS = F(
     {
         "root_ca_pool",
@@ -637,6 +639,10 @@ class HTTPTransport:
     write_timeout_s: float = 0.0
     keepalive_enabled: bool = True
     keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
+    # keep_alive.probe_interval: TCP keep-alive on upstream connections (proxy.upstream.pool).
+    # Current Caddy gives Go's dialer KeepAliveConfig{Enable: interval > 0, Interval: interval}:
+    # probes every interval after Go's default idle time; negative turns probes off.
+    keepalive_probe_interval_s: float = DEFAULT_KEEPALIVE_PROBE_INTERVAL_S
     max_idle_conns_per_host: int = DEFAULT_MAX_IDLE_CONNS_PER_HOST
     max_idle_conns: int = 0  # across all hosts (Go's MaxIdleConns); 0: no limit
     max_conns_per_host: int = 0
@@ -1447,9 +1453,7 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             handshake_timeout_s=_dur(tt.get("handshake_timeout"), f"{tw}.handshake_timeout"),
             curves=_strs(tt.get("curves"), f"{tw}.curves"),
         )
-    ka = _strict(
-        t.get("keep_alive"), f"{where}.keep_alive", KEEP_ALIVE_FIELDS, KEEP_ALIVE_UNSUPPORTED
-    )
+    ka = _strict(t.get("keep_alive"), f"{where}.keep_alive", KEEP_ALIVE_FIELDS)
     _check_upstream_versions(_strs(t.get("versions"), f"{where}.versions"), f"{where}.versions")
     return HTTPTransport(
         tls=tls,
@@ -1465,6 +1469,11 @@ def _load_transport(t: dict[str, Any], where: str) -> HTTPTransport:
             ka.get("idle_timeout"), f"{where}.keep_alive.idle_timeout", DEFAULT_KEEPALIVE_IDLE_S
         )
         or DEFAULT_KEEPALIVE_IDLE_S,
+        # Zero (or unset) is Caddy's default of 30 s (httptransport.go NewTransport).
+        keepalive_probe_interval_s=_dur(
+            ka.get("probe_interval"), f"{where}.keep_alive.probe_interval"
+        )
+        or DEFAULT_KEEPALIVE_PROBE_INTERVAL_S,
         max_idle_conns_per_host=_int(
             ka.get("max_idle_conns_per_host"),
             f"{where}.keep_alive.max_idle_conns_per_host",

@@ -60,6 +60,7 @@ from acme_client.storage import (
 from config.auto_https import AutoHTTPSPlan, ManagedName, plan_automatic_https
 from config.errors import ConfigError
 from config.model import parse_duration
+from config.tls_app_fields import check_tls_app
 from proxy.tls import CertificateStore, SNISelector, TLSConfigError, selector_for_server
 
 log = logging.getLogger("pyproxy.certs")
@@ -163,6 +164,7 @@ def prepare_certificates(config: Mapping[str, Any]) -> CertSetup:
     """
     tls_app = _obj(_obj(config.get("apps")).get("tls"))
     check_issuer_modules(tls_app)
+    check_tls_app(config)
     try:
         manual = load_manual_certificates(tls_app)
     except CertificateError as exc:

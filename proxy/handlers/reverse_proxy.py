@@ -278,6 +278,7 @@ class ReverseProxy:
                 handshake_s,
                 t.read_timeout_s,
                 t.write_timeout_s,
+                t.keepalive_probe_interval_s,
                 self.idle_limit.key if self.idle_limit is not None else 0,
             )
             pool = self.ctx.pools.get(
@@ -291,6 +292,7 @@ class ReverseProxy:
                 max_conns=t.max_conns_per_host,
                 read_timeout_s=t.read_timeout_s,
                 write_timeout_s=t.write_timeout_s,
+                keepalive_probe_interval_s=t.keepalive_probe_interval_s,
                 idle_limit=self.idle_limit,
             )
             self._pools[up.dial] = pool

@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, Final
 
 from proxy.http.client import UpstreamConnection
+from proxy.listen import set_tcp_keepalive
 from proxy.upstream.errors import DialError, DialTimeout, TLSHandshakeTimeout
 from proxy.upstream.resolve import Resolver, is_ip_literal
 
@@ -72,6 +73,7 @@ class ConnectionPool:
         "idle",
         "idle_limit",
         "idle_timeout_s",
+        "keepalive_probe_interval_s",
         "loop",
         "max_conns",
         "max_idle",
@@ -100,6 +102,7 @@ class ConnectionPool:
         max_conns: int = 0,
         read_timeout_s: float = 0.0,
         write_timeout_s: float = 0.0,
+        keepalive_probe_interval_s: float = 30.0,
         idle_limit: IdleLimit | None = None,
         clock: Any = None,
     ) -> None:
@@ -120,6 +123,10 @@ class ConnectionPool:
         # this pool enforces on its own reads and writes (UpstreamConnection).
         self.read_timeout_s = read_timeout_s
         self.write_timeout_s = write_timeout_s
+        # Caddy's transport keep_alive.probe_interval: TCP keep-alive probes on every connection
+        # this pool dials (current Caddy: Go's KeepAliveConfig{Enable: > 0, Interval: it}, the
+        # first probe after Go's default 15 s idle, 9 probes); negative turns probes off.
+        self.keepalive_probe_interval_s = keepalive_probe_interval_s
         self.idle: list[UpstreamConnection] = []
         self.idle_limit = idle_limit
         if idle_limit is not None:
@@ -207,6 +214,9 @@ class ConnectionPool:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Go ignores an error setting keep-alive on a dialed connection (newTCPConn).
+                with contextlib.suppress(OSError):
+                    set_tcp_keepalive(sock, self.keepalive_probe_interval_s)
             self.active += 1
             proto.counted = True
             return proto

@@ -120,9 +120,8 @@ CASES: list[tuple[dict[str, Any], str]] = [
         f"{RP}.transport.resolver: field 'resolver' is not supported by pyproxy",
     ),
     (
-        with_proxy(transport={"protocol": "http", "keep_alive": {"probe_interval": "1s"}}),
-        f"{RP}.transport.keep_alive.probe_interval: field 'probe_interval' is not supported by "
-        "pyproxy",
+        with_proxy(transport={"protocol": "http", "keep_alive": {"probe_intervall": "1s"}}),
+        f'{RP}.transport.keep_alive: json: unknown field "probe_intervall"',
     ),
     (
         with_proxy(rewrite={"strip_path_prefix": "/a"}),
