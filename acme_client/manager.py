@@ -153,8 +153,8 @@ class _Job:
     retry: RetryRecord | None = None
     # A record is looked for once even when no attempt is due (see _run).
     retry_record_checked: bool = False
-    # Log an unreadable record once, not on every read of the same bytes.
-    unreadable_record: bytes | None = None
+    # A record ignored (unreadable, or made against other issuers) is logged once, not per read.
+    ignored_record: bytes | None = None
     # The next attempt last announced as "waiting", so a long wait logs once.
     announced_attempt: datetime | None = None
 
@@ -470,11 +470,23 @@ class CertificateManager:
             if normalize_host(record.name) != job.name:
                 raise RetryRecordError(f"name: the record is for {record.name!r}")
         except RetryRecordError as exc:
-            if job.unreadable_record != data:
-                job.unreadable_record = data
+            if job.ignored_record != data:
+                job.ignored_record = data
                 log.warning("%s: ignoring unreadable retry record %s: %s", job.name, key, exc)
             return None
+        if not record.applies_to(self._issuer_urls()):
+            if job.ignored_record != data:
+                job.ignored_record = data
+                log.info(
+                    "%s: the issuers changed since the last failure (%s); not waiting for it",
+                    job.name,
+                    ", ".join(record.issuers),
+                )
+            return None
         return record
+
+    def _issuer_urls(self) -> list[str]:
+        return [issuer.config.ca for issuer in self._issuer_list()]
 
     async def _current_retry_record(self, job: _Job) -> RetryRecord | None:
         """The stored record; the in-memory one when storage has none it can give."""
@@ -510,7 +522,7 @@ class CertificateManager:
             name,
             now,
             error=f"{action} certificate: {cause}",
-            issuers=[issuer.config.ca for issuer in self._issuer_list()],
+            issuers=self._issuer_urls(),
             rng=self.rng,
             retry_after=exc.retry_after if isinstance(exc, IssuerError) else None,
             intervals=self.retry_intervals_s,

@@ -20,6 +20,7 @@ The JSON document (times are RFC 3339 with offset):
 
 After certmagic's 30-day give-up the record says `gave_up`, keeps the failure count for the
 operator, and the next attempt (one maintenance interval later) starts a fresh schedule.
+A record only holds while the job's issuers are the ones it names (`RetryRecord.applies_to`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class RetryRecord:
         if self.gave_up:
             return RetryState()
         return RetryState(self.failures, self.first_failure)
+
+    def applies_to(self, issuers: Sequence[str]) -> bool:
+        """Whether the backoff holds for a job trying `issuers` (CA directory URLs, in order).
+
+        A record made against other CAs does not: the operator changed the issuers (fixed a CA
+        URL, added a fallback), and the rate limits the backoff spares are per CA.
+        """
+        return self.issuers == tuple(issuers)
 
     def may_contact_ca(self, now: datetime) -> bool:
         return _aware(now) >= self.next_attempt

@@ -175,6 +175,33 @@ async def test_stored_certificate_serves_at_once_while_renewal_backs_off(
     assert not [r for r in sent if r.startswith("POST ")], sent
 
 
+async def test_a_record_made_against_other_issuers_does_not_hold(
+    acme_env: AcmeEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="acme_client")
+    failing = acme_env.new_pebble(http_port=nothing_listening_port(), default_ipv6=v6())
+    first = acme_env.manager(
+        acme_env.issuer_config(failing), retry_intervals_s=(600.0,), staging_fallback=False
+    )
+    await first.start([NAME])
+    await wait_until(lambda: first.status()[0].state == "waiting_retry", WAIT_S, "a failure")
+    await first.stop()
+
+    # The operator points the site at another CA: no reason to wait 10 minutes for it.
+    good, _responder = await acme_env.start_ca(ipv6=ipv6_loopback_available())
+    second = acme_env.manager(acme_env.issuer_config(good), retry_intervals_s=(600.0,))
+    await second.start([NAME])
+    assert await second.wait_ready(NAME, WAIT_S), second.status()
+    assert good.new_orders() == 1 and failing.new_orders() == 1
+    assert not acme_env.storage.exists(retry_record_key(NAME))
+    assert any(
+        r.getMessage()
+        == f"{NAME}: the issuers changed since the last failure ({failing.directory_url}); "
+        "not waiting for it"
+        for r in caplog.records
+    )
+
+
 async def test_an_order_counts_only_once_the_ca_accepted_it(acme_env: AcmeEnv) -> None:
     good, responder = await acme_env.start_ca(ipv6=ipv6_loopback_available())
     # The first CA refuses the account (EAB required): no order is ever created there.

@@ -195,3 +195,12 @@ def test_record_key_is_outside_certmagics_trees() -> None:
     assert retry_record_key("*.example.com") == "pyproxy/acme_retry/wildcard_.example.com.json"
     # No traversal out of the prefix, whatever the name.
     assert retry_record_key("../../etc/passwd") == "pyproxy/acme_retry/etcpasswd.json"
+
+
+def test_backoff_holds_only_for_the_issuers_it_was_made_against() -> None:
+    record = first_failure(issuers=[CA, ZEROSSL])
+    assert record.applies_to([CA, ZEROSSL])
+    assert record.applies_to((CA, ZEROSSL))
+    assert not record.applies_to([CA])  # a fallback removed
+    assert not record.applies_to([ZEROSSL, CA])  # another order: another first CA
+    assert not record.applies_to(["https://acme-staging-v02.api.letsencrypt.org/directory"])
