@@ -396,10 +396,12 @@ class AcmeIssuer:
         *,
         replaces: bytes | None = None,
         on_step: Callable[[str], None] | None = None,
+        on_order: Callable[[], None] | None = None,
     ) -> IssuedCertificate:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, lambda: self.obtain(names, replaces=replaces, on_step=on_step)
+            self._executor,
+            lambda: self.obtain(names, replaces=replaces, on_step=on_step, on_order=on_order),
         )
 
     async def renewal_info_async(self, cert_pem: bytes) -> RenewalInfo | None:
@@ -641,22 +643,27 @@ class AcmeIssuer:
         *,
         replaces: bytes | None = None,
         on_step: Callable[[str], None] | None = None,
+        on_order: Callable[[], None] | None = None,
     ) -> IssuedCertificate:
         """Order a certificate for `names` over HTTP-01. Blocking; raises IssuerError.
 
         `replaces` is the certificate being renewed (PEM); it is named in the order when the CA
-        supports ARI.
+        supports ARI. `on_order` is called once the CA has accepted the newOrder.
         """
         step = on_step or (lambda _msg: None)
         try:
-            return self._obtain(list(names), replaces, step)
+            return self._obtain(list(names), replaces, step, on_order)
         except IssuerError:
             raise
         except (errors.Error, requests.exceptions.RequestException, ValueError, OSError) as exc:
             raise _to_issuer_error(exc) from exc
 
     def _obtain(
-        self, names: list[str], replaces_pem: bytes | None, step: Callable[[str], None]
+        self,
+        names: list[str],
+        replaces_pem: bytes | None,
+        step: Callable[[str], None],
+        on_order: Callable[[], None] | None = None,
     ) -> IssuedCertificate:
         cert_key = generate_private_key(self.config.key_type)
         key_pem = private_key_pem(cert_key)
@@ -692,6 +699,8 @@ class AcmeIssuer:
 
         step("creating order")
         acme, order = self._with_account(place)
+        if on_order is not None:
+            on_order()
         assert self._account_key is not None
         published: list[str] = []
         deadline = time.monotonic() + self.config.order_deadline_s

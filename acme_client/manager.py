@@ -15,6 +15,10 @@ beside the server (which is already serving other names meanwhile):
   CA's Retry-After; after a failure against Let's Encrypt production, the next attempt is first
   tried against LE staging (certmagic does this to spare production rate limits); a failed
   renewal never touches the certificate in storage or in service;
+- the retry state is stored per name (`acme_client.retry_record`, under the issue lock) and read
+  before every attempt, so a restarted process, a sibling worker or the supervisor continues
+  the backoff instead of contacting the CA at once (certmagic keeps it in memory only: a
+  deliberate deviation, to spare the CA's failed-validation limits); success deletes it;
 - `on_certificate(name, cert_pem, key_pem)` is called whenever a (new) certificate for a name is
   available, so the engine installs it; `status()` reports issuer, expiry, next renewal and the
   last error per name for `pyproxy certs` and the admin API.
@@ -32,7 +36,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from acme_client.certificates import (
@@ -50,16 +54,26 @@ from acme_client.issuer import (
     RenewalInfo,
 )
 from acme_client.locks import FileLocker, LockOwner, waiting_message
+from acme_client.retry_record import (
+    RetryRecord,
+    RetryRecordError,
+    parse_retry_record,
+    record_failure,
+    retry_record_json,
+)
 from acme_client.schedule import (
     DEFAULT_RENEW_INTERVAL_S,
     DEFAULT_RENEWAL_WINDOW_RATIO,
     RETRY_INTERVALS_S,
-    RetryState,
     next_check_delay_s,
-    next_retry,
     renewal_time,
 )
-from acme_client.storage import CertificateResource, FileStorage, save_certificate_resource
+from acme_client.storage import (
+    CertificateResource,
+    FileStorage,
+    retry_record_key,
+    save_certificate_resource,
+)
 
 log = logging.getLogger("acme_client.manager")
 
@@ -106,7 +120,7 @@ class CertStatus:
     last_error: str | None = None
     last_error_at: datetime | None = None
     failures: int = 0
-    orders: int = 0
+    orders: int = 0  # newOrder requests the CAs accepted for this name (staging tests included)
 
     def to_json(self) -> dict[str, Any]:
         def iso(moment: datetime | None) -> str | None:
@@ -135,6 +149,23 @@ class _Job:
     ari: RenewalInfo | None = None
     ari_for_pem: bytes | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The retry record as last read or written (also the fallback when storage cannot keep it).
+    retry: RetryRecord | None = None
+    # A record is looked for once even when no attempt is due (see _run).
+    retry_record_checked: bool = False
+    # A record ignored (unreadable, or made against other issuers) is logged once, not per read.
+    ignored_record: bytes | None = None
+    # The next attempt last announced as "waiting", so a long wait logs once.
+    announced_attempt: datetime | None = None
+
+
+class _Backoff(Exception):
+    """Not now: `record` says when the CA may be contacted again (`ours`: we just failed)."""
+
+    def __init__(self, record: RetryRecord, *, ours: bool) -> None:
+        super().__init__(record.last_error)
+        self.record = record
+        self.ours = ours
 
 
 class CertificateManager:
@@ -275,10 +306,6 @@ class CertificateManager:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
-    async def _sleep_until(self, when: datetime) -> None:
-        delay = (when - self.clock()).total_seconds()
-        await asyncio.sleep(max(0.0, delay))
-
     def _load_stored(self, name: str) -> LoadedCertificate | None:
         keys = [i.issuer_key for i in self._issuer_list()]
         try:
@@ -347,7 +374,6 @@ class CertificateManager:
     async def _run(self, job: _Job) -> None:
         """The job of one name: install, wait for renewal, obtain/renew, retry on failure."""
         name, status = job.name, job.status
-        retry = RetryState()
         if name.startswith("*."):
             # HTTP-01 cannot validate wildcards (RFC 8555 section 7.1.3); retrying cannot help.
             status.state = "failed"
@@ -362,63 +388,159 @@ class CertificateManager:
                 status.issuer, status.not_after = cert.issuer_key, cert.not_after
                 known_ari = job.ari if job.ari_for_pem == cert.certificate_pem else None
                 status.next_renewal = self._renew_at(cert, known_ari)
-                if retry.failures == 0:
+                if job.retry is None:
                     status.state = "valid"
-                # Install before anything that talks to the CA: a stored certificate serves
-                # at once even when the CA is down.
+                # Install before anything that talks to the CA (or waits for a backoff): a
+                # stored certificate serves at once even when the CA is down.
                 await self._install(job, cert)
                 ari = await self._renewal_info(job, cert)
                 renew_at = self._renew_at(cert, ari)
                 status.next_renewal = renew_at
                 if self.clock() < renew_at:
-                    if retry.failures == 0:
-                        status.state = "valid"
+                    if job.retry is not None or not job.retry_record_checked:
+                        # No attempt is due: a record of earlier failures (ours, or of a run that
+                        # stopped before its retry) must not age the next renewal's schedule.
+                        job.retry_record_checked = True
+                        job.retry = None
+                        await self._in_thread(self._delete_retry_record, name)
+                    status.state = "valid"
                     status.next_attempt = None
-                    retry = RetryState()
+                    status.failures = 0
                     # Re-check each interval: another instance may renew it, ARI may change.
                     await asyncio.sleep(
                         next_check_delay_s(renew_at, self.clock(), self.renew_interval_s)
                     )
                     continue
             action = "renewing" if cert is not None else "obtaining"
-            status.state = action
             try:
-                await self._obtain_locked(job, cert, retry.failures)
+                # A stored backoff (this process's, a sibling's or a previous run's) holds
+                # before anything is sent to the CA; _obtain_locked asks again under the lock.
+                pending = await self._current_retry_record(job)
+                if pending is not None and not pending.may_contact_ca(self.clock()):
+                    raise _Backoff(pending, ours=False)
+                status.state = action
+                await self._obtain_locked(job, cert, action)
+                job.retry = None
                 status.failures = 0
-                retry = RetryState()
                 continue
             except asyncio.CancelledError:
                 raise
+            except _Backoff as backoff:
+                record = backoff.record
+                if not backoff.ours:
+                    self._announce_wait(job, record)
             except Exception as exc:
-                cause = str(exc) or type(exc).__name__
-                if not isinstance(exc, IssuerError | OSError):
-                    log.exception("%s: %s certificate: unexpected error", name, action)
-                log.error("%s: %s certificate: %s", name, action, cause)
-                now = self.clock()
-                retry = retry.failed(now)
-                status.failures = retry.failures
-                status.last_error, status.last_error_at = f"{action} certificate: {cause}", now
-                retry_after = exc.retry_after if isinstance(exc, IssuerError) else None
-                when = next_retry(
-                    retry, now, rng=self.rng, retry_after=retry_after,
-                    intervals=self.retry_intervals_s,
-                )  # fmt: skip
-                if when is None:
-                    # certmagic gives up after 30 days; the next maintenance round starts over.
-                    log.error("%s: giving up after 30 days of failures", name)
-                    retry = RetryState()
-                    when = now + timedelta(seconds=self.renew_interval_s)
-                    status.state = "failed"
-                else:
-                    status.state = "waiting_retry"
-                    log.info(
-                        "%s: will retry in %.0f s (attempt %d)",
-                        name,
-                        (when - now).total_seconds(),
-                        retry.failures + 1,
-                    )
-                status.next_attempt = when
-                await self._sleep_until(when)
+                # Failed outside the attempt itself (taking the lock, reading storage).
+                record = await self._record_failure(job, action, job.retry, exc)
+            job.retry = record
+            status.state = "failed" if record.gave_up else "waiting_retry"
+            status.failures = record.failures
+            status.last_error, status.last_error_at = record.last_error, record.last_error_at
+            status.next_attempt = record.next_attempt
+            # Wake up at least every check interval: another instance may obtain it meanwhile.
+            await asyncio.sleep(min(record.wait_s(self.clock()), self.renew_interval_s))
+
+    def _announce_wait(self, job: _Job, record: RetryRecord) -> None:
+        if job.announced_attempt == record.next_attempt:
+            return
+        job.announced_attempt = record.next_attempt
+        log.info(
+            "%s: not contacting the CA before %s (%d failed attempts; last: %s)",
+            job.name,
+            record.next_attempt.isoformat(),
+            record.failures,
+            record.last_error,
+            extra=NODE_STATE,
+        )
+
+    # --- the stored retry record (acme_client.retry_record) -----------------------------------
+
+    def _read_retry_record(self, job: _Job) -> RetryRecord | None:
+        """The stored record of `job`, or None (absent or unreadable: treated as absent)."""
+        key = retry_record_key(job.name)
+        try:
+            data = self.storage.load(key)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("%s: reading retry record %s: %s", job.name, key, exc)
+            return None
+        try:
+            record = parse_retry_record(data)
+            if normalize_host(record.name) != job.name:
+                raise RetryRecordError(f"name: the record is for {record.name!r}")
+        except RetryRecordError as exc:
+            if job.ignored_record != data:
+                job.ignored_record = data
+                log.warning("%s: ignoring unreadable retry record %s: %s", job.name, key, exc)
+            return None
+        if not record.applies_to(self._issuer_urls()):
+            if job.ignored_record != data:
+                job.ignored_record = data
+                log.info(
+                    "%s: the issuers changed since the last failure (%s); not waiting for it",
+                    job.name,
+                    ", ".join(record.issuers),
+                )
+            return None
+        return record
+
+    def _issuer_urls(self) -> list[str]:
+        return [issuer.config.ca for issuer in self._issuer_list()]
+
+    async def _current_retry_record(self, job: _Job) -> RetryRecord | None:
+        """The stored record; the in-memory one when storage has none it can give."""
+        stored = await self._in_thread(self._read_retry_record, job)
+        return stored if stored is not None else job.retry
+
+    def _store_retry_record(self, record: RetryRecord) -> None:
+        key = retry_record_key(record.name)
+        try:
+            self.storage.store(key, retry_record_json(record))  # atomic (rename)
+        except OSError as exc:
+            log.warning("%s: storing retry record %s (kept in memory): %s", record.name, key, exc)
+
+    def _delete_retry_record(self, name: str) -> None:
+        key = retry_record_key(name)
+        try:
+            self.storage.delete(key)
+        except OSError as exc:
+            log.warning("%s: deleting retry record %s: %s", name, key, exc)
+
+    async def _record_failure(
+        self, job: _Job, action: str, previous: RetryRecord | None, exc: Exception
+    ) -> RetryRecord:
+        """Log a failed attempt and store the record that schedules the next one."""
+        name = job.name
+        cause = str(exc) or type(exc).__name__
+        if not isinstance(exc, IssuerError | OSError):
+            log.exception("%s: %s certificate: unexpected error", name, action)
+        log.error("%s: %s certificate: %s", name, action, cause)
+        now = self.clock()
+        record = record_failure(
+            previous,
+            name,
+            now,
+            error=f"{action} certificate: {cause}",
+            issuers=self._issuer_urls(),
+            rng=self.rng,
+            retry_after=exc.retry_after if isinstance(exc, IssuerError) else None,
+            intervals=self.retry_intervals_s,
+            give_up_wait_s=self.renew_interval_s,
+        )
+        if record.gave_up:
+            # certmagic gives up after 30 days; the next maintenance round starts over.
+            log.error("%s: giving up after 30 days of failures", name)
+        else:
+            log.info(
+                "%s: will retry in %.0f s (attempt %d)",
+                name,
+                record.wait_s(now),
+                record.failures + 1,
+            )
+        job.announced_attempt = record.next_attempt
+        await self._in_thread(self._store_retry_record, record)
+        return record
 
     async def _take_lock(self, lock: str) -> None:
         # try_lock in a worker thread, waiting on the event loop (cancellable), rather than
@@ -433,8 +555,9 @@ class CertificateManager:
             await asyncio.sleep(self.lock_poll_interval_s)
 
     async def _obtain_locked(
-        self, job: _Job, current: LoadedCertificate | None, failures: int
+        self, job: _Job, current: LoadedCertificate | None, action: str
     ) -> None:
+        """One attempt under the issue lock; raises _Backoff when it failed or must wait."""
         name = job.name
         lock = lock_name_for(name)
         await self._take_lock(lock)
@@ -450,46 +573,79 @@ class CertificateManager:
                         extra=NODE_STATE,
                     )
                     return
-            errors: list[str] = []
-            for issuer in self._issuer_list():
-                replaces = (
-                    current.certificate_pem
-                    if current is not None and current.issuer_key == issuer.issuer_key
-                    else None
-                )
-                try:
-                    await self._staging_test(job, issuer, failures)
-                    job.status.orders += 1
-                    issued = await issuer.obtain_async(
-                        [name], replaces=replaces, on_step=lambda s: log.info("%s: %s", name, s)
-                    )
-                except IssuerError as exc:
-                    if len(self._issuer_configs) == 1:
-                        raise
-                    # certmagic logs each issuer's failure ("could not get certificate from
-                    # issuer") before trying the next; without it a fallback success hides why
-                    # the preferred CA was skipped.
-                    log.warning(
-                        "%s: could not get certificate from %s: %s", name, issuer.config.ca, exc
-                    )
-                    errors.append(f"[{issuer.config.ca}] {exc}")
-                    continue
-                resource = CertificateResource(
-                    sans=list(issued.names),
-                    certificate_pem=issued.certificate_pem,
-                    private_key_pem=issued.private_key_pem,
-                    issuer_key=issued.issuer_key,
-                    issuer_data=issued.issuer_data,
-                )
-                await self._in_thread(save_certificate_resource, self.storage, resource)
-                log.info("%s: certificate obtained successfully from %s", name, issuer.config.ca)
-                return
-            raise IssuerError("; ".join(errors))
+            # Or failed while we waited: its backoff holds for us too. Reading and writing the
+            # record under the lock keeps one count per name across instances.
+            previous = await self._current_retry_record(job)
+            if previous is not None and not previous.may_contact_ca(self.clock()):
+                raise _Backoff(previous, ours=False)
+            failures = previous.retry_state.failures if previous is not None else 0
+            try:
+                await self._attempt(job, current, failures)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                record = await self._record_failure(job, action, previous, exc)
+                raise _Backoff(record, ours=True) from exc
+            # Also removes a record that could not be read.
+            await self._in_thread(self._delete_retry_record, name)
         finally:
             try:
                 await asyncio.shield(self._in_thread(self.locker.unlock, lock))
             except Exception as exc:
                 log.warning("%s: releasing lock: %s", name, exc)
+
+    def _order_counter(self, job: _Job) -> Callable[[], None]:
+        """`on_order` for the issuer (called in a worker thread once the CA accepted an order)."""
+        loop = asyncio.get_running_loop()
+
+        def count() -> None:
+            job.status.orders += 1
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(count)
+
+        return notify
+
+    async def _attempt(self, job: _Job, current: LoadedCertificate | None, failures: int) -> None:
+        """Every issuer in order until one issues (certmagic's obtainCert); raises on failure."""
+        name = job.name
+        errors: list[str] = []
+        for issuer in self._issuer_list():
+            replaces = (
+                current.certificate_pem
+                if current is not None and current.issuer_key == issuer.issuer_key
+                else None
+            )
+            try:
+                await self._staging_test(job, issuer, failures)
+                issued = await issuer.obtain_async(
+                    [name],
+                    replaces=replaces,
+                    on_step=lambda s: log.info("%s: %s", name, s),
+                    on_order=self._order_counter(job),
+                )
+            except IssuerError as exc:
+                if len(self._issuer_configs) == 1:
+                    raise
+                # certmagic logs each issuer's failure ("could not get certificate from
+                # issuer") before trying the next; without it a fallback success hides why
+                # the preferred CA was skipped.
+                log.warning(
+                    "%s: could not get certificate from %s: %s", name, issuer.config.ca, exc
+                )
+                errors.append(f"[{issuer.config.ca}] {exc}")
+                continue
+            resource = CertificateResource(
+                sans=list(issued.names),
+                certificate_pem=issued.certificate_pem,
+                private_key_pem=issued.private_key_pem,
+                issuer_key=issued.issuer_key,
+                issuer_data=issued.issuer_data,
+            )
+            await self._in_thread(save_certificate_resource, self.storage, resource)
+            log.info("%s: certificate obtained successfully from %s", name, issuer.config.ca)
+            return
+        raise IssuerError("; ".join(errors))
 
     async def _staging_test(self, job: _Job, issuer: AcmeIssuer, failures: int) -> None:
         """After a failure against LE production, prove the setup against staging first."""
@@ -501,7 +657,7 @@ class CertificateManager:
         log.info("%s: trying the staging CA first after a failed attempt", job.name)
         test = self.issuer_for(issuer.config.with_ca(staging))
         try:
-            await test.obtain_async([job.name])
+            await test.obtain_async([job.name], on_order=self._order_counter(job))
         except IssuerError as exc:
             raise IssuerError(f"(staging test) {exc}", retry_after=exc.retry_after) from exc
 

@@ -8,6 +8,7 @@ written by Caddy is read by pyproxy and the other way round:
     acme/<issuer_key>/challenge_tokens/<domain>.json
     locks/<name>.lock                       (see acme_client.locks)
     pki/authorities/<ca_id>/root.crt|root.key|intermediate.crt|intermediate.key
+    pyproxy/acme_retry/<name>.json          (pyproxy only; see acme_client.retry_record)
 
 Keys are slash-separated strings, independent of the OS path syntax, exactly like certmagic's
 `Storage` keys. Every path component that comes from a name goes through `safe_key`.
@@ -37,6 +38,9 @@ PREFIX_CERTS = "certificates"
 PREFIX_ACME = "acme"
 PREFIX_LOCKS = "locks"
 PREFIX_PKI_AUTHORITIES = "pki/authorities"
+# pyproxy's own keys live under a prefix of their own, outside `certificates/` and `acme/`: Caddy's
+# storage cleaner (certmagic CleanStorage) walks those and must never meet a file it does not know.
+PREFIX_PYPROXY = "pyproxy"
 
 # certmagic stores account material under this pseudo-address when no email is configured.
 EMPTY_EMAIL = "default"
@@ -195,6 +199,15 @@ def challenge_tokens_key(issuer_key: str, domain: str) -> str:
 def lock_key(name: str) -> str:
     """`locks/<name>.lock`; certmagic's FileStorage names lock files this way."""
     return f"{PREFIX_LOCKS}/{safe_key(name)}.lock"
+
+
+def retry_record_key(name: str) -> str:
+    """`pyproxy/acme_retry/<name>.json`: the retry record of one managed name (any issuer).
+
+    One record per name, not per issuer: a job tries all its issuers in one attempt, and the
+    backoff (certmagic's retry schedule) is per attempt. certmagic keeps this state in memory only.
+    """
+    return f"{PREFIX_PYPROXY}/acme_retry/{safe_key(normalize_name(name))}.json"
 
 
 def ca_prefix(ca_id: str = LOCAL_ISSUER_KEY) -> str:
