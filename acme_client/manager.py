@@ -673,8 +673,12 @@ def stored_status(
     """Status from storage alone (no CA contact), for `pyproxy certs` without a running server.
 
     Blocking (reads storage). ARI is not consulted, so `next_renewal` is the expiry-based time.
+    A stored retry record (made against these issuers) gives the failures, the last error and
+    the next attempt; a name with no certificate is then `waiting_retry`, as a running manager
+    reports it.
     """
     keys = [c.issuer_key for c in issuers]
+    urls = [c.ca for c in issuers]
     out: list[CertStatus] = []
     for name in sorted({normalize_host(n) for n in names}):
         status = CertStatus(name=name, state="missing")
@@ -692,5 +696,21 @@ def stored_status(
                 ratio=renewal_window_ratio,
                 renew_interval_s=renew_interval_s,
             )
+        record = _stored_retry_record(storage, name)
+        if record is not None and record.applies_to(urls):
+            status.failures = record.failures
+            status.last_error, status.last_error_at = record.last_error, record.last_error_at
+            status.next_attempt = record.next_attempt
+            if status.state == "missing":
+                status.state = "failed" if record.gave_up else "waiting_retry"
         out.append(status)
     return out
+
+
+def _stored_retry_record(storage: FileStorage, name: str) -> RetryRecord | None:
+    """`name`'s retry record, None when absent or unreadable (the running manager says why)."""
+    try:
+        record = parse_retry_record(storage.load(retry_record_key(name)))
+    except (OSError, RetryRecordError):
+        return None
+    return record if normalize_host(record.name) == name else None
