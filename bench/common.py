@@ -32,6 +32,24 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
 """
 
 
+# The origin's HTTPS listener (HTTP/2 offered by ALPN) for the suite's "direct" candidate; the
+# same files as the plain listener.
+NGINX_ORIGIN_TLS_SERVER = """
+  server {{ listen 127.0.0.1:{tls_port} ssl http2; server_name localhost; root {d}/www;
+    ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; }}
+"""
+
+
+def nginx_origin_conf(d: Path, port: int, tls: tuple[int, Path, Path] | None = None) -> str:
+    """NGINX_ORIGIN for directory d, plus (tls_port, cert, key) an HTTPS server beside it."""
+    conf = NGINX_ORIGIN.format(d=d, port=port).rstrip()
+    if tls is None:
+        return conf + "\n"
+    tls_port, cert, key = tls
+    server = NGINX_ORIGIN_TLS_SERVER.format(d=d, tls_port=tls_port, cert=cert, key=key)
+    return conf[:-1] + server + "}\n"  # inside the http block, whose brace ends the text
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
