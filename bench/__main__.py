@@ -13,6 +13,7 @@ PNG charts to --out. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import sys
 from pathlib import Path
@@ -52,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "suite")
     ap.add_argument("--scenarios", default="", help=f"comma list of: {', '.join(SCENARIOS)}")
     ap.add_argument("--candidates", default="", help=f"comma list of: {', '.join(CANDIDATES)}")
+    ap.add_argument("--idle-conns", type=int, default=0, help="idle-memory connections")
     args = ap.parse_args(argv)
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.idle_conns > 0:
+        mode = dataclasses.replace(mode, idle_conns=args.idle_conns)
     scenarios = parse_list(args.scenarios, SCENARIOS, "scenario") or list(SCENARIOS)
     scenarios = [s for s in SCENARIOS if s in scenarios]  # the suite's order
     wanted = parse_list(args.candidates, CANDIDATES, "candidate") or list(CANDIDATES)

@@ -167,6 +167,13 @@ def write_charts(out: Path, figs: list[dict[str, Any]]) -> list[Path]:
     )
     written: list[Path] = []
 
+    def log_or_empty(ax: Any) -> None:
+        """Log scale when there is data; otherwise say so (a run of a subset of scenarios)."""
+        if ax.has_data():
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "no data in this run", ha="center", transform=ax.transAxes)
+
     def grouped_bars(
         ax: Any, groups: list[str], series: dict[str, list[tuple[float, float, float] | None]]
     ) -> None:
@@ -181,10 +188,13 @@ def write_charts(out: Path, figs: list[dict[str, Any]]) -> list[Path]:
                 ys.append(v[0])
                 lo.append(v[0] - v[1])
                 hi.append(v[2] - v[0])
+            if not xs:
+                continue  # no figure for this candidate: no (empty) artists either
             ax.bar(xs, ys, width, yerr=[lo, hi], label=name, color=colors.get(name), capsize=2)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(groups, rotation=30, ha="right")
-        ax.legend(fontsize=8)
+        if ax.has_data():
+            ax.legend(fontsize=8)
 
     def value(fig: dict[str, Any] | None, name: str) -> tuple[float, float, float] | None:
         if fig is None or name not in fig["metrics"]:
@@ -217,7 +227,7 @@ def write_charts(out: Path, figs: list[dict[str, Any]]) -> list[Path]:
         cpu_scenarios,
         {c: [value(find(s, c), "cpu_us_per_req") for s in cpu_scenarios] for c in present},
     )
-    ax.set_yscale("log")
+    log_or_empty(ax)
     ax.set_ylabel("CPU µs per request (candidate's processes), log scale")
     ax.set_title("CPU per request by scenario (lower is better)")
     fig.tight_layout()
@@ -233,7 +243,7 @@ def write_charts(out: Path, figs: list[dict[str, Any]]) -> list[Path]:
         ["p50", "p90", "p99", "p99.9"],
         {c: [value(find("http1-4k", c), p) for p in pcts] for c in present},
     )
-    ax.set_yscale("log")
+    log_or_empty(ax)
     ax.set_ylabel("latency ms (wrk), log scale")
     ax.set_title("Latency percentiles, HTTP/1.1 4 KiB keepalive, 50 connections")
     fig.tight_layout()
@@ -241,7 +251,7 @@ def write_charts(out: Path, figs: list[dict[str, Any]]) -> list[Path]:
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
 
-    # 3. The concurrency sweep: p99 (and p50 dashed) latency and req/s against connections.
+    # 3. The concurrency sweep: p50/p99/p99.9 latency and req/s against connections.
     fig, (ax_lat, ax_rps) = plt.subplots(1, 2, figsize=(12, 5))
     for c in present:
         pts = sorted(
@@ -250,28 +260,25 @@ def write_charts(out: Path, figs: list[dict[str, Any]]) -> list[Path]:
         if not pts:
             continue
         xs = [p for p, _ in pts]
-        ax_lat.plot(
-            xs,
-            [_med(f, "p99_ms") for _, f in pts],
-            marker="o",
-            color=colors.get(c),
-            label=f"{c} p99",
-        )
-        ax_lat.plot(
-            xs,
-            [_med(f, "p50_ms") for _, f in pts],
-            linestyle="--",
-            color=colors.get(c),
-            label=f"{c} p50",
-        )
+        for metric, style in (("p50_ms", "--"), ("p99_ms", "-"), ("p999_ms", ":")):
+            ax_lat.plot(
+                xs,
+                [_med(f, metric) for _, f in pts],
+                linestyle=style,
+                marker="o" if metric == "p99_ms" else None,
+                color=colors.get(c),
+                label=c if metric == "p99_ms" else None,  # one legend entry per candidate
+            )
         ax_rps.plot(xs, [_med(f, "rps") for _, f in pts], marker="o", color=colors.get(c), label=c)
     for ax in (ax_lat, ax_rps):
-        ax.set_xscale("log")
+        if ax.has_data():
+            ax.set_xscale("log")
         ax.set_xlabel("connections (wrk -t1)")
-        ax.legend(fontsize=7)
-    ax_lat.set_yscale("log")
+        if ax.has_data():
+            ax.legend(fontsize=7)
+    log_or_empty(ax_lat)
     ax_lat.set_ylabel("latency ms, log scale")
-    ax_lat.set_title("Latency vs connections (4 KiB)")
+    ax_lat.set_title("Latency vs connections (4 KiB): p50 --, p99 -, p99.9 ..")
     ax_rps.set_ylabel("requests/s")
     ax_rps.set_title("Throughput vs connections (4 KiB)")
     fig.tight_layout()
