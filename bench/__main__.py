@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
         "commit": git_commit(),
         "machine": machine_facts(),
+        "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
         "tools": tool_versions(tools),
         "native": native_text,
         "rounds": mode.rounds,

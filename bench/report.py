@@ -102,9 +102,10 @@ def write_markdown(
         "",
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, kernel "
         f"{meta['machine']['kernel']}, load average at start "
-        f"{' '.join(meta['machine']['loadavg_at_start'])}; {meta['rounds']} round(s), "
+        f"{' '.join(meta['machine']['loadavg_at_start'])} (at the end "
+        f"{' '.join(meta['loadavg_at_end'])}); {meta['rounds']} round(s), "
         f"{meta['duration_s']} s per measured run. Tools: "
-        + "; ".join(str(v) for v in meta["tools"].values())
+        + "; ".join(v if k in v.lower() else f"{k} {v}" for k, v in meta["tools"].items())
         + f". pyproxy compiled build: {meta['native']}.",
         "",
         "Medians over rounds (min-max in brackets when there are several); `vs nginx` / `vs "
