@@ -88,6 +88,7 @@ LOAD_CPU = "0"
 PROXY_CPU = "1"
 BOTH_CPUS = "0,1"
 START_TIMEOUT_S = 60.0
+IDLE_OPEN_TIMEOUT_S = 120.0  # opening all the idle-memory connections, in total
 
 
 @dataclass(frozen=True)
@@ -588,7 +589,10 @@ class Bench:
                 await asyncio.wait_for(reader.readexactly(int(m.group(1))), 10)
 
         try:
-            results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(one() for _ in range(n)), return_exceptions=True),
+                IDLE_OPEN_TIMEOUT_S,
+            )
             failed = sum(isinstance(r, BaseException) for r in results)
             return n - failed, failed, tree_pss_kib(pid)
         finally:

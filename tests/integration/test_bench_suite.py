@@ -27,7 +27,9 @@ def which(tool: str) -> str | None:
 
 
 missing = [t for t in TOOLS if which(t) is None]
-pytestmark = pytest.mark.skipif(bool(missing), reason=f"the bench suite needs {', '.join(missing)}")
+needs_tools = pytest.mark.skipif(
+    bool(missing), reason=f"the bench suite needs {', '.join(missing)}"
+)
 
 # What a skip note may say when nothing went wrong: a candidate that lacks the feature (pyproxy
 # and HTTP/2), a scenario that does not apply (direct has nothing to reload, one origin worker),
@@ -35,6 +37,35 @@ pytestmark = pytest.mark.skipif(bool(missing), reason=f"the bench suite needs {'
 EXPECTED_SKIPS = ("has no HTTP/2", "nothing to reload", "one worker", "compiled build")
 
 
+def test_wrk_report_gives_counts_rate_failures_and_percentiles() -> None:
+    from bench.common import parse_wrk_report
+
+    out = (
+        "Running 2s test @ http://127.0.0.1:1/4k.txt\n"
+        "BENCH requests 20000\nBENCH duration_us 2000000\nBENCH errors 1 2 3 4 5\n"
+        "BENCH p50 850\nBENCH p90 1200\nBENCH p99 4000\nBENCH p99.9 12500\n"
+    )
+    r = parse_wrk_report(out)
+    assert r["requests"] == 20000 and r["rps"] == 10000
+    assert r["failed"] == 15 and r["errors_status"] == 4
+    assert (r["p50_ms"], r["p99_ms"], r["p999_ms"]) == (0.85, 4.0, 12.5)
+    with pytest.raises(ValueError, match="no wrk report"):
+        parse_wrk_report("wrk: connection refused\n")
+
+
+def test_ratios_are_taken_within_a_round_then_the_median() -> None:
+    from bench.common import median_ratio
+
+    # nginx moved between rounds; the candidate moved with it: 0.5x in every round, whereas
+    # the ratio of the medians (100/150) would say 0.67x.
+    candidate = {0: 50.0, 1: 100.0, 2: 150.0}
+    nginx = {0: 100.0, 1: 150.0, 2: 300.0}
+    assert median_ratio(candidate, nginx) == 0.5
+    assert median_ratio(candidate, {}) is None  # no peer in any round: no ratio
+    assert median_ratio({0: 1.0, 1: 3.0}, {0: 0.0, 1: 1.0}) == 3.0  # a round without the peer
+
+
+@needs_tools
 def test_smoke_run_writes_every_scenario_and_the_files(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "results"
