@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             candidates.append(cand)
 
     started = datetime.datetime.now(datetime.UTC)
+    machine = machine_facts()  # before the run: its load average is the machine's, not ours
     bench = Bench(mode, tools, outcome)
     print(
         f"mode {mode.name}: {mode.rounds} round(s), {mode.duration_s} s runs, "
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "seconds": round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
         "commit": git_commit(),
-        "machine": machine_facts(),
+        "machine": machine,
         "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
         "tools": tool_versions(tools),
         "native": native_text,
