@@ -18,58 +18,24 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.common import (
+    NGINX_ORIGIN,
+    ROOT,
+    free_port,
+    start,
+    stop,
+    tree_cpu_s,
+    wait_port,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open")
-
-
-def tree_cpu_s(pid: int) -> float:
-    """utime+stime (s) of pid and all its descendants."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rindex(")") + 2 :].split()
-        ppid = int(rest[1])
-        children.setdefault(ppid, []).append(int(entry))
-        stats[int(entry)] = (int(rest[11]) + int(rest[12])) / CLK_TCK
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += stats.get(p, 0.0)
-        todo += children.get(p, [])
-    return total
+__all__ = ["NGINX_ORIGIN", "ROOT", "free_port", "start", "stop", "tree_cpu_s", "wait_port"]
 
 
 def wrk(url: str, duration: int, conns: int, cpu: str) -> dict[str, float]:
@@ -103,35 +69,6 @@ def wrk(url: str, duration: int, conns: int, cpu: str) -> dict[str, float]:
         "sock_errors": 1.0 if sock_err else 0.0,
     }
 
-
-def start(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=open(cwd / "err.log", "ab"),
-        env=env,
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-NGINX_ORIGIN = """
-worker_processes 1; daemon off; pid {d}/origin.pid; error_log {d}/origin-error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
-  keepalive_timeout 300s; default_type application/octet-stream;
-  server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}
-"""
 
 NGINX_PROXY = """
 worker_processes {workers}; daemon off; pid {d}/proxy.pid; error_log {d}/proxy-error.log;

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import trustme
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import NGINX_ORIGIN, ROOT, free_port, start, stop, tree_cpu_s, wait_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.common import NGINX_ORIGIN, ROOT, free_port, start, stop, tree_cpu_s, wait_port
 
 NGINX_TLS_PROXY = """
 worker_processes 1; daemon off; pid {d}/tls-proxy.pid; error_log {d}/tls-proxy-error.log;
