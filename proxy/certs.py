@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -46,9 +48,14 @@ from acme_client.certificates import (
     parse_pem_pair,
     renewal_due,
 )
+from acme_client.http01 import TLS_ALPN01, is_http01_path
 from acme_client.http01 import answer_http01 as _answer_http01
-from acme_client.http01 import is_http01_path
-from acme_client.issuer import IssuerConfig, issuer_config_from_caddy
+from acme_client.issuer import (
+    IssuerConfig,
+    IssuerConfigError,
+    check_issuer_challenges,
+    issuer_config_from_caddy,
+)
 from acme_client.local_ca import LocalCA
 from acme_client.manager import NODE_STATE, CertificateManager, CertStatus, stored_status
 from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
@@ -58,10 +65,18 @@ from acme_client.storage import (
     default_storage_root,
     site_cert_key,
 )
+from acme_client.tls_alpn import ChallengeCertificate, challenge_certificate, find_tls_alpn01
 from config.auto_https import AutoHTTPSPlan, ManagedName, plan_automatic_https
 from config.errors import ConfigError
 from config.model import parse_duration
-from proxy.tls import CertificateStore, SNISelector, TLSConfigError, selector_for_server
+from proxy import libssl
+from proxy.tls import (
+    CertificateStore,
+    SNISelector,
+    TLSConfigError,
+    selector_for_server,
+    tls_alpn_servable,
+)
 
 log = logging.getLogger("pyproxy.certs")
 
@@ -215,9 +230,16 @@ def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
     for p_index, policy in enumerate(_list(_obj(tls_app.get("automation")).get("policies"))):
         for i_index, issuer in enumerate(_list(_obj(policy).get("issuers"))):
             module = _obj(issuer).get("module")
-            if module in SUPPORTED_ISSUER_MODULES:
-                continue
             where = f"apps.tls.automation.policies[{p_index}].issuers[{i_index}].module"
+            if module in SUPPORTED_ISSUER_MODULES:
+                try:
+                    servable = tls_alpn_servable()
+                    check_issuer_challenges(
+                        _obj(issuer), where[: -len(".module")], tls_alpn_servable=servable
+                    )
+                except IssuerConfigError as exc:
+                    raise ConfigError(str(exc)) from exc
+                continue
             if module is None:
                 raise ConfigError(f"{where}: issuer module name is required (acme or internal)")
             hint = ""
@@ -244,9 +266,22 @@ def acme_issuer_configs(
     configs: list[IssuerConfig] = []
     for issuer in managed.issuers:
         cfg = issuer_config_from_caddy(issuer, key_type=key_type)
+        if cfg is not None and TLS_ALPN01 in cfg.challenge_types and not tls_alpn_servable():
+            # Only HTTP-01 can be answered here (see proxy.tls); tls-alpn-only was refused.
+            _warn_no_tls_alpn()
+            types = tuple(t for t in cfg.challenge_types if t != TLS_ALPN01)
+            cfg = dataclasses.replace(cfg, challenge_types=types)
         if cfg is not None:
             configs.append(cfg)
     return tuple(configs)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_no_tls_alpn() -> None:
+    log.warning(
+        "TLS-ALPN-01 challenges cannot be answered (%s); using HTTP-01 only",
+        libssl.unavailable_reason(),
+    )
 
 
 def _renew_interval_s(tls_app: Mapping[str, Any]) -> float:
@@ -402,7 +437,9 @@ class CertRuntime:
         servers = _obj(_obj(_obj(self.setup.config.get("apps")).get("http")).get("servers"))
         server_json = _obj(servers.get(name))
         try:
-            selector = selector_for_server(self.store, server_json, name)
+            selector = selector_for_server(
+                self.store, server_json, name, acme_challenge=self.tls_alpn_challenge
+            )
         except TLSConfigError as exc:
             raise ConfigError(str(exc)) from exc
         if selector is None:
@@ -414,8 +451,9 @@ class CertRuntime:
         """For server `name`: the post-handshake check of the chosen policy's protocol range,
         or None when the server's policies share one range (then it always passes)."""
         selector = self.selectors.get(name)
-        # With one protocol range the check always passes: skip the per-connection wrapper.
-        if selector is None or selector._uniform_protocols:
+        # With one protocol range and no TLS-ALPN-01 handshakes to close, the check always
+        # passes: skip the per-connection wrapper.
+        if selector is None or not selector.needs_handshake_check:
             return None
         return selector.handshake_allowed
 
@@ -440,6 +478,17 @@ class CertRuntime:
         except (OSError, ValueError) as exc:
             log.warning("%s: answering HTTP-01 challenge: %s", host, exc)
             return None
+
+    def tls_alpn_challenge(self, server_name: str) -> ChallengeCertificate | None:
+        """The TLS-ALPN-01 challenge certificate for an SNI name, from storage (any issuer)."""
+        try:
+            challenge = find_tls_alpn01(self.storage, server_name)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: reading the tls-alpn-01 challenge: %s", server_name, exc)
+            return None
+        if challenge is None:
+            return None
+        return challenge_certificate(challenge.domain or server_name, challenge.key_authorization)
 
     def status(self) -> list[dict[str, Any]]:
         """Every certificate this worker manages or serves, for the operator."""
