@@ -451,9 +451,8 @@ class CertRuntime:
         """For server `name`: the post-handshake check of the chosen policy's protocol range,
         or None when the server's policies share one range (then it always passes)."""
         selector = self.selectors.get(name)
-        # With one protocol range and no TLS-ALPN-01 handshakes to close, the check always
-        # passes: skip the per-connection wrapper.
-        if selector is None or not selector.needs_handshake_check:
+        # With one protocol range the check always passes: skip the per-connection wrapper.
+        if selector is None or selector._uniform_protocols:
             return None
         return selector.handshake_allowed
 

@@ -15,11 +15,11 @@ This module owns the server side of TLS for the listeners:
   alert 80 (internal_error), as Caddy/Go do.
 - TLS-ALPN-01 (RFC 8737): a ClientHello with SNI whose ALPN is exactly `acme-tls/1` (the CA's
   validation, certmagic's handshake.go test) gets the challenge certificate published in storage
-  for that name, in a context whose only ALPN is `acme-tls/1`; the engine closes the connection
-  after the handshake (`handshake_allowed`). Without a published challenge the handshake fails
-  (certmagic too). Every other hello gets the normal certificate, even while a challenge for
-  the name is pending (renewals). Seeing the client's ALPN list at SNI time needs proxy.libssl;
-  without it no challenge is answered (see `tls_alpn_servable`).
+  for that name, in a context whose only ALPN is `acme-tls/1`; the connection ends with the
+  handshake and never reaches HTTP (`AlertFlushingSSLObject`). Without a published challenge
+  the handshake fails (certmagic too). Every other hello gets the normal certificate, even
+  while a challenge for the name is pending (renewals). Seeing the client's ALPN list at SNI
+  time needs proxy.libssl; without it no challenge is answered (see `tls_alpn_servable`).
 
 One listener, several policies: the SNI callback swaps the certificate's context, which brings
 that context's certificate and ALPN; OpenSSL negotiates the protocol version before the callback,
@@ -959,6 +959,11 @@ class AlertFlushingSSLObject(ssl.SSLObject):
     fatal alert, closes, and any later handshake step raises the stored error. Works for both
     loops without patching them; only the handshake goes through this Python override.
 
+    A TLS-ALPN-01 challenge handshake (RFC 8737 §3: the CA only checks the certificate) ends
+    the same way once it has succeeded: "want read" lets the transport flush the last flight
+    (TLS 1.2: the server's Finished), and the connection never reaches the HTTP protocol; the
+    CA closes, and anything it sends instead makes the next step raise.
+
     It also binds `read`, `write` and `pending` straight to the C object: ssl.SSLObject's
     versions are Python wrappers that only forward, and the loops' TLS transports call them for
     every record (uvloop caches these attributes when it wraps the connection).
@@ -966,6 +971,8 @@ class AlertFlushingSSLObject(ssl.SSLObject):
 
     _pyproxy_outgoing: ssl.MemoryBIO | None = None
     _pyproxy_failure: ssl.SSLError | None = None
+    # Set by the SNI callback when it switched to the challenge context.
+    pyproxy_acme_challenge = False
 
     @classmethod
     def _create(
@@ -994,6 +1001,9 @@ class AlertFlushingSSLObject(ssl.SSLObject):
                 self._pyproxy_failure = exc
                 raise ssl.SSLWantReadError(f"handshake failed, sending alert: {exc}") from exc
             raise
+        if self.pyproxy_acme_challenge:
+            self._pyproxy_failure = ssl.SSLError("tls-alpn-01 challenge answered; closing")
+            raise ssl.SSLWantReadError("tls-alpn-01 challenge answered, flushing")
 
 
 # ---- TLS-ALPN-01 challenge handshakes -----------------------------------------------------------
@@ -1076,7 +1086,8 @@ class SNISelector:
 
         Needed when policies differ in protocol range (e.g. one site with `protocols
         tls1.3`): OpenSSL negotiates the version from the listener context, before SNI is seen.
-        Also False for a TLS-ALPN-01 challenge handshake (see `needs_handshake_check`).
+        Also False for a TLS-ALPN-01 challenge handshake (AlertFlushingSSLObject already keeps
+        those from completing on the engine's listeners).
         The engine calls this in connection_made and closes the connection when it is False.
         """
         if getattr(ssl_obj, "pyproxy_acme_challenge", False):
@@ -1089,11 +1100,6 @@ class SNISelector:
         if not isinstance(policy, ConnectionPolicy) or version is None:
             return True
         return policy.protocol_min <= version <= policy.protocol_max
-
-    @property
-    def needs_handshake_check(self) -> bool:
-        """Must the engine call `handshake_allowed` after each handshake?"""
-        return not self._uniform_protocols or self.acme_challenge is not None
 
     def is_acme_challenge_hello(
         self, ssl_obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None

@@ -34,8 +34,8 @@ from pebblekit import (
 
 from acme_client.http01 import HTTP01, TLS_ALPN01
 from acme_client.issuer import AcmeIssuer, ChallengeMemory, IssuerConfig, IssuerError
-from acme_client.storage import FileStorage
-from acme_client.tls_alpn import ACME_IDENTIFIER_OID
+from acme_client.storage import FileStorage, issuer_key_from_ca_url
+from acme_client.tls_alpn import ACME_IDENTIFIER_OID, publish_tls_alpn01, tls_alpn01_challenge
 
 pytestmark = requires_pebble
 
@@ -103,6 +103,27 @@ def handshake_certificate(port: int, alpn: list[str] | None) -> x509.Certificate
     except (OSError, ssl.SSLError):
         return None
     return x509.load_der_x509_certificate(der) if der else None
+
+
+def challenge_connection_gets_no_http(port: int) -> bool:
+    """Handshake as the CA would, then send a request: True when the server only closes."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["acme-tls/1"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=NAME) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None and is_challenge_certificate(x509.load_der_x509_certificate(der))
+        assert tls.selected_alpn_protocol() == "acme-tls/1"
+        try:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+            data = tls.recv(4096)
+        except (ConnectionError, ssl.SSLError):
+            return True  # reset / alert: closed
+        return data == b""  # EOF; a timeout (a server still reading) fails the test
 
 
 def is_challenge_certificate(cert: x509.Certificate) -> bool:
@@ -216,6 +237,12 @@ def test_obtains_over_tls_alpn_with_the_http_challenge_disabled(
         assert tokens == []
         # A CA-style hello now fails: no challenge pending (certmagic fails it too).
         assert handshake_certificate(https_port, ["acme-tls/1"]) is None
+        # A challenge published by another instance sharing the storage is answered too, and
+        # the connection ends with the handshake: an HTTP request over it gets no response.
+        storage = FileStorage(tmp_path / "data")
+        issuer_key = issuer_key_from_ca_url(pebble.directory_url)
+        publish_tls_alpn01(storage, issuer_key, tls_alpn01_challenge(NAME, "t" * 43, "t.k"))
+        assert challenge_connection_gets_no_http(https_port)
         assert proc.stop() == 0
     finally:
         pebble.stop()
