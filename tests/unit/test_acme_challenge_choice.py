@@ -23,6 +23,7 @@ from acme_client.issuer import (
     enabled_challenge_types,
     issuer_config_from_caddy,
 )
+from config.adapt import adapt_caddyfile
 from config.errors import ConfigError
 from proxy import libssl
 from proxy.certs import CertRuntime, acme_issuer_configs, prepare_certificates
@@ -166,3 +167,25 @@ def test_without_the_bridge_issuers_use_http01_only(tmp_path: Path, without_brid
     only_alpn = {"module": "acme", "challenges": {"http": {"disabled": True}}}
     with pytest.raises(ConfigError, match=r"issuers\[1\]\.challenges\.http\.disabled: only"):
         prepare_certificates(config_with_issuer(tmp_path, only_alpn))
+
+
+def test_caddyfile_disabling_both_challenges_fails_at_load(tmp_path: Path) -> None:
+    caddyfile = (
+        "{\n"
+        f"\tstorage file_system {tmp_path}\n"
+        "}\n"
+        "a.example.com {\n"
+        "\ttls {\n"
+        "\t\tissuer acme {\n"
+        "\t\t\tdisable_http_challenge\n"
+        "\t\t\tdisable_tlsalpn_challenge\n"
+        "\t\t}\n"
+        "\t}\n"
+        '\trespond "hi"\n'
+        "}\n"
+    )
+    config, _warnings = adapt_caddyfile(caddyfile, "Caddyfile")
+    issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
+    assert issuers[0]["challenges"] == {"http": {"disabled": True}, "tls-alpn": {"disabled": True}}
+    with pytest.raises(ConfigError, match=r"^apps\.tls\.automation\.policies\[0\]\.issuers\[0\]"):
+        prepare_certificates(config)
