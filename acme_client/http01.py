@@ -20,6 +20,9 @@ from typing import Any, Protocol
 
 from acme_client.storage import PREFIX_ACME, challenge_tokens_key
 
+# RFC 8555 section 8.3 (http-01) and RFC 8737 section 3 (tls-alpn-01): the `type` names.
+HTTP01 = "http-01"
+TLS_ALPN01 = "tls-alpn-01"
 # RFC 8555 section 8.3.
 CHALLENGE_PATH_PREFIX = "/.well-known/acme-challenge/"
 # Challenge documents are tiny; refuse to parse anything absurd left in storage.
@@ -44,10 +47,13 @@ class Http01Challenge:
     key_authorization: str
     url: str = ""
     status: str = "pending"
+    # acmez's acme.Challenge `type`: certmagic's distributed solver stores tls-alpn-01
+    # challenges under the same key with the same document (acme_client.tls_alpn).
+    type: str = HTTP01
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
-            "type": "http-01",
+            "type": self.type,
             "url": self.url,
             "status": self.status,
             "token": self.token,
@@ -79,6 +85,7 @@ class Http01Challenge:
             key_authorization=key_auth,
             url=str(doc.get("url") or ""),
             status=str(doc.get("status") or ""),
+            type=str(doc.get("type") or HTTP01),
         )
 
 

@@ -1,14 +1,17 @@
 """The ACME issuer: account and order flow against one CA, with certbot's `acme` package.
 
-This module owns talking to an ACME server (RFC 8555) for HTTP-01 certificates:
+This module owns talking to an ACME server (RFC 8555) for HTTP-01 and TLS-ALPN-01 certificates:
 
 - the account: an ECDSA P-256 key and registration per CA + email, stored in Caddy's layout
   (`acme/<issuer>/users/<email>/<user>.key|.json`) and reused; an existing key found by the CA
   (409/200 "account exists") is looked up instead of failing; `accountDoesNotExist` (CA state
   wiped) drops the stored registration and registers again; External Account Binding;
 - the order: a fresh certificate key (`key_type`), a CSR, authorizations that are already valid
-  are skipped, HTTP-01 tokens published to storage (see `acme_client.http01`) before the
-  challenge is answered, polling with a deadline, preferred chains, and removal of the tokens;
+  are skipped, the challenge chosen among the enabled types as acmez does (`ChallengeMemory`,
+  `choose_challenge`), published to storage (`acme_client.http01`, `acme_client.tls_alpn`)
+  before it is answered, polling with a deadline, preferred chains, and removal of the
+  challenge; an order whose challenge failed in a way another type may avoid (a connection
+  refused on port 80, say) is placed again with the untried types, up to 3 orders (acmez);
 - ARI (`renewalInfo`): the suggested renewal time, and the `replaces` field on renewal orders
   (a small `NewOrder` extension; the library's `new_order` cannot send it);
 - errors: `badNonce` is retried per request far more than the library's single retry (CAs under
@@ -46,7 +49,13 @@ from josepy.json_util import field as jose_field
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
-from acme_client.http01 import Http01Challenge, publish_http01, remove_http01
+from acme_client.http01 import (
+    HTTP01,
+    TLS_ALPN01,
+    Http01Challenge,
+    publish_http01,
+    remove_http01,
+)
 from acme_client.locks import FileLocker, LockError
 from acme_client.schedule import select_ari_time
 from acme_client.storage import (
@@ -55,6 +64,7 @@ from acme_client.storage import (
     user_private_key_key,
     user_registration_key,
 )
+from acme_client.tls_alpn import publish_tls_alpn01, remove_tls_alpn01, tls_alpn01_challenge
 from acme_client.zerossl import ZEROSSL_EAB_ENDPOINT, EabError, generate_eab, is_zerossl_ca
 
 log = logging.getLogger("acme_client.issuer")
@@ -76,6 +86,16 @@ BAD_NONCE_ATTEMPTS = 25
 ARI_DEFAULT_RETRY_S = 6 * 3600.0
 
 KEY_TYPES = ("p256", "p384", "rsa2048", "rsa4096", "ed25519")
+# The challenge types pyproxy solves, as Caddy enables them by default (certmagic acmeclient.go).
+CHALLENGE_TYPES = (HTTP01, TLS_ALPN01)
+# acmez Client.ObtainCertificate: at most this many orders per certificate, 1 s apart, each
+# retry leaving out the challenge types that failed for an identifier.
+MAX_ORDER_ATTEMPTS = 3
+ORDER_RETRY_DELAY_S = 1.0
+# acmez pollAuthorization: problems another challenge type might not hit (RFC 8555 §6.7).
+RETRYABLE_CHALLENGE_PROBLEMS = frozenset(
+    ("connection", "dns", "serverInternal", "unauthorized", "tls")
+)
 DEFAULT_KEY_TYPE = "p256"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -133,6 +153,8 @@ class IssuerConfig:
     # Where to generate EAB credentials from `email` when none are configured (ZeroSSL's API
     # for ZeroSSL's CA, as current Caddy; acme_client.zerossl). None: register without.
     eab_endpoint: str | None = None
+    # The enabled challenge types (`challenges.http.disabled`, `challenges.tls-alpn.disabled`).
+    challenge_types: tuple[str, ...] = CHALLENGE_TYPES
 
     @property
     def issuer_key(self) -> str:
@@ -150,6 +172,7 @@ class IssuerConfig:
             network_timeout_s=self.network_timeout_s,
             order_deadline_s=self.order_deadline_s,
             eab_endpoint=self.eab_endpoint,
+            challenge_types=self.challenge_types,
         )
 
 
@@ -264,6 +287,61 @@ def select_chain(chains: Sequence[str], prefs: PreferredChains) -> str:
     return chains[0]
 
 
+class ChallengeMemory:
+    """acmez's process-wide memory of challenge types (client.go `preferredChallenges`).
+
+    The types are kept in the order they are tried: the first authorization seen puts the types
+    it offers in random order (acmez shuffles on the first fill, so no type is favoured before
+    anything is known); after each validation a stable sort puts the types with the best
+    success ratio first (a type not yet tried counts as 1.0). So with port 80 blocked, HTTP-01
+    fails once and TLS-ALPN-01 is tried first from then on. Thread-safe.
+    """
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._mu = threading.Lock()
+        self._history: list[tuple[str, int, int]] = []  # (type, successes, total)
+
+    def order(self, offered: Sequence[str]) -> tuple[str, ...]:
+        """Remember the offered types; the known types, most preferred first."""
+        with self._mu:
+            was_empty = not self._history
+            known = {t for t, _, _ in self._history}
+            for chall_type in offered:
+                if chall_type not in known:
+                    self._history.append((chall_type, 0, 0))
+                    known.add(chall_type)
+            if was_empty:
+                self._rng.shuffle(self._history)
+            return tuple(t for t, _, _ in self._history)
+
+    def record(self, chall_type: str, succeeded: bool) -> None:
+        with self._mu:
+            for i, (name, ok, total) in enumerate(self._history):
+                if name == chall_type:
+                    self._history[i] = (name, ok + int(succeeded), total + 1)
+            self._history.sort(key=lambda h: -(h[1] / h[2] if h[2] else 1.0))
+
+
+# Shared by every issuer of the process, as acmez's package-level memory is.
+CHALLENGE_MEMORY = ChallengeMemory()
+
+
+def choose_challenge(
+    offered: Sequence[str],
+    enabled: Sequence[str],
+    preferred: Sequence[str],
+    failed: Sequence[str] = (),
+) -> str | None:
+    """acmez nextChallenge: the first preferred type that is offered, enabled and has not
+    failed for this identifier yet; None when none is left."""
+    remaining = [t for t in offered if t not in failed]
+    for chall_type in preferred:
+        if chall_type in remaining and chall_type in enabled:
+            return chall_type
+    return None
+
+
 def parse_retry_after(value: str | None, now: dt.datetime) -> dt.datetime | None:
     """RFC 9110 Retry-After: delay-seconds or an HTTP date."""
     if not value:
@@ -276,6 +354,32 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> dt.datetime | None
     except (TypeError, ValueError):
         return None
     return _utc(when)
+
+
+def _challenge_type(challb: messages.ChallengeBody) -> str:
+    """The challenge's `type`; types the library does not model are UnrecognizedChallenge."""
+    chall = challb.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):
+        return str(chall.jobj.get("type") or "")
+    return str(chall.typ)
+
+
+def _challenge_token(challb: messages.ChallengeBody) -> str:
+    chall = challb.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):
+        return str(chall.jobj.get("token") or "")
+    return str(chall.encode("token"))
+
+
+class _EmptyChallengeResponse(challenges.ChallengeResponse):
+    """RFC 8555 §7.5.1: the client answers a challenge with an empty JSON object."""
+
+    typ = TLS_ALPN01
+
+    def __bool__(self) -> bool:
+        # The library sends a falsy object as an empty payload (a POST-as-GET, which only
+        # fetches the challenge); a fieldless josepy object has length 0, so say it is there.
+        return True
 
 
 # --- the network layer --------------------------------------------------------------------------
@@ -359,6 +463,7 @@ class AcmeIssuer:
         executor: concurrent.futures.ThreadPoolExecutor | None = None,
         rng: random.Random | None = None,
         locker: FileLocker | None = None,
+        challenge_memory: ChallengeMemory | None = None,
     ) -> None:
         if config.key_type not in KEY_TYPES:
             raise ValueError(f"unsupported key_type {config.key_type!r}")
@@ -370,6 +475,7 @@ class AcmeIssuer:
             max_workers=4, thread_name_prefix=f"acme-{config.issuer_key}"
         )
         self._rng = rng or random.Random()
+        self._challenge_memory = challenge_memory or CHALLENGE_MEMORY
         self._mu = threading.Lock()
         self._account_key: JWKEC | None = None
         self._account: messages.RegistrationResource | None = None
@@ -637,6 +743,123 @@ class AcmeIssuer:
             csr_pem=csr_pem,
         )
 
+    def _may_retry(
+        self,
+        exc: errors.ValidationError,
+        failed: Mapping[str, list[str]],
+        offered: Mapping[str, list[str]],
+    ) -> bool:
+        """acmez: retry an order whose failed challenges hit a problem another type might not,
+        when every failed identifier still has an offered, enabled type that has not failed.
+
+        `offered` is what the pending authorization offered: an invalid one may list only the
+        challenge that failed (Pebble does)."""
+        for authzr in exc.failed_authzrs:
+            domain = authzr.body.identifier.value
+            codes = [c.error.code for c in authzr.body.challenges if c.error is not None]
+            if not codes or any(code not in RETRYABLE_CHALLENGE_PROBLEMS for code in codes):
+                return False
+            types = offered.get(domain, [])
+            left = choose_challenge(
+                types, self.config.challenge_types, types, failed.get(domain, ())
+            )
+            if left is None:
+                return False
+        return True
+
+    def _validate_and_finalize(
+        self,
+        acme: client.ClientV2,
+        order: messages.OrderResource,
+        deadline: float,
+        failed: dict[str, list[str]],
+        offered: dict[str, list[str]],
+        step: Callable[[str], None],
+    ) -> messages.OrderResource:
+        """Solve one challenge per pending authorization, poll, finalize; always clean up."""
+        assert self._account_key is not None
+        published: list[tuple[str, str]] = []  # (identifier, challenge type)
+        try:
+            for authzr in order.authorizations:
+                domain = authzr.body.identifier.value
+                if authzr.body.status == messages.STATUS_VALID:
+                    step(f"authorization for {domain} already valid")
+                    continue
+                types = [_challenge_type(c) for c in authzr.body.challenges]
+                offered[domain] = types
+                chall_type = choose_challenge(
+                    types,
+                    self.config.challenge_types,
+                    self._challenge_memory.order(types),
+                    failed.get(domain, ()),
+                )
+                if chall_type is None:
+                    raise IssuerError(
+                        f"{domain}: no enabled challenge type left (enabled:"
+                        f" {', '.join(self.config.challenge_types)}; offered: {', '.join(types)};"
+                        f" failed: {', '.join(failed.get(domain, ())) or 'none'})"
+                    )
+                challb = next(c for c in authzr.body.challenges if _challenge_type(c) == chall_type)
+                response, key_authorization = self._respond(challb, chall_type)
+                token = _challenge_token(challb)
+                if chall_type == TLS_ALPN01:
+                    publish_tls_alpn01(
+                        self.storage,
+                        self.issuer_key,
+                        tls_alpn01_challenge(domain, token, key_authorization, challb.uri),
+                    )
+                else:
+                    publish_http01(
+                        self.storage,
+                        self.issuer_key,
+                        Http01Challenge(domain, token, key_authorization, challb.uri),
+                    )
+                published.append((domain, chall_type))
+                step(f"answering {chall_type} challenge for {domain}")
+                acme.answer_challenge(challb, response)
+            # The library compares against naive local time.
+            remaining = max(1.0, deadline - time.monotonic())
+            lib_deadline = dt.datetime.now() + dt.timedelta(seconds=remaining)
+            step("waiting for validation")
+            try:
+                order = acme.poll_authorizations(order, lib_deadline)
+            except errors.ValidationError as exc:
+                bad = {a.body.identifier.value for a in exc.failed_authzrs}
+                for domain, chall_type in published:
+                    self._challenge_memory.record(chall_type, domain not in bad)
+                    if domain in bad:
+                        failed.setdefault(domain, []).append(chall_type)
+                raise
+            for _domain, chall_type in published:
+                self._challenge_memory.record(chall_type, True)
+            step("finalizing order")
+            return acme.finalize_order(
+                order,
+                lib_deadline,
+                fetch_alternative_chains=self.config.preferred_chains.enabled,
+            )
+        finally:
+            for domain, chall_type in published:
+                try:
+                    if chall_type == TLS_ALPN01:
+                        remove_tls_alpn01(self.storage, self.issuer_key, domain)
+                    else:
+                        remove_http01(self.storage, self.issuer_key, domain)
+                except OSError as exc:
+                    log.warning("%s: removing the %s challenge: %s", domain, chall_type, exc)
+
+    def _respond(
+        self, challb: messages.ChallengeBody, chall_type: str
+    ) -> tuple[challenges.ChallengeResponse, str]:
+        """The response to POST (RFC 8555 §7.5.1: an empty object) and the key authorization."""
+        assert self._account_key is not None
+        if chall_type == HTTP01 and isinstance(challb.chall, challenges.HTTP01):
+            response, validation = challb.response_and_validation(self._account_key)
+            return response, validation
+        # acme 5 has no TLS-ALPN-01 classes: RFC 8555 §8.1 key authorization by hand.
+        thumbprint = _b64url(self._account_key.thumbprint())
+        return _EmptyChallengeResponse(), f"{_challenge_token(challb)}.{thumbprint}"
+
     def obtain(
         self,
         names: Sequence[str],
@@ -645,7 +868,7 @@ class AcmeIssuer:
         on_step: Callable[[str], None] | None = None,
         on_order: Callable[[], None] | None = None,
     ) -> IssuedCertificate:
-        """Order a certificate for `names` over HTTP-01. Blocking; raises IssuerError.
+        """Order a certificate for `names` (HTTP-01 / TLS-ALPN-01). Blocking; raises IssuerError.
 
         `replaces` is the certificate being renewed (PEM); it is named in the order when the CA
         supports ARI. `on_order` is called once the CA has accepted the newOrder.
@@ -697,56 +920,31 @@ class AcmeIssuer:
                 self.last_order_replaces = None
                 return acme, self._new_order(acme, csr_pem, None)
 
-        step("creating order")
-        acme, order = self._with_account(place)
-        if on_order is not None:
-            on_order()
-        assert self._account_key is not None
-        published: list[str] = []
         deadline = time.monotonic() + self.config.order_deadline_s
-        try:
-            for authzr in order.authorizations:
-                domain = authzr.body.identifier.value
-                if authzr.body.status == messages.STATUS_VALID:
-                    step(f"authorization for {domain} already valid")
-                    continue
-                challb = next(
-                    (c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01)),
-                    None,
+        # Per identifier, the challenge types that failed in this obtain (acmez keeps them per
+        # ObtainCertificate call): a new order tries the others.
+        failed: dict[str, list[str]] = {}
+        offered: dict[str, list[str]] = {}  # per identifier, as its pending authz offered them
+        for attempt in range(1, MAX_ORDER_ATTEMPTS + 1):
+            step("creating order")
+            acme, order = self._with_account(place)
+            if on_order is not None:
+                on_order()  # the CA accepted it: an order, whatever happens next
+            try:
+                order = self._validate_and_finalize(acme, order, deadline, failed, offered, step)
+                break
+            except errors.ValidationError as exc:
+                if attempt == MAX_ORDER_ATTEMPTS or not self._may_retry(exc, failed, offered):
+                    raise
+                log.info(
+                    "%s: %s; ordering again with another challenge type (attempt %d of %d)",
+                    names[0],
+                    _describe(exc),
+                    attempt + 1,
+                    MAX_ORDER_ATTEMPTS,
                 )
-                if challb is None:
-                    raise IssuerError(f"{domain}: the CA offered no http-01 challenge")
-                response, validation = challb.response_and_validation(self._account_key)
-                publish_http01(
-                    self.storage,
-                    self.issuer_key,
-                    Http01Challenge(
-                        domain=domain,
-                        token=challb.chall.encode("token"),
-                        key_authorization=validation,
-                        url=challb.uri,
-                    ),
-                )
-                published.append(domain)
-                step(f"answering http-01 challenge for {domain}")
-                acme.answer_challenge(challb, response)
-            # The library compares against naive local time.
-            remaining = max(1.0, deadline - time.monotonic())
-            lib_deadline = dt.datetime.now() + dt.timedelta(seconds=remaining)
-            step("waiting for validation")
-            order = acme.poll_authorizations(order, lib_deadline)
-            step("finalizing order")
-            order = acme.finalize_order(
-                order,
-                lib_deadline,
-                fetch_alternative_chains=self.config.preferred_chains.enabled,
-            )
-        finally:
-            for domain in published:
-                try:
-                    remove_http01(self.storage, self.issuer_key, domain)
-                except OSError as exc:
-                    log.warning("%s: removing challenge token: %s", domain, exc)
+                step("challenge failed; ordering again with another challenge type")
+                time.sleep(ORDER_RETRY_DELAY_S)
         chains = [order.fullchain_pem, *(order.alternative_fullchains_pem or ())]
         chosen = select_chain(chains, self.config.preferred_chains)
         account_uri = self._account.uri if self._account is not None else ""
@@ -775,8 +973,9 @@ def issuer_config_from_caddy(
 
     Reads `ca` (default Let's Encrypt production), `email`, `external_account{key_id, mac_key}`,
     `trusted_roots_pem_files` (the first file is used to verify the CA; `acme_ca_root`),
-    `preferred_chains{smallest, root_common_name, any_common_name}` and `profile`. `key_type` is
-    the policy's `key_type` (Caddy keeps it on the automation policy, not the issuer). ZeroSSL's
+    `preferred_chains{smallest, root_common_name, any_common_name}`, `profile` and
+    `challenges.{http,tls-alpn}.disabled` (`enabled_challenge_types`). `key_type` is the
+    policy's `key_type` (Caddy keeps it on the automation policy, not the issuer). ZeroSSL's
     CA without `external_account` gets its credentials generated from `email` at registration.
     """
     if issuer.get("module") != "acme":
@@ -804,4 +1003,56 @@ def issuer_config_from_caddy(
         key_type=key_type or DEFAULT_KEY_TYPE,
         profile=str(issuer["profile"]) if issuer.get("profile") else None,
         eab_endpoint=ZEROSSL_EAB_ENDPOINT if eab is None and is_zerossl_ca(ca) else None,
+        challenge_types=enabled_challenge_types(issuer),
     )
+
+
+class IssuerConfigError(ValueError):
+    """An ACME issuer's JSON asks for something the issuer cannot do; the message has the path."""
+
+
+def enabled_challenge_types(issuer: Mapping[str, Any]) -> tuple[str, ...]:
+    """The challenge types an `acme` issuer entry leaves enabled (certmagic's default: both)."""
+    challenges_doc = issuer.get("challenges")
+    doc = challenges_doc if isinstance(challenges_doc, Mapping) else {}
+
+    def disabled(kind: str) -> bool:
+        sub = doc.get(kind)
+        return isinstance(sub, Mapping) and bool(sub.get("disabled"))
+
+    types = []
+    if not disabled("http"):
+        types.append(HTTP01)
+    if not disabled("tls-alpn"):
+        types.append(TLS_ALPN01)
+    return tuple(types)
+
+
+def check_issuer_challenges(
+    issuer: Mapping[str, Any], where: str, *, tls_alpn_servable: bool = True
+) -> None:
+    """Refuse an `acme` issuer that would be left with no challenge type it can solve.
+
+    Caddy provisions such an issuer and fails every order ("no solvers available for remaining
+    challenges"); pyproxy refuses it when loading the config, naming the path. pyproxy solves no
+    DNS-01, so `challenges.dns` is refused too. `tls_alpn_servable` is
+    False where this process cannot see a ClientHello's ALPN list (proxy.libssl unavailable):
+    then only HTTP-01 is solved, and a config that allows only TLS-ALPN-01 cannot be honoured.
+    """
+    if issuer.get("module") != "acme":
+        return
+    challenges_doc = issuer.get("challenges")
+    if isinstance(challenges_doc, Mapping) and "dns" in challenges_doc:
+        # certmagic would then solve DNS-01 only; solving HTTP-01 instead is not that.
+        raise IssuerConfigError(f"{where}.challenges.dns: the DNS challenge is not supported")
+    types = enabled_challenge_types(issuer)
+    if not types:
+        raise IssuerConfigError(
+            f"{where}.challenges: both the http and the tls-alpn challenge are disabled, so no"
+            " certificate can be obtained (pyproxy solves no dns challenge)"
+        )
+    if types == (TLS_ALPN01,) and not tls_alpn_servable:
+        raise IssuerConfigError(
+            f"{where}.challenges.http.disabled: only the tls-alpn challenge is left, and this"
+            " Python cannot answer it (its ssl module shows no ClientHello ALPN list)"
+        )

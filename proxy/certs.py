@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -45,9 +47,14 @@ from acme_client.certificates import (
     parse_pem_pair,
     renewal_due,
 )
+from acme_client.http01 import TLS_ALPN01, is_http01_path
 from acme_client.http01 import answer_http01 as _answer_http01
-from acme_client.http01 import is_http01_path
-from acme_client.issuer import IssuerConfig, issuer_config_from_caddy
+from acme_client.issuer import (
+    IssuerConfig,
+    IssuerConfigError,
+    check_issuer_challenges,
+    issuer_config_from_caddy,
+)
 from acme_client.local_ca import LocalCA
 from acme_client.manager import NODE_STATE, CertStatus, stored_status
 from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
@@ -57,11 +64,19 @@ from acme_client.storage import (
     default_storage_root,
     site_cert_key,
 )
+from acme_client.tls_alpn import ChallengeCertificate, challenge_certificate, find_tls_alpn01
 from config.auto_https import AutoHTTPSPlan, ManagedName, plan_automatic_https
 from config.errors import ConfigError
 from config.model import parse_duration
 from config.tls_app_fields import check_tls_app
-from proxy.tls import CertificateStore, SNISelector, TLSConfigError, selector_for_server
+from proxy import libssl
+from proxy.tls import (
+    CertificateStore,
+    SNISelector,
+    TLSConfigError,
+    selector_for_server,
+    tls_alpn_servable,
+)
 
 log = logging.getLogger("pyproxy.certs")
 
@@ -216,9 +231,16 @@ def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
     for p_index, policy in enumerate(_list(_obj(tls_app.get("automation")).get("policies"))):
         for i_index, issuer in enumerate(_list(_obj(policy).get("issuers"))):
             module = _obj(issuer).get("module")
-            if module in SUPPORTED_ISSUER_MODULES:
-                continue
             where = f"apps.tls.automation.policies[{p_index}].issuers[{i_index}].module"
+            if module in SUPPORTED_ISSUER_MODULES:
+                try:
+                    servable = tls_alpn_servable()
+                    check_issuer_challenges(
+                        _obj(issuer), where[: -len(".module")], tls_alpn_servable=servable
+                    )
+                except IssuerConfigError as exc:
+                    raise ConfigError(str(exc)) from exc
+                continue
             if module is None:
                 raise ConfigError(f"{where}: issuer module name is required (acme or internal)")
             hint = ""
@@ -246,9 +268,22 @@ def acme_issuer_configs(
     configs: list[IssuerConfig] = []
     for issuer in managed.issuers:
         cfg = issuer_config_from_caddy(issuer, key_type=key_type)
+        if cfg is not None and TLS_ALPN01 in cfg.challenge_types and not tls_alpn_servable():
+            # Only HTTP-01 can be answered here (see proxy.tls); tls-alpn-only was refused.
+            _warn_no_tls_alpn()
+            types = tuple(t for t in cfg.challenge_types if t != TLS_ALPN01)
+            cfg = dataclasses.replace(cfg, challenge_types=types)
         if cfg is not None:
             configs.append(cfg)
     return tuple(configs)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_no_tls_alpn() -> None:
+    log.warning(
+        "TLS-ALPN-01 challenges cannot be answered (%s); using HTTP-01 only",
+        libssl.unavailable_reason(),
+    )
 
 
 def _renew_interval_s(tls_app: Mapping[str, Any]) -> float:
@@ -419,7 +454,9 @@ class CertRuntime:
         servers = _obj(_obj(_obj(self.setup.config.get("apps")).get("http")).get("servers"))
         server_json = _obj(servers.get(name))
         try:
-            selector = selector_for_server(self.store, server_json, name)
+            selector = selector_for_server(
+                self.store, server_json, name, acme_challenge=self.tls_alpn_challenge
+            )
         except TLSConfigError as exc:
             raise ConfigError(str(exc)) from exc
         if selector is None:
@@ -457,6 +494,17 @@ class CertRuntime:
         except (OSError, ValueError) as exc:
             log.warning("%s: answering HTTP-01 challenge: %s", host, exc)
             return None
+
+    def tls_alpn_challenge(self, server_name: str) -> ChallengeCertificate | None:
+        """The TLS-ALPN-01 challenge certificate for an SNI name, from storage (any issuer)."""
+        try:
+            challenge = find_tls_alpn01(self.storage, server_name)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: reading the tls-alpn-01 challenge: %s", server_name, exc)
+            return None
+        if challenge is None:
+            return None
+        return challenge_certificate(challenge.domain or server_name, challenge.key_authorization)
 
     def status(self) -> list[dict[str, Any]]:
         """The certificates this worker obtains itself (local CA) or loads from files, for the

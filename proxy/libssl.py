@@ -11,7 +11,17 @@ proxy.tls needs three things the ssl module of Python 3.11 cannot do:
 - the session ticket keys of a context (`SSL_CTX_set_tlsext_ticket_keys`, again a ctrl), so
   that every worker process encrypts and decrypts tickets with the same key;
 - the server session cache mode (`SSL_CTX_set_session_cache_mode`), and per connection the
-  cipher list (`SSL_set_cipher_list`) once the SNI callback has chosen a policy.
+  cipher list (`SSL_set_cipher_list`) once the SNI callback has chosen a policy;
+- the client's ALPN list at SNI time, for TLS-ALPN-01 (RFC 8737: the CA offers exactly
+  `acme-tls/1`, and must get the challenge certificate). Python's SNI callback runs before ALPN
+  is negotiated and the ssl module shows no ClientHello. `SSL_client_hello_get0_ext` inside the
+  servername callback finds the ALPN extension but empty (OpenSSL 3.0 has parsed, and so
+  consumed, it by then: verified on this machine's 3.0), so a ClientHello callback
+  (`SSL_CTX_set_client_hello_cb`, run before any extension is parsed) reads it and leaves one
+  flag on the connection (`SSL_set_ex_data`, freed with the SSL), which the SNI callback reads
+  (`hello_offers_only_acme_tls`). The callback is a ctypes function: it takes the GIL itself
+  (OpenSSL calls it while the ssl module has released it), never raises, and always sets the
+  flag, so a connection can never see a flag left by an earlier one.
 
 How, and why this is safe:
 
@@ -53,6 +63,15 @@ SSL_CTRL_GET_TLSEXT_TICKET_KEYS: Final = 58
 SSL_CTRL_SET_TLSEXT_TICKET_KEYS: Final = 59
 SSL_CTRL_SET_GROUPS_LIST: Final = 92
 SSL_SESS_CACHE_OFF: Final = 0
+TLSEXT_TYPE_ALPN: Final = 16  # RFC 7301 section 3.1
+SSL_CLIENT_HELLO_SUCCESS: Final = 1
+CRYPTO_EX_INDEX_SSL: Final = 0
+# The ALPN extension_data of a ClientHello offering exactly `acme-tls/1` (RFC 7301 section 3.1:
+# a 2-byte list length, then each name with a 1-byte length): RFC 8737 section 3's CA hello.
+ACME_TLS_ONLY_ALPN: Final = b"\x00\x0b\x0aacme-tls/1"
+_CLIENT_HELLO_CB: Final = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p
+)
 
 _POINTER_SIZE: Final = ctypes.sizeof(ctypes.c_void_p)
 _SSL_SOCKET_TYPE: Final = getattr(_ssl, "_SSLSocket", None)  # not in typeshed
@@ -95,6 +114,29 @@ class LibSSL:
         self._err_clear = lib.ERR_clear_error
         self._err_clear.restype = None
         self._err_clear.argtypes = []
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        self._hello_get0_ext = lib.SSL_client_hello_get0_ext
+        self._hello_get0_ext.restype = c_int
+        self._hello_get0_ext.argtypes = [vp, ctypes.c_uint, ctypes.POINTER(vp), size_p]
+        self._set_client_hello_cb = lib.SSL_CTX_set_client_hello_cb
+        self._set_client_hello_cb.restype = None
+        self._set_client_hello_cb.argtypes = [vp, _CLIENT_HELLO_CB, vp]
+        self._set_ex_data = lib.SSL_set_ex_data
+        self._set_ex_data.restype = c_int
+        self._set_ex_data.argtypes = [vp, c_int, vp]
+        self._get_ex_data = lib.SSL_get_ex_data
+        self._get_ex_data.restype = vp
+        self._get_ex_data.argtypes = [vp, c_int]
+        new_index = lib.CRYPTO_get_ex_new_index
+        new_index.restype = c_int
+        new_index.argtypes = [c_int, c_long, vp, vp, vp, vp]
+        # SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) is this macro; -1 on failure.
+        self._acme_flag_index = int(new_index(CRYPTO_EX_INDEX_SSL, 0, None, None, None, None))
+        if self._acme_flag_index < 0:
+            self._err_clear()
+            raise LibSSLError("no SSL ex_data index for the ALPN flag")
+        # Kept for the life of the process: OpenSSL holds the bare function pointer.
+        self._client_hello_cb = _CLIENT_HELLO_CB(self._on_client_hello)
 
     # -- pointers -------------------------------------------------------------------------------
 
@@ -170,6 +212,42 @@ class LibSSL:
             != 1
         ):
             raise self._failure(f"groups {groups!r}")
+
+    def _on_client_hello(self, ssl_pointer: int | None, _alert: object, _arg: object) -> int:
+        """SSL_client_hello_cb_fn: flag a hello whose ALPN is exactly `acme-tls/1`.
+
+        Runs inside OpenSSL; must not raise (ctypes would print the error and return 0, failing
+        the handshake), so every outcome sets the flag and reports success.
+        """
+        if not ssl_pointer:
+            return SSL_CLIENT_HELLO_SUCCESS
+        try:
+            data = ctypes.c_void_p()
+            length = ctypes.c_size_t()
+            found = self._hello_get0_ext(
+                ssl_pointer, TLSEXT_TYPE_ALPN, ctypes.byref(data), ctypes.byref(length)
+            )
+            only_acme = (
+                found == 1
+                and data.value is not None
+                and length.value == len(ACME_TLS_ONLY_ALPN)
+                and ctypes.string_at(data.value, length.value) == ACME_TLS_ONLY_ALPN
+            )
+            self._set_ex_data(ssl_pointer, self._acme_flag_index, 1 if only_acme else None)
+        except Exception:  # see the docstring: the flag stays unset (a normal hello)
+            self._set_ex_data(ssl_pointer, self._acme_flag_index, None)
+        return SSL_CLIENT_HELLO_SUCCESS
+
+    def watch_acme_tls_hellos(self, ctx: ssl.SSLContext) -> None:
+        """Install the ClientHello callback on a listener context (see the module docstring)."""
+        self._set_client_hello_cb(self.ctx_pointer(ctx), self._client_hello_cb, None)
+
+    def hello_offers_only_acme_tls(self, conn: ssl.SSLObject | ssl.SSLSocket) -> bool:
+        """In the SNI callback: did this connection's ClientHello offer ALPN `acme-tls/1` only?
+
+        False unless the connection's listener context has `watch_acme_tls_hellos`.
+        """
+        return bool(self._get_ex_data(self.ssl_pointer(conn), self._acme_flag_index))
 
     def set_connection_ciphers(self, conn: ssl.SSLObject | ssl.SSLSocket, ciphers: str) -> None:
         """SSL_set_cipher_list on one connection (TLS 1.2 and older suites)."""

@@ -13,6 +13,13 @@ This module owns the server side of TLS for the listeners:
   picks the policy, then the certificate as certmagic does (exact name, then wildcard labels,
   then `default_sni` for an empty SNI, then `fallback_sni`), and otherwise fails the handshake with
   alert 80 (internal_error), as Caddy/Go do.
+- TLS-ALPN-01 (RFC 8737): a ClientHello with SNI whose ALPN is exactly `acme-tls/1` (the CA's
+  validation, certmagic's handshake.go test) gets the challenge certificate published in storage
+  for that name, in a context whose only ALPN is `acme-tls/1`; the connection ends with the
+  handshake and never reaches HTTP (`AlertFlushingSSLObject`). Without a published challenge
+  the handshake fails (certmagic too). Every other hello gets the normal certificate, even
+  while a challenge for the name is pending (renewals). Seeing the client's ALPN list at SNI
+  time needs proxy.libssl; without it no challenge is answered (see `tls_alpn_servable`).
 
 One listener, several policies: the SNI callback swaps the certificate's context, which brings
 that context's certificate and ALPN; OpenSSL negotiates the protocol version before the callback,
@@ -65,7 +72,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +84,7 @@ from acme_client.certificates import (
     normalize_host,
     parse_pem_pair,
 )
+from acme_client.tls_alpn import ACME_TLS_1, ChallengeCertificate
 from config.errors import ConfigError
 from config.model import parse_duration
 from proxy import libssl
@@ -951,6 +959,11 @@ class AlertFlushingSSLObject(ssl.SSLObject):
     fatal alert, closes, and any later handshake step raises the stored error. Works for both
     loops without patching them; only the handshake goes through this Python override.
 
+    A TLS-ALPN-01 challenge handshake (RFC 8737 §3: the CA only checks the certificate) ends
+    the same way once it has succeeded: "want read" lets the transport flush the last flight
+    (TLS 1.2: the server's Finished), and the connection never reaches the HTTP protocol; the
+    CA closes, and anything it sends instead makes the next step raise.
+
     It also binds `read`, `write` and `pending` straight to the C object: ssl.SSLObject's
     versions are Python wrappers that only forward, and the loops' TLS transports call them for
     every record (uvloop caches these attributes when it wraps the connection).
@@ -958,6 +971,8 @@ class AlertFlushingSSLObject(ssl.SSLObject):
 
     _pyproxy_outgoing: ssl.MemoryBIO | None = None
     _pyproxy_failure: ssl.SSLError | None = None
+    # Set by the SNI callback when it switched to the challenge context.
+    pyproxy_acme_challenge = False
 
     @classmethod
     def _create(
@@ -986,6 +1001,37 @@ class AlertFlushingSSLObject(ssl.SSLObject):
                 self._pyproxy_failure = exc
                 raise ssl.SSLWantReadError(f"handshake failed, sending alert: {exc}") from exc
             raise
+        if self.pyproxy_acme_challenge:
+            self._pyproxy_failure = ssl.SSLError("tls-alpn-01 challenge answered; closing")
+            raise ssl.SSLWantReadError("tls-alpn-01 challenge answered, flushing")
+
+
+# ---- TLS-ALPN-01 challenge handshakes -----------------------------------------------------------
+
+# The challenge certificate of an SNI name (acme_client.tls_alpn), None when none is pending.
+AcmeChallengeLookup = Callable[[str], ChallengeCertificate | None]
+
+
+def tls_alpn_servable() -> bool:
+    """Can this process answer TLS-ALPN-01? It needs the client's ALPN list at SNI time."""
+    return libssl.bridge() is not None
+
+
+@functools.lru_cache(maxsize=64)
+def challenge_context(challenge: ChallengeCertificate) -> ssl.SSLContext:
+    """A context whose only certificate is the challenge's and whose only ALPN is acme-tls/1.
+
+    Cached per challenge (ChallengeCertificate is itself cached per name + key authorization):
+    a CA validates from several vantage points, each a full handshake.
+    """
+    # RFC 8737 section 3: TLS 1.2 or later; the CA must negotiate acme-tls/1.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols([ACME_TLS_1])
+    ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
+    with _pem_paths(challenge.certificate_pem, challenge.private_key_pem) as (cert, key):
+        ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 # ---- per-server SNI selection -----------------------------------------------------------------
@@ -1001,8 +1047,12 @@ class SNISelector:
         *,
         where: str = "tls_connection_policies",
         supported_alpn: frozenset[str] = SUPPORTED_ALPN,
+        acme_challenge: AcmeChallengeLookup | None = None,
     ) -> None:
         self.store = store
+        # The TLS-ALPN-01 challenge certificate for an SNI name, None when none is pending;
+        # only asked for hellos offering exactly acme-tls/1, and only with the libssl bridge.
+        self.acme_challenge = acme_challenge if tls_alpn_servable() else None
         if policies and all(isinstance(p, ConnectionPolicy) for p in policies):
             self.policies: tuple[ConnectionPolicy, ...] = tuple(
                 p for p in policies if isinstance(p, ConnectionPolicy)
@@ -1034,10 +1084,15 @@ class SNISelector:
     def handshake_allowed(self, ssl_obj: ssl.SSLObject | ssl.SSLSocket) -> bool:
         """After the handshake: does the negotiated version fit the policy that was chosen?
 
-        Needed only when policies differ in protocol range (e.g. one site with `protocols
+        Needed when policies differ in protocol range (e.g. one site with `protocols
         tls1.3`): OpenSSL negotiates the version from the listener context, before SNI is seen.
+        Also False for a TLS-ALPN-01 challenge handshake (AlertFlushingSSLObject already keeps
+        those from completing on the engine's listeners).
         The engine calls this in connection_made and closes the connection when it is False.
         """
+        if getattr(ssl_obj, "pyproxy_acme_challenge", False):
+            # RFC 8737 section 3: the challenge handshake is all there is; no HTTP follows.
+            return False
         if self._uniform_protocols:
             return True
         policy = getattr(ssl_obj, "pyproxy_policy", None)
@@ -1045,6 +1100,32 @@ class SNISelector:
         if not isinstance(policy, ConnectionPolicy) or version is None:
             return True
         return policy.protocol_min <= version <= policy.protocol_max
+
+    def is_acme_challenge_hello(
+        self, ssl_obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None
+    ) -> bool:
+        """In the SNI callback: a CA's TLS-ALPN-01 hello (SNI, ALPN exactly acme-tls/1)?"""
+        lib = libssl.bridge()
+        if self.acme_challenge is None or lib is None or not server_name:
+            return False
+        return lib.hello_offers_only_acme_tls(ssl_obj)
+
+    def answer_acme_challenge(
+        self, ssl_obj: ssl.SSLObject | ssl.SSLSocket, server_name: str
+    ) -> int | None:
+        """Switch a challenge hello to the challenge context: None, or the alert to send."""
+        lookup = self.acme_challenge
+        challenge = lookup(server_name) if lookup is not None else None
+        if challenge is None:
+            # certmagic fails the handshake too: the CA asked for a challenge we do not have.
+            log.warning("%s: tls-alpn-01 handshake, but no challenge is pending", server_name)
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        ssl_obj.context = challenge_context(challenge)
+        with contextlib.suppress(AttributeError):
+            ssl_obj.pyproxy_acme_challenge = True  # type: ignore[union-attr]
+            ssl_obj.pyproxy_sni = server_name  # type: ignore[union-attr]
+        log.info("%s: served the tls-alpn-01 challenge certificate", server_name)
+        return None
 
     def _listener_settings(self) -> ConnectionPolicy:
         # The listener context fixes the protocol range for the whole handshake (OpenSSL reads
@@ -1077,11 +1158,20 @@ class SNISelector:
             libssl.bridge() if plan.per_connection_groups or plan.per_connection_ciphers else None
         )
         ctx.sslobject_class = AlertFlushingSSLObject
+        challenge_lib = libssl.bridge() if self.acme_challenge is not None else None
+        if challenge_lib is not None:
+            challenge_lib.watch_acme_tls_hellos(ctx)
 
         def sni_callback(
             ssl_obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext
         ) -> int | None:
             try:
+                if (
+                    challenge_lib is not None
+                    and server_name
+                    and self.is_acme_challenge_hello(ssl_obj, server_name)
+                ):
+                    return self.answer_acme_challenge(ssl_obj, server_name)
                 chosen = self.choose(server_name, local_ip)
             except Exception:  # never let a bug turn into a hung handshake
                 log.exception("%s: choosing a certificate failed", server_name or "(no SNI)")
@@ -1114,7 +1204,11 @@ class SNISelector:
 
 
 def selector_for_server(
-    store: CertificateStore, server: Mapping[str, Any], name: str = "srv0"
+    store: CertificateStore,
+    server: Mapping[str, Any],
+    name: str = "srv0",
+    *,
+    acme_challenge: AcmeChallengeLookup | None = None,
 ) -> SNISelector | None:
     """The selector for one `apps.http.servers.<name>` object, or None for a plain-HTTP server.
 
@@ -1126,4 +1220,9 @@ def selector_for_server(
         return None
     if not isinstance(policies, list):
         raise TLSConfigError(f"apps.http.servers.{name}.tls_connection_policies: expected a list")
-    return SNISelector(store, policies, where=f"apps.http.servers.{name}.tls_connection_policies")
+    return SNISelector(
+        store,
+        policies,
+        where=f"apps.http.servers.{name}.tls_connection_policies",
+        acme_challenge=acme_challenge,
+    )

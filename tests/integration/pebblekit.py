@@ -39,7 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 if __name__ == "__main__":  # run as a worker process: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from acme_client.http01 import answer_http01
+from acme_client.http01 import HTTP01, answer_http01
 from acme_client.issuer import IssuerConfig
 from acme_client.manager import CertificateManager
 from acme_client.storage import FileStorage
@@ -149,6 +149,9 @@ class Pebble:
 
     workdir: Path
     http_port: int
+    # Where Pebble connects for TLS-ALPN-01 (the CA's "port 443"): pyproxy's HTTPS port in
+    # tests that solve it; 0 = a free loopback port nothing listens on (the challenge fails).
+    tls_port: int = 0
     validity_s: int = 7776000
     nonce_reject_pct: int = 0
     authz_reuse_pct: int = 0
@@ -210,8 +213,7 @@ class Pebble:
                 "certificate": str(cert),
                 "privateKey": str(key),
                 "httpPort": self.http_port,
-                # TLS-ALPN-01 unused; point it somewhere harmless on loopback.
-                "tlsPort": free_port(),
+                "tlsPort": self.tls_port or free_port(),
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": bool(self.eab_keys),
                 "externalAccountMACKeys": self.eab_keys,
@@ -480,6 +482,9 @@ class AcmeEnv:
 
     def issuer_config(self, pebble: Pebble, **kw: Any) -> IssuerConfig:
         kw.setdefault("email", "admin@example.com")
+        # The responders answer HTTP-01 only; with TLS-ALPN-01 enabled too, the issuer would
+        # try it first half of the time (acmez's random first order) and order again.
+        kw.setdefault("challenge_types", (HTTP01,))
         return IssuerConfig(ca=pebble.directory_url, ca_root=str(pebble.ca_pem), **kw)
 
     def manager(
@@ -535,7 +540,9 @@ async def _worker(storage_dir: str, ca: str, ca_root: str, names: list[str]) -> 
     storage = FileStorage(storage_dir)
     mgr = CertificateManager(
         storage,
-        IssuerConfig(ca=ca, ca_root=ca_root or None, email="admin@example.com"),
+        IssuerConfig(
+            ca=ca, ca_root=ca_root or None, email="admin@example.com", challenge_types=(HTTP01,)
+        ),
         lock_poll_interval_s=0.2,
         retry_intervals_s=(1.0,),
     )
