@@ -6,8 +6,11 @@ pebblekit.Pebble.ca_requests):
 
 - four workers, a name whose validation fails (its A record points at 127.0.0.2, where nothing
   listens: the instance binds 127.0.0.1 only — the seed's "DNS points elsewhere" trap) and a
-  good name: one order per name, one failed validation, one retry line; after a restart right
-  after the failure, no new order until the stored backoff has passed, then exactly one;
+  good name: one attempt per name for the whole node. With HTTP-01 and TLS-ALPN-01 both enabled
+  (Caddy's default) an attempt is one order for the good name and, for the failing one, one
+  order per challenge type (acmez orders again with the other type after a connection failure),
+  one error line, one retry line; after a restart right after the failure, no new order until
+  the stored backoff has passed, then exactly one more attempt;
 - an instance whose admin address is taken exits with status 1 without a single request to the
   CA (listeners and admin endpoint are bound before any ACME work starts, like Caddy).
 """
@@ -35,6 +38,8 @@ BAD = "bad.example.com"
 # Where BAD's A record points: loopback, but not the address the instance listens on.
 ELSEWHERE = "127.0.0.2"
 WAIT_S = 60.0
+# A failing attempt with HTTP-01 and TLS-ALPN-01 enabled: one order per challenge type.
+ATTEMPT_ORDERS = 2
 # certmagic's first retry interval is 1 minute (+/- pyproxy's 10 % jitter), then 2 minutes.
 FIRST_RETRY_BOUND_S = 66.0 + 30.0
 
@@ -90,7 +95,7 @@ def test_four_workers_one_order_per_name_and_retry_cycle_across_a_restart(
     run_proxy: Any, tmp_path: Path
 ) -> None:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
-    pebble = Pebble(tmp_path / "pebble", http_port=http_port, default_ipv6="")
+    pebble = Pebble(tmp_path / "pebble", http_port=http_port, tls_port=https_port, default_ipv6="")
     pebble.start()
     try:
         point_name_elsewhere(pebble, BAD, ELSEWHERE)
@@ -103,9 +108,10 @@ def test_four_workers_one_order_per_name_and_retry_cycle_across_a_restart(
         assert log.count(f"{GOOD}: certificate obtained successfully") == 1, log
         assert log.count(f"{BAD}: obtaining certificate: ") == 1, log
         assert log.count(f"{BAD}: will retry in") == 1, log
-        # One order per name, one challenge answered per order, for the whole node.
-        assert pebble.new_orders() == 2, pebble.ca_requests()
-        assert pebble.challenge_answers() == 2, pebble.ca_requests()
+        # One attempt per name for the whole node: GOOD one order, BAD one per challenge type
+        # (four workers each ordering would be 4 and 8); one challenge answered per order.
+        assert pebble.new_orders() == 1 + ATTEMPT_ORDERS, pebble.ca_requests()
+        assert pebble.challenge_answers() == 1 + ATTEMPT_ORDERS, pebble.ca_requests()
         # Whichever worker a connection reaches serves GOOD's certificate.
         for _ in range(8):
             assert https_get(https_port, GOOD, root_pem)[0] == 200
@@ -134,8 +140,8 @@ def test_four_workers_one_order_per_name_and_retry_cycle_across_a_restart(
             FIRST_RETRY_BOUND_S,
             "the second attempt",
         )
-        assert pebble.new_orders() == orders_before + 1, pebble.ca_requests()
-        assert pebble.challenge_answers() == 3, pebble.ca_requests()
+        assert pebble.new_orders() == orders_before + ATTEMPT_ORDERS, pebble.ca_requests()
+        assert pebble.challenge_answers() == 1 + 2 * ATTEMPT_ORDERS, pebble.ca_requests()
         assert proc2.log.count(f"{BAD}: will retry in") == 1, proc2.log
         assert admin_certificates(admin_port)[BAD]["failures"] == 2
         # GOOD's stored certificate served after the restart without a new order.

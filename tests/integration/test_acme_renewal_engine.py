@@ -89,7 +89,11 @@ def test_certificate_renewed_and_swapped_in_while_requests_keep_succeeding(
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     # IPv4 validation only (no AAAA records): renewal, not the address family, is under test.
     pebble = Pebble(
-        tmp_path / "pebble", http_port=http_port, default_ipv6="", validity_s=VALIDITY_S
+        tmp_path / "pebble",
+        http_port=http_port,
+        tls_port=https_port,  # TLS-ALPN-01 too, as Caddy enables both: any order validates
+        default_ipv6="",
+        validity_s=VALIDITY_S,
     )
     pebble.start()
     try:

@@ -68,7 +68,7 @@ def test_unreachable_ca_reported_while_other_names_serve(
 ) -> None:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     dead_ca = f"https://127.0.0.1:{closed_port()}/dir"
-    pebble = Pebble(tmp_path / "pebble", http_port=http_port, default_ipv6="")
+    pebble = Pebble(tmp_path / "pebble", http_port=http_port, tls_port=https_port, default_ipv6="")
     pebble.start()
     try:
         root_pem = pebble.root_pem().decode()
