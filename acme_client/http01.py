@@ -9,6 +9,12 @@ keyAuthorization, identifier), so Caddy and pyproxy can answer each other's chal
 `answer_http01` is what the engine calls for `/.well-known/acme-challenge/<token>` requests on
 every HTTP listener, before routing. It is synchronous (one small file read) and never raises for
 missing or malformed data: an unknown challenge is simply not ours to answer.
+
+ZeroSSL's API issuer (acme_client.zerossl_api) validates a file at
+`/.well-known/pki-validation/<file>.txt` instead. certmagic's ZeroSSLIssuer reuses the distributed
+solver for it, so the same kind of document (an acme.Challenge with the validation URL in `url`
+and the file content in `token`) is stored under `zerossl/challenge_tokens/<domain>.json` (the
+issuer key `zerossl` itself is the prefix, without `acme/`); `answer_pki_validation` answers it.
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ import hmac
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from acme_client.storage import PREFIX_ACME, challenge_tokens_key
+from acme_client.storage import PREFIX_ACME, challenge_tokens_key, safe_key
 
 # RFC 8555 section 8.3 (http-01) and RFC 8737 section 3 (tls-alpn-01): the `type` names.
 HTTP01 = "http-01"
 TLS_ALPN01 = "tls-alpn-01"
 # RFC 8555 section 8.3.
 CHALLENGE_PATH_PREFIX = "/.well-known/acme-challenge/"
+# certmagic's zerosslHTTPValidationBasePath.
+PKI_VALIDATION_PATH_PREFIX = "/.well-known/pki-validation/"
+# certmagic's zerosslIssuerKey: the ZeroSSL API issuer's storage key.
+ZEROSSL_ISSUER_KEY = "zerossl"
 # Challenge documents are tiny; refuse to parse anything absurd left in storage.
 MAX_CHALLENGE_DOC_BYTES = 64 * 1024
 
@@ -155,3 +166,93 @@ def answer_http01(
         if hmac.compare_digest(challenge.token.encode(), token.encode()):
             return challenge.key_authorization.encode("ascii", "replace")
     return None
+
+
+# --- ZeroSSL API HTTP validation (certmagic zerosslissuer.go / httphandlers.go) -------------------
+
+
+def pki_validation_key(domain: str) -> str:
+    """`zerossl/challenge_tokens/<domain>.json`: certmagic's distributedSolver with the issuer
+    key as its whole prefix (ZeroSSLIssuer.Issue and getDistributedValidationInfo)."""
+    return f"{safe_key(ZEROSSL_ISSUER_KEY)}/challenge_tokens/{safe_key(domain)}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class PkiValidation:
+    """One ZeroSSL HTTP file validation: `content` is served at the path of `url`."""
+
+    domain: str
+    url: str
+    content: str
+
+    def to_json(self) -> bytes:
+        # The acme.Challenge certmagic shims the validation into (Go marshals its
+        # non-omitempty fields too, so Caddy reads this document as it reads its own).
+        doc: dict[str, Any] = {
+            "type": "",
+            "url": self.url,
+            "status": "",
+            "token": self.content,
+            "identifier": {"type": "", "value": self.domain},
+        }
+        return json.dumps(doc).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PkiValidation | None:
+        """Parse a stored validation; None when it is not one (no url or no content)."""
+        if len(data) > MAX_CHALLENGE_DOC_BYTES:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        url, content, ident = doc.get("url"), doc.get("token"), doc.get("identifier")
+        domain = ident.get("value") if isinstance(ident, dict) else None
+        if not (isinstance(url, str) and url and isinstance(content, str) and content):
+            return None
+        return cls(domain=domain if isinstance(domain, str) else "", url=url, content=content)
+
+
+def publish_pki_validation(storage: TokenStorage, validation: PkiValidation) -> None:
+    """Store the validation so every instance sharing storage serves the file (Present)."""
+    storage.store(pki_validation_key(validation.domain), validation.to_json())
+
+
+def remove_pki_validation(storage: TokenStorage, domain: str) -> None:
+    """Remove the stored validation of `domain` (CleanUp). Missing is fine."""
+    storage.delete(pki_validation_key(domain))
+
+
+def is_pki_validation_path(path: str) -> bool:
+    """certmagic's LooksLikeZeroSSLHTTPValidation (the GET method is the caller's test)."""
+    return path.startswith(PKI_VALIDATION_PATH_PREFIX)
+
+
+def answer_pki_validation(
+    storage: TokenStorage, host_without_port: str, path: str
+) -> tuple[int, bytes] | None:
+    """The (status, body) to send for a ZeroSSL validation request, or None if not ours.
+
+    As certmagic's answerHTTPValidation: with a validation stored for this host, the request
+    path must be the path of its URL (200 with the file content) or it is answered 404; without
+    one the request is not ours (the routes get it).
+    """
+    if not is_pki_validation_path(path):
+        return None
+    host = normalize_challenge_host(host_without_port)
+    if not host:
+        return None
+    try:
+        data = storage.load(pki_validation_key(host))
+    except (OSError, ValueError):
+        return None
+    validation = PkiValidation.from_json(data)
+    if validation is None:
+        return None
+    if validation.domain and normalize_challenge_host(validation.domain) != host:
+        return None  # safe_key mapped another host to this file
+    if urlsplit(validation.url).path != path:
+        return 404, b""
+    return 200, validation.content.encode("utf-8")

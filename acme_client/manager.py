@@ -37,7 +37,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from acme_client.certificates import (
     CertificateError,
@@ -49,6 +49,7 @@ from acme_client.issuer import (
     LE_PRODUCTION_CA,
     LE_STAGING_CA,
     AcmeIssuer,
+    IssuedCertificate,
     IssuerConfig,
     IssuerError,
     RenewalInfo,
@@ -74,6 +75,7 @@ from acme_client.storage import (
     retry_record_key,
     save_certificate_resource,
 )
+from acme_client.zerossl_api import ZeroSSLConfig, ZeroSSLIssuer
 
 log = logging.getLogger("acme_client.manager")
 
@@ -91,6 +93,32 @@ Clock = Callable[[], datetime]
 LOCK_POLL_INTERVAL_S = 1.0
 # Worker threads for the `acme` library and storage I/O (shared by all names).
 MAX_WORKERS = 4
+
+
+# An issuer's settings: an ACME CA (`acme`) or ZeroSSL's API (`zerossl`).
+IssuerSettings = IssuerConfig | ZeroSSLConfig
+
+
+class CertificateIssuer(Protocol):
+    """What the manager uses of an issuer: AcmeIssuer, or ZeroSSLIssuer (certmagic.Issuer)."""
+
+    @property
+    def config(self) -> IssuerSettings: ...
+    @property
+    def issuer_key(self) -> str: ...
+    @property
+    def accounts_registered(self) -> int: ...
+
+    async def obtain_async(
+        self,
+        names: Sequence[str],
+        *,
+        replaces: bytes | None = None,
+        on_step: Callable[[str], None] | None = None,
+        on_order: Callable[[], None] | None = None,
+    ) -> IssuedCertificate: ...
+
+    async def renewal_info_async(self, cert_pem: bytes) -> RenewalInfo | None: ...
 
 
 def utc_now() -> datetime:
@@ -174,7 +202,7 @@ class CertificateManager:
     def __init__(
         self,
         storage: FileStorage,
-        issuers: IssuerConfig | Sequence[IssuerConfig],
+        issuers: IssuerSettings | Sequence[IssuerSettings],
         *,
         on_certificate: CertificateCallback | None = None,
         locker: FileLocker | None = None,
@@ -200,8 +228,8 @@ class CertificateManager:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="cert-manager"
         )
-        self._issuer_configs: tuple[IssuerConfig, ...] = ()
-        self._issuers: dict[str, AcmeIssuer] = {}
+        self._issuer_configs: tuple[IssuerSettings, ...] = ()
+        self._issuers: dict[str, CertificateIssuer] = {}
         self._jobs: dict[str, _Job] = {}
         self._stopped = False
         self._set_issuers(issuers)
@@ -209,15 +237,15 @@ class CertificateManager:
     # --- public API ---------------------------------------------------------------------------
 
     @property
-    def issuers(self) -> tuple[AcmeIssuer, ...]:
+    def issuers(self) -> tuple[CertificateIssuer, ...]:
         return tuple(self.issuer_for(c) for c in self._issuer_configs)
 
-    def issuer_for(self, config: IssuerConfig) -> AcmeIssuer:
+    def issuer_for(self, config: IssuerSettings) -> CertificateIssuer:
         """The (cached) issuer for `config`; one account setup per CA + email."""
-        key = f"{config.issuer_key}|{config.email}"
+        key = f"{config.issuer_key}|{config.email if isinstance(config, IssuerConfig) else ''}"
         issuer = self._issuers.get(key)
         if issuer is None or issuer.config != config:
-            issuer = AcmeIssuer(
+            issuer = issuer_from_settings(
                 config, self.storage, executor=self._executor, rng=self.rng, locker=self.locker
             )
             self._issuers[key] = issuer
@@ -230,7 +258,7 @@ class CertificateManager:
     async def reload(
         self,
         names: Iterable[str],
-        issuers: IssuerConfig | Sequence[IssuerConfig] | None = None,
+        issuers: IssuerSettings | Sequence[IssuerSettings] | None = None,
     ) -> None:
         """Switch to a new set of names (and issuers); unchanged names keep their jobs."""
         if self._stopped:
@@ -283,15 +311,17 @@ class CertificateManager:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _set_issuers(self, issuers: IssuerConfig | Sequence[IssuerConfig]) -> None:
-        configs = (issuers,) if isinstance(issuers, IssuerConfig) else tuple(issuers)
+    def _set_issuers(self, issuers: IssuerSettings | Sequence[IssuerSettings]) -> None:
+        configs = (
+            (issuers,) if isinstance(issuers, IssuerConfig | ZeroSSLConfig) else tuple(issuers)
+        )
         if not configs:
             raise ValueError("at least one issuer is required")
         self._issuer_configs = configs
         for config in configs:
             self.issuer_for(config)
 
-    def _issuer_list(self) -> list[AcmeIssuer]:
+    def _issuer_list(self) -> list[CertificateIssuer]:
         return [self.issuer_for(c) for c in self._issuer_configs]
 
     async def _cancel(self, job: _Job) -> None:
@@ -314,7 +344,7 @@ class CertificateManager:
             log.error("%s: stored certificate unusable: %s", name, exc)
             return None
 
-    def _issuer_by_key(self, issuer_key: str) -> AcmeIssuer | None:
+    def _issuer_by_key(self, issuer_key: str) -> CertificateIssuer | None:
         for issuer in self._issuer_list():
             if issuer.issuer_key == issuer_key:
                 return issuer
@@ -647,9 +677,13 @@ class CertificateManager:
             return
         raise IssuerError("; ".join(errors))
 
-    async def _staging_test(self, job: _Job, issuer: AcmeIssuer, failures: int) -> None:
+    async def _staging_test(self, job: _Job, issuer: CertificateIssuer, failures: int) -> None:
         """After a failure against LE production, prove the setup against staging first."""
-        if not self.staging_fallback or failures == 0:
+        if (
+            not self.staging_fallback
+            or failures == 0
+            or not isinstance(issuer.config, IssuerConfig)
+        ):
             return
         staging = staging_ca_for(issuer.config.ca)
         if staging is None:
@@ -665,7 +699,7 @@ class CertificateManager:
 def stored_status(
     storage: FileStorage,
     names: Iterable[str],
-    issuers: Sequence[IssuerConfig],
+    issuers: Sequence[IssuerSettings],
     *,
     renew_interval_s: float = DEFAULT_RENEW_INTERVAL_S,
     renewal_window_ratio: float = DEFAULT_RENEWAL_WINDOW_RATIO,
@@ -714,3 +748,17 @@ def _stored_retry_record(storage: FileStorage, name: str) -> RetryRecord | None:
     except (OSError, RetryRecordError):
         return None
     return record if normalize_host(record.name) == name else None
+
+
+def issuer_from_settings(
+    config: IssuerSettings,
+    storage: FileStorage,
+    *,
+    executor: concurrent.futures.ThreadPoolExecutor,
+    rng: random.Random,
+    locker: FileLocker,
+) -> CertificateIssuer:
+    """The issuer that runs `config`: ACME (AcmeIssuer) or ZeroSSL's API (ZeroSSLIssuer)."""
+    if isinstance(config, ZeroSSLConfig):
+        return ZeroSSLIssuer(config, storage, executor=executor)
+    return AcmeIssuer(config, storage, executor=executor, rng=rng, locker=locker)

@@ -4,8 +4,8 @@ Caddy decodes every module with `DisallowUnknownFields` (caddy.StrictUnmarshalJS
 key is `json: unknown field "x"`, and a value of the wrong JSON type fails the load. The runtime
 (proxy/certs.py, proxy/tls.py, acme_client/, config/auto_https.py) reads the tls app loosely, so
 this module checks the whole app first, against declarations of every field current Caddy has
-(modules/caddytls/tls.go, automation.go, acmeissuer.go, internalissuer.go, fileloader.go,
-pemloader.go, sessiontickets.go; acmez's `acme.EAB`).
+(modules/caddytls/tls.go, automation.go, acmeissuer.go, zerosslissuer.go, internalissuer.go,
+fileloader.go, pemloader.go, sessiontickets.go; acmez's `acme.EAB`).
 
 Each declared field is one of:
 
@@ -20,7 +20,7 @@ Some honoured fields carry a rule of their own (`check`): the challenge `alterna
 `bind_host` must name a listener of the config (pyproxy answers challenges on its own servers and
 starts no solver listener), `key_type` one of Caddy's key types, and so on.
 
-Issuer entries of modules other than `acme` and `internal` are left to
+Issuer entries of modules other than `acme`, `zerossl` and `internal` are left to
 proxy.certs.check_issuer_modules, which refuses them by name.
 Pure: no asyncio, socket or ssl imports.
 """
@@ -120,7 +120,7 @@ def _refuse(kind: str, reason: str) -> FieldSpec:
 # -- the rules of single fields --
 
 
-def _check_port(challenge: str) -> Check:
+def _check_port(challenge: str, field: str = "alternate_port") -> Check:
     def check(value: Any, where: str, listeners: Listeners) -> None:
         if not 0 <= value <= 65535:
             raise ConfigError(f"{where}: port {value} is out of range")
@@ -130,7 +130,7 @@ def _check_port(challenge: str) -> Check:
             raise ConfigError(
                 f"{where}: no server of this config listens on port {value}; pyproxy answers the "
                 f"{challenge} challenge on its own listeners and starts no solver on another port "
-                "(listen on it, or remove alternate_port)"
+                f"(listen on it, or remove {field})"
             )
 
     return check
@@ -161,6 +161,11 @@ def _check_ratio(value: Any, where: str, _listeners: Listeners) -> None:
     # due for renewal, and proxy.certs falls back to the default outside 0..1: refuse instead.
     if not 0 <= value < 1:
         raise ConfigError(f"{where}: must be at least 0 and less than 1, got {value!r}")
+
+
+def _check_not_negative_int(value: Any, where: str, _listeners: Listeners) -> None:
+    if value < 0:
+        raise ConfigError(f"{where}: must not be negative")
 
 
 def _check_not_negative(value: Any, where: str, _listeners: Listeners) -> None:
@@ -293,7 +298,34 @@ INTERNAL_ISSUER = ObjectSpec(
         ),
     },
 )
-ISSUERS: Mapping[str, ObjectSpec] = {"acme": ACME_ISSUER, "internal": INTERNAL_ISSUER}
+# Current Caddy's `zerossl` (ZeroSSL's own API; acme_client.zerossl_api). 2.6.2's `zerossl` was
+# ACME with EAB and had the ACME issuer's fields: those are unknown fields here, as in Caddy.
+ZEROSSL_ISSUER = ObjectSpec(
+    "caddytls.ZeroSSLIssuer",
+    {
+        "module": FieldSpec("string"),
+        "api_key": FieldSpec("string"),
+        "validity_days": FieldSpec("int", check=_check_not_negative_int),
+        # certmagic opens its own validation listener there; pyproxy answers ZeroSSL's request
+        # on its own servers, so the same rules as the ACME challenges' apply.
+        "listen_host": FieldSpec(
+            "string",
+            honoured="the host must be one pyproxy's servers listen on, where it answers",
+            check=_check_bind_host,
+        ),
+        "alternate_http_port": FieldSpec(
+            "int",
+            honoured="the port must be one pyproxy listens on, where it answers the validation",
+            check=_check_port("ZeroSSL HTTP validation", "alternate_http_port"),
+        ),
+        "cname_validation": _refuse("object", NO_DNS + " (CNAME validation needs one)"),
+    },
+)
+ISSUERS: Mapping[str, ObjectSpec] = {
+    "acme": ACME_ISSUER,
+    "zerossl": ZEROSSL_ISSUER,
+    "internal": INTERNAL_ISSUER,
+}
 
 AUTOMATION_POLICY = ObjectSpec(
     "caddytls.AutomationPolicy",
@@ -429,6 +461,7 @@ ALL_SPECS: tuple[ObjectSpec, ...] = (
     TLSALPN_CHALLENGE,
     CHAIN_PREFERENCE,
     INTERNAL_ISSUER,
+    ZEROSSL_ISSUER,
     SESSION_TICKETS,
     STEK_SOURCE,
     CERT_CACHE,

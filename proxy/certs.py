@@ -47,16 +47,16 @@ from acme_client.certificates import (
     parse_pem_pair,
     renewal_due,
 )
-from acme_client.http01 import TLS_ALPN01, is_http01_path
+from acme_client.http01 import TLS_ALPN01, is_http01_path, is_pki_validation_path
 from acme_client.http01 import answer_http01 as _answer_http01
+from acme_client.http01 import answer_pki_validation as _answer_pki_validation
 from acme_client.issuer import (
-    IssuerConfig,
     IssuerConfigError,
     check_issuer_challenges,
     issuer_config_from_caddy,
 )
 from acme_client.local_ca import LocalCA
-from acme_client.manager import NODE_STATE, CertStatus, stored_status
+from acme_client.manager import NODE_STATE, CertStatus, IssuerSettings, stored_status
 from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
 from acme_client.storage import (
     LOCAL_ISSUER_KEY,
@@ -65,11 +65,13 @@ from acme_client.storage import (
     site_cert_key,
 )
 from acme_client.tls_alpn import ChallengeCertificate, challenge_certificate, find_tls_alpn01
+from acme_client.zerossl_api import zerossl_config_from_caddy
 from config.auto_https import AutoHTTPSPlan, ManagedName, plan_automatic_https
 from config.errors import ConfigError
 from config.model import parse_duration
 from config.tls_app_fields import check_tls_app
 from proxy import libssl
+from proxy.placeholders import replace_global
 from proxy.tls import (
     CertificateStore,
     SNISelector,
@@ -215,8 +217,9 @@ def _policy(tls_app: Mapping[str, Any], index: int | None) -> dict[str, Any]:
     return _obj(policies[index])
 
 
-# The issuer modules pyproxy runs: `acme` (acme_client.issuer) and `internal` (the local CA).
-SUPPORTED_ISSUER_MODULES = ("acme", "internal")
+# The issuer modules pyproxy runs: `acme` (acme_client.issuer), `zerossl` (ZeroSSL's API,
+# acme_client.zerossl_api) and `internal` (the local CA).
+SUPPORTED_ISSUER_MODULES = ("acme", "zerossl", "internal")
 
 
 def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
@@ -224,9 +227,9 @@ def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
 
     Caddy provisions each policy's issuers at load and an unknown module fails the load; an
     issuer pyproxy cannot run must fail the same way (validate, run, admin /load), not be skipped
-    while the name falls to another issuer. Caddy also has a `zerossl` module (2.6.2: ACME with
-    EAB fetched from ZeroSSL's API; current Caddy: ZeroSSL's own non-ACME API with an `api_key`);
-    pyproxy does not, so the error says how to write ZeroSSL's ACME CA as an `acme` issuer.
+    while the name falls to another issuer. `zerossl` is current Caddy's: ZeroSSL's own
+    (non-ACME) API with an `api_key`, which pyproxy requires here (Caddy would fail each order
+    instead); 2.6.2's `zerossl` was ACME with EAB, written `acme` with ZeroSSL's CA now.
     """
     for p_index, policy in enumerate(_list(_obj(tls_app.get("automation")).get("policies"))):
         for i_index, issuer in enumerate(_list(_obj(policy).get("issuers"))):
@@ -240,33 +243,41 @@ def check_issuer_modules(tls_app: Mapping[str, Any]) -> None:
                     )
                 except IssuerConfigError as exc:
                     raise ConfigError(str(exc)) from exc
+                api_key = _obj(issuer).get("api_key")
+                if module == "zerossl" and not (isinstance(api_key, str) and api_key.strip()):
+                    raise ConfigError(
+                        f"{where[: -len('.module')]}.api_key: the zerossl issuer requires the"
+                        " API key of a ZeroSSL account"
+                    )
                 continue
             if module is None:
-                raise ConfigError(f"{where}: issuer module name is required (acme or internal)")
-            hint = ""
-            if module == "zerossl":
-                hint = (
-                    '; for ZeroSSL\'s ACME CA use {"module": "acme", "ca":'
-                    ' "https://acme.zerossl.com/v2/DV90", "email": ...} (EAB credentials are'
-                    ' generated from the email, or give "external_account")'
+                raise ConfigError(
+                    f"{where}: issuer module name is required (acme, zerossl or internal)"
                 )
             raise ConfigError(
                 f"{where}: issuer module {module!r} is not supported by pyproxy"
-                f" (supported: {', '.join(SUPPORTED_ISSUER_MODULES)}){hint}"
+                f" (supported: {', '.join(SUPPORTED_ISSUER_MODULES)})"
             )
 
 
 def acme_issuer_configs(
     managed: ManagedName, tls_app: Mapping[str, Any]
-) -> tuple[IssuerConfig, ...]:
-    """The ACME issuers of a managed name, in order (`internal` ones are the local CA's).
+) -> tuple[IssuerSettings, ...]:
+    """The CA issuers of a managed name, in order: ACME ones and ZeroSSL's API (`internal`
+    ones are the local CA's).
 
     Any other module was refused by `check_issuer_modules` when the config was prepared.
     """
     policy = _policy(tls_app, managed.policy_index)
     key_type = policy.get("key_type") if isinstance(policy.get("key_type"), str) else None
-    configs: list[IssuerConfig] = []
+    configs: list[IssuerSettings] = []
     for issuer in managed.issuers:
+        zerossl = zerossl_config_from_caddy(
+            issuer, key_type=key_type, env=os.environ, replace=replace_global
+        )
+        if zerossl is not None:
+            configs.append(zerossl)
+            continue
         cfg = issuer_config_from_caddy(issuer, key_type=key_type)
         if cfg is not None and TLS_ALPN01 in cfg.challenge_types and not tls_alpn_servable():
             # Only HTTP-01 can be answered here (see proxy.tls); tls-alpn-only was refused.
@@ -329,7 +340,7 @@ class AcmeGroup:
     """Names sharing one issuer list: the node runs one CertificateManager for them."""
 
     key: str
-    issuers: tuple[IssuerConfig, ...]
+    issuers: tuple[IssuerSettings, ...]
     names: list[str]
     renewal_ratio: float
 
@@ -474,16 +485,36 @@ class CertRuntime:
         return selector.handshake_allowed
 
     def intercept_http01(self, ex: Any) -> bool:
-        """Answer an HTTP-01 challenge on a plain-HTTP server before any route (Caddy's
-        HandleHTTPChallenge); True when answered. Challenges that are not ours fall through to
-        the routes (ServerRuntime.intercept)."""
+        """Answer an HTTP-01 challenge or a ZeroSSL HTTP validation on a plain-HTTP server
+        before any route (Caddy's HandleHTTPChallenge); True when answered. Challenges that are
+        not ours fall through to the routes (ServerRuntime.intercept)."""
         req = ex.req
-        if req.method == "GET" and is_http01_path(req.path):
+        if req.method != "GET":
+            return False
+        if is_http01_path(req.path):
             body = self.answer_http01(req.host, req.path)
             if body is not None:
                 ex.respond(200, [("Content-Type", "text/plain")], body)
                 return True
+        elif is_pki_validation_path(req.path):
+            answer = self.answer_pki_validation(req.host, req.path)
+            if answer is not None:
+                status, body = answer
+                headers = [("Content-Type", "text/plain")] if status == 200 else []
+                ex.respond(status, headers, body)
+                return True
         return False
+
+    def answer_pki_validation(self, host: str, path: str) -> tuple[int, bytes] | None:
+        """(status, body) for `/.well-known/pki-validation/<file>` (ZeroSSL's API), or None.
+
+        From storage, whichever issuer policy the host has (Caddy looks only at the zerossl
+        issuers of the host's policy; like HTTP-01 here, the stored data decides)."""
+        try:
+            return _answer_pki_validation(self.storage, split_host_port(host), path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: answering ZeroSSL HTTP validation: %s", host, exc)
+            return None
 
     def answer_http01(self, host: str, path: str) -> bytes | None:
         """The key authorization for `/.well-known/acme-challenge/<token>`, or None."""

@@ -1,6 +1,6 @@
 """The `tls` app: issuers, automation policies and certificate loaders (tlsapp.go).
 
-Also the Caddyfile forms of the issuer modules (`issuer acme { ... }`, `internal`) and of
+Also the Caddyfile forms of the issuer modules (`issuer acme { ... }`, `zerossl`, `internal`) and of
 `preferred_chains`, which both the `tls` directive and global options use, and the
 consolidation of TLS connection policies of one server.
 
@@ -164,6 +164,48 @@ def parse_acme_issuer(d: Dispenser) -> JSONDict:
     return iss
 
 
+def _int_arg(d: Dispenser, what: str) -> int:
+    text = _all_args_1(d)
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise d.err(f"invalid {what} {text}: invalid syntax") from None
+
+
+def parse_zerossl_issuer(d: Dispenser) -> JSONDict:
+    """Current Caddy's `zerossl <api_key> { ... }` (ZeroSSLIssuer.UnmarshalCaddyfile): ZeroSSL's
+    own API, not ACME. 2.6.2's `zerossl` was an ACME issuer (its block took the `acme` issuer's
+    properties); that form is the `acme` issuer with ZeroSSL's CA now.
+
+    Deviation: current Caddy reads `validity_days` without taking its argument (so it always
+    fails with "invalid number of days validity_days"); pyproxy reads the number given.
+    `dns` and the other CNAME-validation properties are refused: pyproxy has no DNS providers.
+    """
+    d.next()
+    if not d.next_arg():
+        raise d.arg_err()
+    iss: JSONDict = {"module": "zerossl", "api_key": d.val()}
+    if d.next_arg():
+        raise d.arg_err()
+    while d.next_block(0):
+        key = d.val()
+        if key == "validity_days":
+            if iss.get("validity_days"):
+                raise d.err(f"validity days is already specified: {iss['validity_days']}")
+            iss["validity_days"] = _int_arg(d, "number of days")
+        elif key == "alt_http_port":
+            iss["alternate_http_port"] = _int_arg(d, "port")
+        elif key in ("dns", "propagation_delay", "propagation_timeout", "resolvers", "dns_ttl"):
+            raise d.err(
+                f"zerossl issuer property '{key}' (CNAME validation) is not supported by pyproxy"
+            )
+        else:
+            raise d.err(f"unrecognized zerossl issuer property: {key}")
+    # The field order of Caddy's ZeroSSLIssuer struct, as its JSON output has them.
+    order = ("module", "api_key", "validity_days", "listen_host", "alternate_http_port")
+    return {k: iss[k] for k in order if k in iss}
+
+
 def parse_internal_issuer(d: Dispenser) -> JSONDict:
     d.next()
     iss: JSONDict = {"module": "internal"}
@@ -192,9 +234,11 @@ def parse_issuer_module(d: Dispenser) -> JSONDict:
         return parse_acme_issuer(sub)
     if name == "internal":
         return parse_internal_issuer(sub)
+    if name == "zerossl":
+        return parse_zerossl_issuer(sub)
     raise d.err(
         f"getting module named 'tls.issuance.{name}': issuer '{name}' is not supported by "
-        "pyproxy (acme and internal are)"
+        "pyproxy (acme, zerossl and internal are)"
     )
 
 

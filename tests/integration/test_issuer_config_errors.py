@@ -23,9 +23,7 @@ def test_validate_exits_1_for_an_unsupported_issuer_module(tmp_path: Path) -> No
         "apps": {
             "http": {"servers": {"srv0": {"listen": [":8443"], "routes": [route]}}},
             "tls": {
-                "automation": {
-                    "policies": [{"issuers": [{"module": "acme"}, {"module": "zerossl"}]}]
-                }
+                "automation": {"policies": [{"issuers": [{"module": "acme"}, {"module": "acmee"}]}]}
             },
         },
     }
@@ -42,6 +40,6 @@ def test_validate_exits_1_for_an_unsupported_issuer_module(tmp_path: Path) -> No
     stderr = done.stderr.decode()
     assert done.returncode == 1, stderr
     assert (
-        "Error: apps.tls.automation.policies[0].issuers[1].module: issuer module 'zerossl'"
-        " is not supported by pyproxy (supported: acme, internal)" in stderr
+        "Error: apps.tls.automation.policies[0].issuers[1].module: issuer module 'acmee'"
+        " is not supported by pyproxy (supported: acme, zerossl, internal)" in stderr
     ), stderr

@@ -25,6 +25,7 @@ CERTS = ROOT / "proxy" / "certs.py"
 TLS = ROOT / "proxy" / "tls.py"
 ISSUER = ROOT / "acme_client" / "issuer.py"
 AUTO_HTTPS = ROOT / "config" / "auto_https.py"
+ZEROSSL_API = ROOT / "acme_client" / "zerossl_api.py"
 
 # The runtime code that reads each object of the tls app.
 READERS: dict[str, tuple[Path, ...]] = {
@@ -41,6 +42,7 @@ READERS: dict[str, tuple[Path, ...]] = {
     "caddytls.HTTPChallengeConfig": (ISSUER,),
     "caddytls.TLSALPNChallengeConfig": (ISSUER,),
     "caddytls.InternalIssuer": (CERTS,),
+    "caddytls.ZeroSSLIssuer": (ZEROSSL_API,),
     "caddytls.SessionTicketService": (TLS,),
     "caddytls.SessionTicketService.key_source": (TLS,),
     "caddytls.CertCacheOptions": (CERTS,),

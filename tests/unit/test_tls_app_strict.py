@@ -273,7 +273,7 @@ def test_a_full_tls_app_of_honoured_fields_passes() -> None:
                             },
                             {"module": "internal", "ca": "local", "lifetime": "12h"},
                             # Another module: proxy.certs.check_issuer_modules refuses it.
-                            {"module": "zerossl", "anything": 1},
+                            {"module": "acmee", "anything": 1},
                         ],
                     }
                 ],
