@@ -254,12 +254,18 @@ def _split_host_port(text: str, where: str) -> tuple[str, str]:
     return host, port
 
 
+def _go_atoi(text: str) -> int | None:
+    """Go's strconv.Atoi: optional sign, ASCII digits, nothing else (Python's int() also takes
+    spaces and underscores)."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return None
+    return int(text)
+
+
 def _parse_port(text: str, where: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise RedisConfigError(f"{where}: invalid port value: {text}") from None
-    if not 0 < port < 65536:
+    port = _go_atoi(text)
+    if port is None or not 0 < port < 65536:
         raise RedisConfigError(f"{where}: invalid port value: {text}")
     return port
 
@@ -324,27 +330,22 @@ def parse_redis_storage_config(
     db_value = doc.get("db", 0)
     if isinstance(db_value, bool) or not isinstance(db_value, int | str | None):
         raise RedisConfigError(f"{where}.db: expected a number or a string")
-    db_text = "0" if db_value is None else replace(str(db_value)) or "0"
-    try:
-        db = int(db_text)
-    except ValueError:
-        db = -1
-    if db < 0:
+    db_text = "0" if db_value is None else replace(str(db_value))
+    db = _go_atoi(db_text)
+    if db is None or db < 0:
         raise RedisConfigError(f"{where}.db: invalid db value: {db_text}")
 
     timeout_text = replace(_parse_str_field(doc, "timeout", where))
     timeout_s = 0
     if timeout_text:
-        try:
-            timeout_s = int(timeout_text)
-        except ValueError:
-            timeout_s = -1
-        if timeout_s < 0:
+        parsed = _go_atoi(timeout_text)
+        if parsed is None or parsed < 0:
             raise RedisConfigError(f"{where}.timeout: invalid timeout value: {timeout_text}")
+        timeout_s = parsed
 
+    # Absent: the module's default; an explicit "" is an empty prefix (keys at the top level).
     key_prefix = normalize_key_prefix(
-        replace(_parse_str_field(doc, "key_prefix", where, DEFAULT_KEY_PREFIX))
-        or DEFAULT_KEY_PREFIX,
+        replace(_parse_str_field(doc, "key_prefix", where, DEFAULT_KEY_PREFIX)),
         f"{where}.key_prefix",
     )
 
