@@ -32,7 +32,7 @@ from acme_client.storage import issuer_key_from_ca_url
 pytestmark = [requires_pebble, requires_redis]
 
 NAME = "shared.example.com"
-NODE_A, NODE_B = "127.0.0.2", "127.0.0.3"
+NODE_A, NODE_B, NODE_C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 OBTAINED = "certificate obtained successfully"
 TIMEOUT_S = 90.0
 
@@ -47,17 +47,22 @@ def loopback_alias_usable(host: str) -> bool:
 
 
 requires_aliases = pytest.mark.skipif(
-    not (loopback_alias_usable(NODE_A) and loopback_alias_usable(NODE_B)),
-    reason="127.0.0.2/127.0.0.3 cannot be bound here",
+    not all(loopback_alias_usable(ip) for ip in (NODE_A, NODE_B, NODE_C)),
+    reason="127.0.0.2-4 cannot be bound here",
 )
 
 
 def node_caddyfile(
-    pebble: Pebble, redis: RedisServer, bind: str, http_port: int, https_port: int, dial: str
+    pebble: Pebble,
+    redis: RedisServer,
+    bind: str,
+    http_port: int,
+    https_port: int,
+    dial: str,
+    extra: tuple[str, ...] = (),
 ) -> str:
     return (
-        "{\n"
-        f"\thttp_port {http_port}\n"
+        "{\n" + "".join(f"\t{line}\n" for line in extra) + f"\thttp_port {http_port}\n"
         f"\thttps_port {https_port}\n"
         "\tadmin off\n"
         f"\tdefault_bind {bind}\n"
@@ -185,5 +190,105 @@ def test_two_nodes_share_one_order_and_serve_through_a_redis_outage(
             for ip, proc in nodes.items():
                 assert proc.proc.poll() is None, f"{ip} exited\n{logs()}"
             assert "storage unavailable" in logs()
+        finally:
+            pebble.stop()
+
+
+def lock_holder_pid(gate: RedisLocker, lock: str) -> int | None:
+    meta = gate.holder_of(lock)
+    return meta.owner.pid if meta is not None and meta.owner is not None else None
+
+
+@requires_aliases
+def test_three_nodes_holder_killed_then_redis_restarted_and_renewed(
+    run_proxy: Any, origin: Any, tmp_path: Path
+) -> None:
+    """The issue's scenario: the node holding the issue lock dies mid-obtain, another node
+    finishes (one order, the validation answered by a third node), all serve; Redis restarts
+    with an empty database: serving continues, and the renewal succeeds and reaches every node.
+    """
+    ips = (NODE_A, NODE_B, NODE_C)
+    http_port = free_port(NODE_A, also=ips[1:])
+    https_port = free_port(NODE_A, also=ips[1:])
+    with running_redis(tmp_path / "redis") as redis:
+        # 180-second certificates renewed at 80 % of their life, checked every 5 s.
+        pebble = Pebble(
+            tmp_path / "pebble",
+            http_port=http_port,
+            tls_port=https_port,
+            default_ipv6="",
+            validity_s=180,
+        )
+        pebble.start()
+        try:
+            gate = RedisLocker(redis.storage(), poll_interval_s=0.05)
+            issuer_key = issuer_key_from_ca_url(pebble.directory_url)
+            account_lock = f"register_acme_account_{issuer_key}_admin@example.com"
+            issue_lock = f"issue_cert_{NAME}"
+            assert gate.try_lock(account_lock)
+            extra = ("renew_interval 5s", "renewal_window_ratio 0.8")
+            dial = f"127.0.0.1:{origin.port}"
+            nodes = {
+                ip: run_proxy(
+                    node_caddyfile(pebble, redis, ip, http_port, https_port, dial, extra),
+                    https_port,
+                    wait_hosts=(ip,),
+                )
+                for ip in ips
+            }
+            by_pid = {p.proc.pid: ip for ip, p in nodes.items()}
+
+            def logs() -> str:
+                return "\n".join(f"--- {ip}\n{p.log}" for ip, p in nodes.items())
+
+            # The first lock holder stops at the account lock; kill it there.
+            first_pid = wait_until(
+                lambda: lock_holder_pid(gate, issue_lock), "a node to take the issue lock", logs
+            )
+            killed = by_pid[first_pid]
+            nodes[killed].proc.kill()
+            nodes[killed].proc.wait(10)
+            # Its lock is no longer refreshed: it expires (10 s) and another node takes it.
+            second_pid = wait_until(
+                lambda: (pid := lock_holder_pid(gate, issue_lock)) not in (None, first_pid) and pid,
+                "another node to take over the issue lock",
+                logs,
+                timeout_s=30,
+            )
+            orderer = by_pid[second_pid]
+            live = [ip for ip in ips if ip != killed]
+            answerer = next(ip for ip in live if ip != orderer)
+            set_a_record(pebble, NAME, answerer)
+            gate.unlock(account_lock)
+
+            root_pem = pebble.root_pem().decode()
+            first_serial = None
+            for ip in live:
+                status, cert = wait_until(
+                    lambda ip=ip: https_get_at(ip, https_port, root_pem), f"{ip} to serve", logs
+                )
+                assert status == 200
+                first_serial = first_serial or cert.serial_number
+                assert cert.serial_number == first_serial
+            assert pebble.new_orders() == 1, logs()
+            assert nodes[orderer].log.count(f"{NAME}: {OBTAINED}") == 1
+            assert OBTAINED not in nodes[answerer].log
+
+            # Redis restarts empty (no persistence): the nodes keep serving from memory.
+            redis.restart()
+            for ip in live:
+                status, cert = https_get_at(ip, https_port, root_pem)
+                assert status == 200 and cert.serial_number == first_serial
+
+            # The renewal (due ~144 s after issuance, sooner if Pebble's renewalInfo says so)
+            # goes through the restarted Redis and reaches every live node.
+            def renewed_everywhere() -> bool:
+                return all(
+                    https_get_at(ip, https_port, root_pem)[1].serial_number != first_serial
+                    for ip in live
+                )
+
+            wait_until(renewed_everywhere, "the renewal on every node", logs, timeout_s=200)
+            assert pebble.new_orders() == 2, logs()
         finally:
             pebble.stop()
