@@ -288,7 +288,7 @@ def load_stored_certificate(
     except StorageError as exc:
         raise CertificateError(str(exc)) from exc
     except OSError as exc:
-        raise CertificateError(f"{storage!r}: loading {cert_names_key}: {exc}") from exc
+        raise CertificateError(f"{storage.label('')}: loading {cert_names_key}: {exc}") from exc
     return load_resource(resource, storage)
 
 

@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -345,6 +346,21 @@ def _renewal_ratio(policy: Mapping[str, Any]) -> float:
 
 
 # ---- the per-worker runtime -------------------------------------------------------------------
+
+
+# An outage is said once a minute per storage, not on every poll of every name.
+STORAGE_WARNING_INTERVAL_S = 60.0
+_storage_warned_at: dict[str, float] = {}
+
+
+def _warn_storage_unavailable(storage: Storage, exc: OSError) -> None:
+    where = storage.label("")
+    now = time.monotonic()
+    last = _storage_warned_at.get(where)
+    if last is not None and now - last < STORAGE_WARNING_INTERVAL_S:
+        return
+    _storage_warned_at[where] = now
+    log.warning("storage unavailable, serving what is in memory: %s", exc, extra=NODE_STATE)
 
 
 def _stored_key_signature(storage: Storage, key: str) -> tuple[datetime, int] | None:
@@ -744,7 +760,7 @@ class CertRuntime:
                 _stored_key_signature(self.storage, site_cert_key(k, host)) for k in issuer_keys
             )
         except OSError as exc:
-            log.warning("%s: storage unavailable, serving what is in memory: %s", name, exc)
+            _warn_storage_unavailable(self.storage, exc)
             return self._stored_sigs.get(name, ())
 
     def _poll_storage(self) -> None:
