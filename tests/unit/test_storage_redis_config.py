@@ -3,7 +3,10 @@ the JSON config as the runtime resolves it, with refusals naming the JSON path."
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from acme_client.redis_storage import (
 from config.adapt import adapt_caddyfile
 from config.errors import ConfigError
 from proxy.certs import redis_storage_from_config, storage_root_from_config
+from proxy.trust_cli import trust_command
 
 # What the module's Caddyfile unmarshalling leaves in every field it is not told about (its New()),
 # marshalled whole by Caddy: `caddy adapt` prints all of these.
@@ -233,3 +237,15 @@ def test_file_system_storage_is_not_redis() -> None:
     assert redis_storage_from_config(config) is None
     assert str(storage_root_from_config(config)) == "/srv/caddy"
     assert redis_storage_from_config({}) is None
+
+
+def test_trust_refuses_a_redis_storage_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `pyproxy trust` reads the local CA from a directory; with redis storage that would be
+    # some other CA, so it refuses instead.
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"storage": {"module": "redis"}}))
+    args = argparse.Namespace(config=str(config), adapter="json", ca="local", install=False)
+    assert trust_command(args) == 1
+    assert "not supported by trust" in capsys.readouterr().err
