@@ -733,8 +733,11 @@ class RedisStorage:
 def _lock_value(owner: LockOwner, created: datetime) -> str:
     # Any value unique to this holder works (redislock uses a random token); ours also says who
     # holds the lock, for the "waiting for ..." message of other nodes.
-    doc = {"token": secrets.token_hex(16), "created": format_go_time(created)}
-    doc["pyproxy"] = owner.to_json()  # type: ignore[assignment]
+    doc: dict[str, object] = {
+        "token": secrets.token_hex(16),
+        "created": format_go_time(created),
+        "pyproxy": owner.to_json(),
+    }
     return json.dumps(doc, separators=(",", ":"))
 
 

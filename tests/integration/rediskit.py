@@ -98,11 +98,13 @@ class RedisServer:
         self.stop()
         self.start()
 
-    def config(self, **fields: object) -> RedisStorageConfig:
-        return RedisStorageConfig(host=self.host, port=self.port, **fields)  # type: ignore[arg-type]
+    def config(self, *, key_prefix: str = "caddy", timeout_s: int = 0) -> RedisStorageConfig:
+        return RedisStorageConfig(
+            host=self.host, port=self.port, key_prefix=key_prefix, timeout_s=timeout_s
+        )
 
-    def storage(self, **fields: object) -> RedisStorage:
-        return RedisStorage.from_config(self.config(**fields))
+    def storage(self, *, key_prefix: str = "caddy", timeout_s: int = 0) -> RedisStorage:
+        return RedisStorage.from_config(self.config(key_prefix=key_prefix, timeout_s=timeout_s))
 
     def client(self) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, socket_timeout=5.0)
