@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtensionOID
 
 from acme_client.storage import (
     CertificateResource,
-    FileStorage,
+    Storage,
     StorageError,
     list_issuer_keys,
     load_certificate_resource,
@@ -259,7 +259,7 @@ def load_pem_files(
 
 
 def load_resource(
-    resource: CertificateResource, storage: FileStorage | None = None
+    resource: CertificateResource, storage: Storage | None = None
 ) -> LoadedCertificate:
     """Parse a stored certificate resource; errors name its files (in `storage` when given)."""
     name = normalize_name(resource.names_key())
@@ -268,8 +268,8 @@ def load_resource(
     return parse_pem_pair(
         resource.certificate_pem,
         resource.private_key_pem,
-        cert_label=str(storage.filename(cert_key)) if storage else cert_key,
-        key_label=str(storage.filename(key_key)) if storage else key_key,
+        cert_label=storage.label(cert_key) if storage else cert_key,
+        key_label=storage.label(key_key) if storage else key_key,
         issuer_key=resource.issuer_key,
     )
 
@@ -278,7 +278,7 @@ def load_resource(
 
 
 def load_stored_certificate(
-    storage: FileStorage, issuer_key: str, cert_names_key: str
+    storage: Storage, issuer_key: str, cert_names_key: str
 ) -> LoadedCertificate | None:
     """The stored certificate under `certificates/<issuer>/<names key>/`, or None when absent."""
     try:
@@ -288,12 +288,12 @@ def load_stored_certificate(
     except StorageError as exc:
         raise CertificateError(str(exc)) from exc
     except OSError as exc:
-        raise CertificateError(f"{storage.root}: loading {cert_names_key}: {exc}") from exc
+        raise CertificateError(f"{storage.label('')}: loading {cert_names_key}: {exc}") from exc
     return load_resource(resource, storage)
 
 
 def find_stored_certificate(
-    storage: FileStorage, name: str, issuer_keys: Sequence[str] | None = None
+    storage: Storage, name: str, issuer_keys: Sequence[str] | None = None
 ) -> LoadedCertificate | None:
     """The stored certificate to serve `name`: exact name first, then `*.parent`.
 

@@ -56,10 +56,10 @@ from acme_client.http01 import (
     publish_http01,
     remove_http01,
 )
-from acme_client.locks import FileLocker, LockError
+from acme_client.locks import Locker, LockError
 from acme_client.schedule import select_ari_time
 from acme_client.storage import (
-    FileStorage,
+    Storage,
     issuer_key_from_ca_url,
     user_private_key_key,
     user_registration_key,
@@ -452,24 +452,24 @@ def _to_issuer_error(exc: BaseException, prefix: str = "") -> IssuerError:
 class AcmeIssuer:
     """One ACME CA + account. Thread-safe: the account is set up once under a lock.
 
-    `storage` is the shared FileStorage (or anything with store/load/delete/exists/list).
+    `storage` is the shared Storage (files or Redis).
     """
 
     def __init__(
         self,
         config: IssuerConfig,
-        storage: FileStorage,
+        storage: Storage,
         *,
         executor: concurrent.futures.ThreadPoolExecutor | None = None,
         rng: random.Random | None = None,
-        locker: FileLocker | None = None,
+        locker: Locker | None = None,
         challenge_memory: ChallengeMemory | None = None,
     ) -> None:
         if config.key_type not in KEY_TYPES:
             raise ValueError(f"unsupported key_type {config.key_type!r}")
         self.config = config
         self.storage = storage
-        self.locker = locker or FileLocker(storage)
+        self.locker = locker or storage.new_locker()
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix=f"acme-{config.issuer_key}"

@@ -45,11 +45,12 @@ from acme_client.certificates import (
     parse_private_key,
     renewal_due,
 )
-from acme_client.locks import FileLocker
+from acme_client.locks import Locker
 from acme_client.storage import (
     LOCAL_ISSUER_KEY,
     CertificateResource,
     FileStorage,
+    Storage,
     ca_intermediate_cert_key,
     ca_intermediate_key_key,
     ca_root_cert_key,
@@ -186,7 +187,7 @@ def san_entries(names: Sequence[str]) -> list[x509.GeneralName]:
 
 
 class LocalCA:
-    """Caddy's `local` CA over a FileStorage.
+    """Caddy's `local` CA over a Storage.
 
     Call `provision()` once (loads or creates root and intermediate), `maintain()` periodically
     (renews the intermediate), and `obtain(names)` to get a valid leaf (stored one when still
@@ -197,7 +198,7 @@ class LocalCA:
 
     def __init__(
         self,
-        storage: FileStorage,
+        storage: Storage,
         *,
         ca_id: str = LOCAL_ISSUER_KEY,
         name: str = DEFAULT_CA_NAME,
@@ -206,7 +207,7 @@ class LocalCA:
         intermediate_lifetime: timedelta = INTERMEDIATE_LIFETIME,
         leaf_lifetime: timedelta = LEAF_LIFETIME,
         clock: Clock = utc_now,
-        locker: FileLocker | None = None,
+        locker: Locker | None = None,
         lock_timeout_s: float | None = 60.0,
     ) -> None:
         self.storage = storage
@@ -219,7 +220,7 @@ class LocalCA:
         self.clock = clock
         # Always lock: without it, processes sharing storage race to create the CA and can read
         # a root certificate whose key is not written yet (seen in practice, not theoretical).
-        self.locker = locker if locker is not None else FileLocker(storage)
+        self.locker = locker if locker is not None else storage.new_locker()
         self.lock_timeout_s = lock_timeout_s
         self._mu = threading.RLock()
         self._root: x509.Certificate | None = None
@@ -249,8 +250,17 @@ class LocalCA:
             return list(self._inter_chain)
 
     def root_cert_path(self) -> Path:
-        """The root certificate's file, for `pyproxy trust` and `curl --cacert`."""
+        """The root certificate's file, for `pyproxy trust` and `curl --cacert`.
+
+        Only a file-system storage has one; with another storage, export `root_cert_pem()`.
+        """
+        if not isinstance(self.storage, FileStorage):
+            raise LocalCAError(f"{self.root_cert_label()}: the root certificate is not in a file")
         return self.storage.filename(ca_root_cert_key(self.ca_id))
+
+    def root_cert_label(self) -> str:
+        """Where the root certificate is stored, for messages."""
+        return self.storage.label(ca_root_cert_key(self.ca_id))
 
     def root_cert_pem(self) -> bytes:
         return encode_certificate(self.root_certificate)
@@ -273,7 +283,7 @@ class LocalCA:
             now = self.clock()
             if renewal_due(root, now, CA_RENEWAL_WINDOW_RATIO):
                 # Caddy does not renew roots either (it would break every client's trust).
-                log.warning("%s: local CA root expires soon", self.root_cert_path())
+                log.warning("%s: local CA root expires soon", self.root_cert_label())
             inter = self._inter_chain[0]
             if not renewal_due(inter, now, CA_RENEWAL_WINDOW_RATIO):
                 return False
@@ -301,13 +311,13 @@ class LocalCA:
         except FileNotFoundError:
             return self._create_root()
         except OSError as exc:
-            raise LocalCAError(f"{self.storage.filename(cert_key)}: loading root: {exc}") from exc
+            raise LocalCAError(f"{self.storage.label(cert_key)}: loading root: {exc}") from exc
         try:
-            cert = parse_certificate_chain(cert_pem, str(self.storage.filename(cert_key)))[0]
-            key = parse_private_key(self.storage.load(key_key), str(self.storage.filename(key_key)))
+            cert = parse_certificate_chain(cert_pem, self.storage.label(cert_key))[0]
+            key = parse_private_key(self.storage.load(key_key), self.storage.label(key_key))
         except FileNotFoundError as exc:
             raise LocalCAError(
-                f"{self.storage.filename(key_key)}: root certificate present but key missing"
+                f"{self.storage.label(key_key)}: root certificate present but key missing"
             ) from exc
         except (CertificateError, OSError) as exc:
             raise LocalCAError(f"loading local CA root: {exc}") from exc
@@ -321,7 +331,7 @@ class LocalCA:
         # Certificate before key, like caddypki, so a reader never sees a key without a cert.
         self.storage.store(ca_root_cert_key(self.ca_id), encode_certificate(cert))
         self.storage.store(ca_root_key_key(self.ca_id), encode_private_key(key))
-        log.info("local CA %s: created root certificate %s", self.ca_id, self.root_cert_path())
+        log.info("local CA %s: created root certificate %s", self.ca_id, self.root_cert_label())
         return cert, key
 
     def _try_load_intermediate(
@@ -336,8 +346,8 @@ class LocalCA:
         except FileNotFoundError:
             return None
         try:
-            chain = parse_certificate_chain(cert_pem, str(self.storage.filename(cert_key)))
-            key = parse_private_key(key_pem, str(self.storage.filename(key_key)))
+            chain = parse_certificate_chain(cert_pem, self.storage.label(cert_key))
+            key = parse_private_key(key_pem, self.storage.label(key_key))
         except CertificateError as exc:
             raise LocalCAError(f"loading local CA intermediate: {exc}") from exc
         try:
@@ -363,7 +373,7 @@ class LocalCA:
         lifetime = self.intermediate_lifetime
         if now + lifetime > root.not_valid_after_utc:
             raise LocalCAError(
-                f"{self.root_cert_path()}: intermediate lifetime must be less than the root's "
+                f"{self.root_cert_label()}: intermediate lifetime must be less than the root's "
                 f"remaining lifetime ({root.not_valid_after_utc - now})"
             )
         key = _new_key()

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from acme_client.storage import FileStorage, lock_key, make_dirs
 
@@ -180,6 +181,25 @@ def waiting_message(lock: str, holder: LockMeta | None, me: LockOwner) -> str:
     if me.same_node(owner):
         return f"{lock}: waiting for worker {owner.pid} of this node, which holds the lock"
     return f"{lock}: waiting for another instance ({owner.host}/{owner.pid}), which holds the lock"
+
+
+class Locker(Protocol):
+    """certmagic's `Locker`: named cross-process locks that go stale when their holder dies.
+
+    `FileLocker` (lock files, below) and `acme_client.redis_storage.RedisLocker` (keys with an
+    expiry). A held lock is refreshed in the background until `unlock`; a holder that stops
+    refreshing loses it after `LOCK_STALE_AFTER_S`. Only the holder releases a lock.
+    """
+
+    def lock(self, name: str, timeout_s: float | None = None) -> None: ...
+    def try_lock(self, name: str) -> bool: ...
+    def unlock(self, name: str) -> None: ...
+    def unlock_all(self) -> None: ...
+    def held(self, name: str) -> bool: ...
+    def locked(
+        self, name: str, timeout_s: float | None = None
+    ) -> contextlib.AbstractContextManager[None]: ...
+    def holder_of(self, name: str) -> LockMeta | None: ...
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

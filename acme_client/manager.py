@@ -54,7 +54,7 @@ from acme_client.issuer import (
     IssuerError,
     RenewalInfo,
 )
-from acme_client.locks import FileLocker, LockOwner, waiting_message
+from acme_client.locks import Locker, LockOwner, waiting_message
 from acme_client.retry_record import (
     RetryRecord,
     RetryRecordError,
@@ -71,7 +71,7 @@ from acme_client.schedule import (
 )
 from acme_client.storage import (
     CertificateResource,
-    FileStorage,
+    Storage,
     retry_record_key,
     save_certificate_resource,
 )
@@ -201,11 +201,11 @@ class CertificateManager:
 
     def __init__(
         self,
-        storage: FileStorage,
+        storage: Storage,
         issuers: IssuerSettings | Sequence[IssuerSettings],
         *,
         on_certificate: CertificateCallback | None = None,
-        locker: FileLocker | None = None,
+        locker: Locker | None = None,
         renew_interval_s: float = DEFAULT_RENEW_INTERVAL_S,
         renewal_window_ratio: float = DEFAULT_RENEWAL_WINDOW_RATIO,
         clock: Clock = utc_now,
@@ -216,7 +216,7 @@ class CertificateManager:
         max_workers: int = MAX_WORKERS,
     ) -> None:
         self.storage = storage
-        self.locker = locker or FileLocker(storage)
+        self.locker = locker or storage.new_locker()
         self.on_certificate = on_certificate
         self.renew_interval_s = renew_interval_s
         self.renewal_window_ratio = renewal_window_ratio
@@ -697,7 +697,7 @@ class CertificateManager:
 
 
 def stored_status(
-    storage: FileStorage,
+    storage: Storage,
     names: Iterable[str],
     issuers: Sequence[IssuerSettings],
     *,
@@ -741,7 +741,7 @@ def stored_status(
     return out
 
 
-def _stored_retry_record(storage: FileStorage, name: str) -> RetryRecord | None:
+def _stored_retry_record(storage: Storage, name: str) -> RetryRecord | None:
     """`name`'s retry record, None when absent or unreadable (the running manager says why)."""
     try:
         record = parse_retry_record(storage.load(retry_record_key(name)))
@@ -752,11 +752,11 @@ def _stored_retry_record(storage: FileStorage, name: str) -> RetryRecord | None:
 
 def issuer_from_settings(
     config: IssuerSettings,
-    storage: FileStorage,
+    storage: Storage,
     *,
     executor: concurrent.futures.ThreadPoolExecutor,
     rng: random.Random,
-    locker: FileLocker,
+    locker: Locker,
 ) -> CertificateIssuer:
     """The issuer that runs `config`: ACME (AcmeIssuer) or ZeroSSL's API (ZeroSSLIssuer)."""
     if isinstance(config, ZeroSSLConfig):

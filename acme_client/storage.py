@@ -30,8 +30,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from acme_client.locks import Locker
 
 # certmagic's prefixes (storage.go, acmeissuer.go, caddypki/ca.go).
 PREFIX_CERTS = "certificates"
@@ -71,6 +74,14 @@ _UNSAFE_CHARS_RE = re.compile(r"[^0-9A-Za-z_@.\-]")
 
 class StorageError(Exception):
     """A storage operation failed; the message starts with the key or path concerned."""
+
+
+class StorageUnavailableError(StorageError, OSError):
+    """The storage backend could not be reached (a Redis server down, a timeout).
+
+    An OSError too, so every caller that already survives an I/O error of the file system (logs,
+    retries later, keeps serving what it has in memory) survives a network storage outage alike.
+    """
 
 
 def safe_key(text: str) -> str:
@@ -257,12 +268,38 @@ def default_storage_root(
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
-    """What `FileStorage.stat` reports, like certmagic's KeyInfo."""
+    """What `Storage.stat` reports, like certmagic's KeyInfo."""
 
     key: str
     modified: datetime
     size: int
     is_terminal: bool  # a file, not a "directory" of keys
+
+
+class Storage(Protocol):
+    """certmagic's `Storage` interface: slash-separated keys to byte values, plus its locks.
+
+    Implementations: `FileStorage` (below) and `acme_client.redis_storage.RedisStorage`. Every
+    method blocks (callers run them in worker threads) and is bounded in time. A missing key is
+    FileNotFoundError from `load`, `stat` and `list`; an unreachable backend is
+    StorageUnavailableError (an OSError).
+    """
+
+    def store(self, key: str, value: bytes) -> None: ...
+    def load(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str, recursive: bool = False) -> list[str]: ...
+    def stat(self, key: str) -> KeyInfo: ...
+    def store_all(self, items: Sequence[tuple[str, bytes]]) -> None: ...
+
+    def label(self, key: str) -> str:
+        """Where `key` lives, for messages (a file name, or the Redis key)."""
+        ...
+
+    def new_locker(self) -> Locker:
+        """The locks that go with this storage (certmagic's Storage embeds its Locker)."""
+        ...
 
 
 class FileStorage:
@@ -279,6 +316,14 @@ class FileStorage:
 
     def __repr__(self) -> str:
         return f"FileStorage:{self.root}"
+
+    def label(self, key: str) -> str:
+        return str(self.filename(key))
+
+    def new_locker(self) -> Locker:
+        from acme_client.locks import FileLocker  # locks builds on this module
+
+        return FileLocker(self)
 
     def filename(self, key: str) -> Path:
         """The file that holds `key`. Refuses keys that would leave the storage root."""
@@ -354,19 +399,23 @@ class FileStorage:
         )
 
     def store_all(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Store several keys; if one fails, delete those already written (certmagic's storeTx)."""
-        done: list[str] = []
-        try:
-            for key, value in items:
-                self.store(key, value)
-                done.append(key)
-        except BaseException:
-            for key in done:
-                try:
-                    self.delete(key)
-                except OSError:
-                    pass
-            raise
+        store_all_or_none(self, items)
+
+
+def store_all_or_none(storage: Storage, items: Sequence[tuple[str, bytes]]) -> None:
+    """Store several keys; if one fails, delete those already written (certmagic's storeTx)."""
+    done: list[str] = []
+    try:
+        for key, value in items:
+            storage.store(key, value)
+            done.append(key)
+    except BaseException:
+        for key in done:
+            try:
+                storage.delete(key)
+            except OSError:
+                pass
+        raise
 
 
 _TEMP_PREFIX = ".pyproxy-tmp-"
@@ -465,7 +514,7 @@ class CertificateResource:
         return json.dumps(meta, indent="\t").encode("utf-8")
 
 
-def save_certificate_resource(storage: FileStorage, resource: CertificateResource) -> None:
+def save_certificate_resource(storage: Storage, resource: CertificateResource) -> None:
     """Store key, chain and metadata under `certificates/<issuer>/<names key>/`.
 
     The order (key, cert, meta) and roll-back on failure follow certmagic's saveCertResource.
@@ -481,7 +530,7 @@ def save_certificate_resource(storage: FileStorage, resource: CertificateResourc
 
 
 def load_certificate_resource(
-    storage: FileStorage, issuer_key: str, cert_names_key: str
+    storage: Storage, issuer_key: str, cert_names_key: str
 ) -> CertificateResource:
     """Load what `save_certificate_resource` (or Caddy) stored. FileNotFoundError when absent."""
     name = normalize_name(cert_names_key)
@@ -509,14 +558,14 @@ def load_certificate_resource(
     )
 
 
-def list_issuer_keys(storage: FileStorage) -> list[str]:
+def list_issuer_keys(storage: Storage) -> list[str]:
     """Issuer directories under `certificates/` (safe-key form, e.g. `local`)."""
     try:
         keys = storage.list(PREFIX_CERTS)
     except FileNotFoundError:
         return []
-    return [k.rsplit("/", 1)[-1] for k in keys if storage.filename(k).is_dir()]
+    return [k.rsplit("/", 1)[-1] for k in keys if not storage.stat(k).is_terminal]
 
 
-def delete_certificate_resource(storage: FileStorage, issuer_key: str, cert_names_key: str) -> None:
+def delete_certificate_resource(storage: Storage, issuer_key: str, cert_names_key: str) -> None:
     storage.delete(certs_site_prefix(issuer_key, normalize_name(cert_names_key)))

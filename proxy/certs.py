@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,10 +58,17 @@ from acme_client.issuer import (
 )
 from acme_client.local_ca import LocalCA
 from acme_client.manager import NODE_STATE, CertStatus, IssuerSettings, stored_status
+from acme_client.redis_storage import (
+    RedisConfigError,
+    RedisStorage,
+    RedisStorageConfig,
+    parse_redis_storage_config,
+)
 from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
 from acme_client.storage import (
     LOCAL_ISSUER_KEY,
     FileStorage,
+    Storage,
     default_storage_root,
     site_cert_key,
 )
@@ -110,11 +118,25 @@ class CertSetup:
     plan: AutoHTTPSPlan
     manual: tuple[ManualCertificate, ...]
     storage_root: Path
+    # `{"module": "redis"}` storage; None for the file system at `storage_root`.
+    redis_storage: RedisStorageConfig | None = None
 
     @property
     def config(self) -> dict[str, Any]:
         """The config the engine serves (redirect servers and TLS policies added)."""
         return self.plan.config
+
+    def storage_identity(self) -> str:
+        """Which storage this is: two setups with one identity share certificates and locks."""
+        if self.redis_storage is not None:
+            return self.redis_storage.describe()
+        return str(self.storage_root)
+
+    def open_storage(self) -> Storage:
+        """A client of the configured storage (each caller owns the one it opens)."""
+        if self.redis_storage is not None:
+            return RedisStorage.from_config(self.redis_storage)
+        return FileStorage(self.storage_root)
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -126,21 +148,37 @@ def _list(value: Any) -> list[Any]:
 
 
 def storage_root_from_config(config: Mapping[str, Any]) -> Path:
-    """The top-level `storage` (`{"module": "file_system", "root": ...}`), else Caddy's default."""
+    """The top-level `storage` (`{"module": "file_system", "root": ...}`), else Caddy's default.
+
+    A `redis` storage keeps nothing on disk; its root is Caddy's default data directory.
+    """
     storage = config.get("storage")
     if not storage:
         return default_storage_root()
     if not isinstance(storage, Mapping):
         raise ConfigError("storage: expected an object")
     module = storage.get("module")
+    if module == "redis":
+        return default_storage_root()
     if module != "file_system":
-        raise ConfigError(f"storage: module not supported: {module!r} (only file_system)")
+        raise ConfigError(f"storage: module not supported: {module!r} (only file_system, redis)")
     root = storage.get("root")
     if not root:
         return default_storage_root()
     if not isinstance(root, str):
         raise ConfigError("storage.root: expected a string")
     return Path(root)
+
+
+def redis_storage_from_config(config: Mapping[str, Any]) -> RedisStorageConfig | None:
+    """The `{"module": "redis", ...}` storage (caddy-storage-redis's fields), else None."""
+    storage = config.get("storage")
+    if not isinstance(storage, Mapping) or storage.get("module") != "redis":
+        return None
+    try:
+        return parse_redis_storage_config(storage, "storage", replace_global)
+    except RedisConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def load_manual_certificates(tls_app: Mapping[str, Any]) -> list[ManualCertificate]:
@@ -200,7 +238,12 @@ def prepare_certificates(config: Mapping[str, Any]) -> CertSetup:
     plan = plan_automatic_https(config, loaded_names=loaded_names, env=os.environ)
     for warning in plan.warnings:
         log.warning("automatic HTTPS: %s", warning, extra=NODE_STATE)
-    return CertSetup(plan=plan, manual=tuple(manual), storage_root=storage_root_from_config(config))
+    return CertSetup(
+        plan=plan,
+        manual=tuple(manual),
+        storage_root=storage_root_from_config(config),
+        redis_storage=redis_storage_from_config(config),
+    )
 
 
 # ---- issuers ----------------------------------------------------------------------------------
@@ -315,6 +358,29 @@ def _renewal_ratio(policy: Mapping[str, Any]) -> float:
 # ---- the per-worker runtime -------------------------------------------------------------------
 
 
+# An outage is said once a minute per storage, not on every poll of every name.
+STORAGE_WARNING_INTERVAL_S = 60.0
+_storage_warned_at: dict[str, float] = {}
+
+
+def _warn_storage_unavailable(storage: Storage, exc: OSError) -> None:
+    where = storage.label("")
+    now = time.monotonic()
+    last = _storage_warned_at.get(where)
+    if last is not None and now - last < STORAGE_WARNING_INTERVAL_S:
+        return
+    _storage_warned_at[where] = now
+    log.warning("storage unavailable, serving what is in memory: %s", exc, extra=NODE_STATE)
+
+
+def _stored_key_signature(storage: Storage, key: str) -> tuple[datetime, int] | None:
+    try:
+        info = storage.stat(key)
+    except FileNotFoundError:
+        return None
+    return (info.modified, info.size)
+
+
 def _file_signature(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -407,7 +473,7 @@ class CertRuntime:
         self.maintenance_interval_s = maintenance_interval_s
         self.local_ca_check_interval_s = local_ca_check_interval_s
         self.store = CertificateStore.from_tls_app(self.tls_app)
-        self.storage = FileStorage(setup.storage_root)
+        self.storage = setup.open_storage()
         self.selectors: dict[str, SNISelector] = {}
         self._watched: list[_WatchedFiles] = []
         self._internal: list[_InternalName] = []
@@ -715,10 +781,17 @@ class CertRuntime:
             )
 
     def _stored_signature(self, name: str, issuer_keys: Sequence[str]) -> tuple[Any, ...]:
+        # Storage-neutral change detection (file system or Redis): the certificate's modified
+        # time and size. A storage that cannot be read now (Redis down) counts as "unchanged":
+        # what is in service keeps serving and the next poll looks again.
         host = normalize_host(name)
-        return tuple(
-            _file_signature(str(self.storage.filename(site_cert_key(k, host)))) for k in issuer_keys
-        )
+        try:
+            return tuple(
+                _stored_key_signature(self.storage, site_cert_key(k, host)) for k in issuer_keys
+            )
+        except OSError as exc:
+            _warn_storage_unavailable(self.storage, exc)
+            return self._stored_sigs.get(name, ())
 
     def _poll_storage(self) -> None:
         """Install ACME certificates another worker or node stored since we last looked."""
@@ -828,7 +901,7 @@ def gate_protocol_factory(
 
 def certificate_status(setup: CertSetup) -> list[CertStatus]:
     """Managed names with issuer, expiry, next renewal (from storage alone, no CA contact)."""
-    storage = FileStorage(setup.storage_root)
+    storage = setup.open_storage()
     tls_app = _obj(_obj(setup.config.get("apps")).get("tls"))
     interval_s = _renew_interval_s(tls_app)
     out: list[CertStatus] = []

@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from acme_client.manager import CertificateManager, CertStatus
-from acme_client.storage import FileStorage
 from proxy.certs import AcmeGroup, CertSetup, acme_plan
 
 log = logging.getLogger("pyproxy.certs")
@@ -59,7 +58,7 @@ class NodeCertificates:
     async def apply(self, setup: CertSetup) -> None:
         """Manage the ACME names of `setup` (a new config in service); returns at once."""
         plan = acme_plan(setup)
-        root = str(setup.storage_root)
+        root = setup.storage_identity()
         if root != self._storage_root:
             # Another storage is another world (accounts, locks, certificates): start over.
             await self._stop_managers(list(self._managers))
@@ -80,7 +79,7 @@ class NodeCertificates:
                 await manager.reload(group.names)
                 continue
             manager = CertificateManager(
-                FileStorage(setup.storage_root),
+                setup.open_storage(),
                 group.issuers,
                 on_certificate=self._stored,
                 renewal_window_ratio=group.renewal_ratio,

@@ -158,6 +158,10 @@ def _storage_root(args: argparse.Namespace) -> Path:
         from proxy.certs import storage_root_from_config
 
         config, _warnings = load_config(args.config, getattr(args, "adapter", None))
+        storage = config.get("storage")
+        if isinstance(storage, dict) and storage.get("module") == "redis":
+            # The CA is in Redis, not below a directory: refuse rather than read another CA.
+            raise ConfigError("storage: the local CA in redis storage is not supported by trust")
         return storage_root_from_config(config)
     return default_storage_root()
 

@@ -176,8 +176,12 @@ def _storage(d: Dispenser, _existing: Any) -> Any:
     if not d.next() or not d.next():
         raise d.arg_err()
     module = d.val()
+    if module == "redis":
+        return _storage_redis(d)
     if module != "file_system":
-        raise d.err(f"storage module '{module}' is not supported by pyproxy (only file_system)")
+        raise d.err(
+            f"storage module '{module}' is not supported by pyproxy (only file_system, redis)"
+        )
     storage: JSONDict = {"module": "file_system"}
     if d.next_arg():
         storage["root"] = d.val()
@@ -195,6 +199,104 @@ def _storage(d: Dispenser, _existing: Any) -> Any:
             raise d.arg_err()
     if "root" not in storage:
         raise d.err("missing storage root path")
+    return storage
+
+
+# Go's strconv.ParseBool, which caddy-storage-redis uses for its boolean options.
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _go_parse_bool(text: str) -> bool | None:
+    if text in _GO_TRUE:
+        return True
+    if text in _GO_FALSE:
+        return False
+    return None
+
+
+def _storage_redis(d: Dispenser) -> JSONDict:
+    """`storage redis [cluster|failover] { ... }`: caddy-storage-redis's UnmarshalCaddyfile.
+
+    The JSON is the module's whole config struct (Caddy marshals every field, defaults from its
+    New()), so `pyproxy adapt` prints what `caddy adapt` with the module prints. Whether pyproxy
+    can honour it (one standalone server) is decided when the config loads, naming the JSON path.
+    """
+    storage: JSONDict = {
+        "client_type": "simple",
+        "address": None,
+        "host": ["127.0.0.1"],
+        "port": ["6379"],
+        "db": "0",
+        "timeout": "",
+        "username": "",
+        "password": "",
+        "sentinel_password": "",
+        "master_name": "",
+        "key_prefix": "caddy",
+        "encryption_key": "",
+        "compression": "",
+        "tls_enabled": False,
+        "tls_insecure": False,
+        "tls_server_certs_pem": "",
+        "tls_server_certs_path": "",
+        "route_by_latency": False,
+        "route_randomly": False,
+    }
+    if d.next_arg():
+        if d.val() not in ("cluster", "failover"):
+            raise d.arg_err()
+        storage["client_type"] = d.val()
+    nesting = d.nesting
+    while d.next_block(nesting):
+        name = d.val()
+        values: list[str] = []
+        if d.next_arg():
+            values.append(d.val())  # one value on the line
+        else:
+            inner = d.nesting
+            while d.next_block(inner):  # or a block of values, one token each
+                values.append(d.val())
+        if not values:
+            # The module's message, spelling included.
+            raise d.err(f"no value supplied for configuraton key '{name}'")
+        first = values[0]
+        if name in ("address", "host", "port"):
+            storage[name] = values
+        elif name in ("db", "timeout", "encryption_key"):
+            storage[name] = first
+        elif name == "aes_key":  # the old gamalan/caddy-tlsredis name
+            storage["encryption_key"] = first
+        elif name in (
+            "username",
+            "password",
+            "sentinel_password",
+            "master_name",
+            "key_prefix",
+            "tls_server_certs_pem",
+            "tls_server_certs_path",
+        ):
+            if first:
+                storage[name] = first
+        elif name == "compression":
+            flag = _go_parse_bool(first)
+            if flag is not None:
+                storage[name] = "flate" if flag else ""
+            elif first in ("flate", "zlib"):
+                storage[name] = first
+            else:
+                raise d.err(
+                    f"invalid value for 'compression': {first} "
+                    "(expected 'true', 'flate', 'zlib', or 'false')"
+                )
+        elif name in ("tls_enabled", "tls_insecure", "route_by_latency", "route_randomly"):
+            flag = _go_parse_bool(first)
+            if flag is None:
+                raise d.err(f"invalid boolean value for '{name}': {first}")
+            storage[name] = flag
+        else:
+            raise d.err(f"unknown configuration key: {name}")
+    storage["module"] = "redis"
     return storage
 
 

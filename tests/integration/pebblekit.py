@@ -42,7 +42,7 @@ if __name__ == "__main__":  # run as a worker process: make the project importab
 from acme_client.http01 import HTTP01, answer_http01
 from acme_client.issuer import IssuerConfig
 from acme_client.manager import CertificateManager
-from acme_client.storage import FileStorage
+from acme_client.storage import FileStorage, Storage
 
 PEBBLE_BIN = shutil.which("pebble")
 CHALLTESTSRV_BIN = shutil.which("pebble-challtestsrv")
@@ -362,7 +362,7 @@ def pebble_global_options(
 class Http01Responder:
     """Answers HTTP-01 from shared storage on 127.0.0.1 and (when available) ::1."""
 
-    def __init__(self, storage: FileStorage, port: int, *, ipv6: bool = True) -> None:
+    def __init__(self, storage: Storage, port: int, *, ipv6: bool = True) -> None:
         self.storage = storage
         self.port = port
         self.ipv6 = ipv6
@@ -453,10 +453,12 @@ class AcmeEnv:
             pebble.prepare()
         return pebble
 
-    async def new_responder(self, *, ipv6: bool = True, port: int | None = None) -> Http01Responder:
+    async def new_responder(
+        self, *, ipv6: bool = True, port: int | None = None, storage: Storage | None = None
+    ) -> Http01Responder:
         if port is None:
             port = free_port(also=("::1",) if ipv6 else ())
-        responder = Http01Responder(self.storage, port, ipv6=ipv6)
+        responder = Http01Responder(storage or self.storage, port, ipv6=ipv6)
         await responder.start()
         self.responders.append(responder)
         return responder
@@ -467,10 +469,12 @@ class AcmeEnv:
         ipv6: bool = True,
         validity_s: int = 7776000,
         nonce_reject_pct: int = 0,
+        storage: Storage | None = None,
         **kw: Any,
     ) -> tuple[Pebble, Http01Responder]:
-        """A responder (v4 + v6, or v4 only) and a Pebble validating against it."""
-        responder = await self.new_responder(ipv6=ipv6)
+        """A responder (v4 + v6, or v4 only; answering from `storage`, by default the test's
+        file storage) and a Pebble validating against it."""
+        responder = await self.new_responder(ipv6=ipv6, storage=storage)
         pebble = self.new_pebble(
             http_port=responder.port,
             default_ipv6="::1" if ipv6 else "",
@@ -490,7 +494,7 @@ class AcmeEnv:
     def manager(
         self,
         issuer: IssuerConfig | Sequence[IssuerConfig],
-        storage: FileStorage | None = None,
+        storage: Storage | None = None,
         **kw: Any,
     ) -> CertificateManager:
         def record(name: str, cert_pem: bytes, key_pem: bytes) -> None:

@@ -93,7 +93,7 @@ def test_storage_file_system() -> None:
     }
     block = "{\n\tstorage file_system {\n\t\troot /var/x\n\t}\n}\n:80\n"
     assert adapt(block)["storage"]["root"] == "/var/x"
-    assert "not supported" in error("{\n\tstorage redis\n}\n:80\n")
+    assert "not supported" in error("{\n\tstorage consul\n}\n:80\n")
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def test_storage_root_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     cfg = {"storage": {"module": "file_system", "root": str(tmp_path / "s")}}
     assert storage_root_from_config(cfg) == tmp_path / "s"
     with pytest.raises(ConfigError, match="not supported"):
-        storage_root_from_config({"storage": {"module": "redis"}})
+        storage_root_from_config({"storage": {"module": "consul"}})
 
 
 def test_split_host_port() -> None:
