@@ -148,6 +148,7 @@ async def test_restart_reuses_certificate_and_account(acme_env: AcmeEnv) -> None
     assert second.accounts_registered() == 0
     # The stored account is used as is, even for the next order: no registration either.
     issuer_obj = second.issuers[0]
+    assert isinstance(issuer_obj, AcmeIssuer)
     await asyncio.get_running_loop().run_in_executor(None, issuer_obj._client)
     assert issuer_obj.accounts_registered == 0
 
@@ -302,7 +303,9 @@ async def test_bad_nonce_storm_still_succeeds(acme_env: AcmeEnv) -> None:
     for name, cert, _key in acme_env.installed:
         verify_chain(cert, name, pebble.root_pem())
     # The storm really happened, and our own retries (not the library's single one) absorbed it.
-    assert mgr.issuers[0].bad_nonce_retries >= 3
+    acme_issuer = mgr.issuers[0]
+    assert isinstance(acme_issuer, AcmeIssuer)
+    assert acme_issuer.bad_nonce_retries >= 3
 
 
 # --- ARI with a fake renewalInfo endpoint ---------------------------------------------------
@@ -381,7 +384,8 @@ async def test_ari_window_triggers_renewal_with_replaces(acme_env: AcmeEnv) -> N
         await wait_until(lambda: len(serials(acme_env, "ari.example.com")) >= 2, 60, "renewal")
         first, second = [c for n, c, _k in acme_env.installed if n == "ari.example.com"][:2]
         first_id = ari_cert_id(x509.load_pem_x509_certificate(first))
-        issuer: AcmeIssuer = mgr.issuers[0]
+        issuer = mgr.issuers[0]
+        assert isinstance(issuer, AcmeIssuer)
         assert fake.queries[0] == first_id
         assert issuer.last_order_replaces == first_id
         assert mgr.orders_placed() == 2

@@ -17,6 +17,7 @@ from acme_client.http01 import HTTP01, TLS_ALPN01
 from acme_client.issuer import (
     CHALLENGE_TYPES,
     ChallengeMemory,
+    IssuerConfig,
     IssuerConfigError,
     check_issuer_challenges,
     choose_challenge,
@@ -163,6 +164,7 @@ def test_without_the_bridge_issuers_use_http01_only(tmp_path: Path, without_brid
     managed = [m for m in setup.plan.managed if m.name == "a.example.com"]
     assert managed
     (config,) = acme_issuer_configs(managed[0], runtime.tls_app)
+    assert isinstance(config, IssuerConfig)
     assert config.challenge_types == (HTTP01,)
     only_alpn = {"module": "acme", "challenges": {"http": {"disabled": True}}}
     with pytest.raises(ConfigError, match=r"issuers\[1\]\.challenges\.http\.disabled: only"):
