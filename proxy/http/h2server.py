@@ -387,6 +387,7 @@ class HTTP2Connection(asyncio.Protocol):
         )
         self.streams: dict[int, H2Stream] = {}
         self._answered_early: set[int] = set()  # answered, the request body still open
+        self._retiring: list[_RetiringStreams] = []
         self._batch: list[bytes] | None = None
         self._tls: dict[str, Any] | None = None
         self.write_paused = False
@@ -603,7 +604,9 @@ class HTTP2Connection(asyncio.Protocol):
         stream.ex = ex
         try:
             if size > rt.max_header_bytes + HEADER_LIST_SLACK:
-                ex.respond(431, None)  # Go's http2 server answers an oversized list so
+                # What Go's server answers (h2's decoder already enforces the advertised size
+                # once our SETTINGS are acknowledged, as a connection error).
+                ex.respond(431, None)
                 return
             if bad_length:
                 ex.respond(400, None)
@@ -625,6 +628,8 @@ class HTTP2Connection(asyncio.Protocol):
         """The stream is over on our side (END_STREAM sent, or reset)."""
         if self.streams.get(stream.sid) is stream:
             del self.streams[stream.sid]
+        if self._retiring:
+            self._release_retired()
         req = stream.req
         if not stream.reset and req is not None and not req.body_done:
             # Answered before the client finished its request: if it goes on sending DATA it
@@ -721,12 +726,63 @@ class HTTP2Connection(asyncio.Protocol):
         return None
 
     def adopt(self, runtime: Any) -> None:
-        """Move to `runtime` (the same listeners under a new config). Open streams keep the
-        runtime they started with; new ones use this one."""
-        self.runtime.connections.discard(self)
+        """Move to `runtime` (the same listeners under a new config). New streams use it; open
+        ones finish with the runtime they started with, which keeps a `_RetiringStreams` in
+        its connection set until they are done (so its retirement waits for them, up to its
+        grace period, before its pools are released)."""
+        old = self.runtime
+        old.connections.discard(self)
+        if any(s.runtime is old for s in self.streams.values()):
+            tracker = _RetiringStreams(self, old)
+            self._retiring.append(tracker)
+            old.connections.add(tracker)
         self.runtime = runtime
         if self.closed:
             return
         runtime.connections.add(self)
         if not runtime.accepting:
             self.shutdown()
+
+    def _release_retired(self) -> None:
+        for tracker in list(self._retiring):
+            if not tracker.busy:
+                self._retiring.remove(tracker)
+                tracker.runtime.connections.discard(tracker)
+
+
+class _RetiringStreams:
+    """What a replaced runtime keeps of an HTTP/2 connection that moved on: its streams still
+    open there. Looks like a connection to `ServerRuntime.retire`."""
+
+    __slots__ = ("conn", "runtime")
+
+    def __init__(self, conn: HTTP2Connection, runtime: Any) -> None:
+        self.conn = conn
+        self.runtime = runtime
+
+    def _streams(self) -> list[H2Stream]:
+        return [s for s in self.conn.streams.values() if s.runtime is self.runtime]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._streams())
+
+    @property
+    def tunnel(self) -> Any:
+        return None
+
+    def check_timeout(self, now: float) -> None:
+        pass  # the connection itself is swept by its current runtime
+
+    def shutdown(self) -> None:
+        pass  # the streams finish; the connection lives on in its new runtime
+
+    def close(self) -> None:
+        """The grace period is over: reset the streams still open under the old config."""
+        self.runtime.connections.discard(self)
+        for stream in self._streams():
+            stream.cancel(ErrorCodes.CANCEL)
+        self.conn.send_now()
+
+    def adopt(self, runtime: Any) -> None:
+        self.runtime.connections.discard(self)

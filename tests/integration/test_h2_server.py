@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import h2.events
 import h2.settings
 import pytest
 import trustme
-from conftest import ProxyProcess, ThreadedOrigin
+from conftest import ProxyProcess, ThreadedOrigin, wait_port
 from enginekit import free_port, payload
 from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame
@@ -595,6 +596,53 @@ def test_stop_sends_goaway_and_finishes_open_streams(
     finally:
         client.close()
     assert proxy.proc.wait(TIMEOUT_S) == 0
+
+
+def test_reload_keeps_the_connection_new_streams_get_the_new_config(
+    run_proxy: Callable[..., ProxyProcess],
+    origin: ThreadedOrigin,
+    tmp_path: Path,
+    cert_pair: tuple[Path, Path],
+) -> None:
+    port, admin = free_port(), free_port()
+
+    def caddyfile(tag: str) -> str:
+        body = (
+            f"\thandle /slow {{\n\t\treverse_proxy 127.0.0.1:{origin.port}\n\t}}\n"
+            f'\trespond "config-{tag}"\n'
+        )
+        return h2_caddyfile(
+            tmp_path, cert_pair, port, body, extra_global=f"\tadmin 127.0.0.1:{admin}\n"
+        )
+
+    proxy = run_proxy(caddyfile("one"), port)
+    wait_port("127.0.0.1", admin, proc=proxy.proc)
+    client = H2Client(proxy.port)
+    try:
+        first = client.answer(client.request("GET", "/"))
+        assert bytes(first.body) == b"config-one"
+        slow = client.request("GET", "/slow?s=1.5")  # in flight across the reload
+        deadline = time.monotonic() + TIMEOUT_S
+        while not any(r["path"].startswith("/slow") for r in origin.requests):
+            assert time.monotonic() < deadline, "the slow request never reached the origin"
+            time.sleep(0.02)
+        load = urllib.request.Request(
+            f"http://127.0.0.1:{admin}/load",
+            data=caddyfile("two").encode(),
+            headers={"Content-Type": "text/caddyfile"},
+            method="POST",
+        )
+        with urllib.request.urlopen(load, timeout=30) as resp:
+            assert resp.status == 200
+        second = client.answer(client.request("GET", "/"))
+        late = client.answer(slow)
+        third = client.answer(client.request("GET", "/"))
+    finally:
+        client.close()
+    assert bytes(second.body) == b"config-two"
+    assert late.status == 200 and bytes(late.body) == b"late"  # finished under the old config
+    assert bytes(third.body) == b"config-two"
+    assert client.goaway is None
 
 
 # ---- conformance ---------------------------------------------------------------------------------
