@@ -63,6 +63,7 @@ HEADER_LIST_SLACK: Final = 320  # maxHeaderListSize(): MaxHeaderBytes + 10 field
 # Response bytes a stream buffers beyond what the peer's window admits before its producer is
 # paused (one upstream read may overshoot it; the buffer stays bounded by that).
 STREAM_BUFFER_BYTES: Final = 64 * 1024
+GOAWAY_LINGER_S: Final = 1.0  # Go's goAwayTimeout
 
 # RFC 9113 §8.2.2: connection-specific fields never appear in HTTP/2; an HTTP/1.1 response's
 # framing and hop-by-hop fields are dropped (Go's http2 server does the same).
@@ -141,8 +142,7 @@ class H2Stream:
         self.conn.end_batch()
 
     def flush(self) -> None:
-        if self._head is not None and not self.reset:
-            self._send_head(False)
+        self.pump()
         self.conn.send_now()
 
     # -- response ----------------------------------------------------------------------------
@@ -221,21 +221,27 @@ class H2Stream:
     def write_body(self, data: bytes) -> None:
         if not data or self.no_body or self.reset:
             return
-        if self._head is not None:
-            self._send_head(False)
         self._out.append(memoryview(data))
         self._out_bytes += len(data)
+        conn = self.conn
+        if conn._batch is not None:
+            # Sent when the batch ends (or with the end of the response, in one frame with
+            # END_STREAM): a proxied response's head, body and end usually come in one read.
+            conn.dirty.add(self)
+            return
         self.pump()
-        self.conn.send_soon()
+        conn.send_now()
 
     def pump(self) -> None:
         """Send what the flow-control windows admit (RFC 9113 §6.9), in frames of at most
         the peer's SETTINGS_MAX_FRAME_SIZE; pause or resume the producer on what is left."""
-        if self.reset:
+        if self.reset or self.sent_end:
             return
         h2c = self.conn.h2
         out = self._out
         sid = self.sid
+        if self._head is not None:
+            self._send_head(not out and self.ending)
         while out:
             room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
             if room <= 0:
@@ -243,16 +249,18 @@ class H2Stream:
             chunk = out[0]
             if len(chunk) <= room:
                 out.popleft()
-                h2c.send_data(sid, chunk.tobytes())
+                # The last frame of a complete response carries END_STREAM.
+                last = self.ending and not out
+                h2c.send_data(sid, chunk.tobytes(), end_stream=last)
                 self._out_bytes -= len(chunk)
+                if last:
+                    self.sent_end = True
             else:
                 h2c.send_data(sid, chunk[:room].tobytes())
                 out[0] = chunk[room:]
                 self._out_bytes -= room
-        if not out and self.ending and not self.sent_end:
-            if self._head is not None:
-                self._send_head(True)
-            else:
+        if not out and self.ending:
+            if not self.sent_end:
                 h2c.end_stream(sid)
                 self.sent_end = True
             self.conn.stream_finished(self)
@@ -281,11 +289,7 @@ class H2Stream:
         if self.reset:
             return
         self.ending = True
-        if self._head is not None and not self._out:
-            self._send_head(True)
-            self.conn.stream_finished(self)
-        else:
-            self.pump()
+        self.pump()
         self.conn.send_soon()
 
     def abort_exchange(self, ex: Exchange) -> None:
@@ -388,6 +392,7 @@ class HTTP2Connection(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self._answered_early: set[int] = set()  # answered, the request body still open
         self._retiring: list[_RetiringStreams] = []
+        self.dirty: set[H2Stream] = set()  # streams with body written during a batch
         self._batch: list[bytes] | None = None
         self._tls: dict[str, Any] | None = None
         self.write_paused = False
@@ -473,8 +478,7 @@ class HTTP2Connection(asyncio.Protocol):
                 # h2 has queued the GOAWAY with the error code (RFC 9113 §5.4.1).
                 log.debug("h2 connection error from %s: %s", self.remote_ip, exc)
                 self._batch = None
-                self.send_now()
-                self.close()
+                self._goaway_sent_close()
                 return
             for event in events:
                 self._on_event(event)
@@ -522,8 +526,8 @@ class HTTP2Connection(asyncio.Protocol):
         elif isinstance(event, h2.events.ConnectionTerminated):
             # The client's GOAWAY: h2 accepts no more frames on this connection.
             self.close()
-        # Trailers of a request (TrailersReceived) are not forwarded; PING, PRIORITY and
-        # SETTINGS acknowledgements need nothing beyond what h2 does.
+        # Request trailers (TrailersReceived) are not forwarded; PING, PRIORITY and SETTINGS
+        # acknowledgements need nothing beyond what h2 does.
 
     def _pump_all(self) -> None:
         for stream in list(self.streams.values()):
@@ -657,6 +661,11 @@ class HTTP2Connection(asyncio.Protocol):
 
     def end_batch(self) -> None:
         self._batch = None
+        dirty = self.dirty
+        if dirty:
+            self.dirty = set()
+            for stream in dirty:
+                stream.pump()
         self.send_now()
 
     def send_soon(self) -> None:
@@ -693,8 +702,18 @@ class HTTP2Connection(asyncio.Protocol):
             return
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(ErrorCodes.NO_ERROR)
+        self._goaway_sent_close()
+
+    def _goaway_sent_close(self) -> None:
+        """Send the queued GOAWAY, then close after GOAWAY_LINGER_S, dropping what still
+        arrives: closing at once with unread input makes the kernel reset the connection,
+        and the peer may lose the GOAWAY (Go's server waits goAwayTimeout, 1 s, too)."""
         self.send_now()
-        self.close()
+        self.closed = True
+        for stream in list(self.streams.values()):
+            stream.peer_reset()
+        # Still in the runtime's connections: a stopping server closes it without the wait.
+        self.runtime.loop.call_later(GOAWAY_LINGER_S, self.close)
 
     def shutdown(self) -> None:
         """Graceful stop: GOAWAY now (RFC 9113 §6.8), close once open streams are answered."""

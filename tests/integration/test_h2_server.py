@@ -207,6 +207,8 @@ class H2Client:
     def wait(self, done: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while not done():
+            if self.closed and done():
+                return
             assert not self.closed, "the server closed the connection"
             assert time.monotonic() < deadline, "timed out"
             self.read_once()
@@ -509,6 +511,50 @@ def test_expect_100_continue_gets_an_interim_response(
     finally:
         client.close()
     assert a.status == 200 and bytes(a.body) == b"hello"
+
+
+def test_connection_error_sends_goaway_before_closing(
+    h2_proxy: Callable[..., ProxyProcess],
+) -> None:
+    """Trailers with a pseudo-header field after the server answered: a PROTOCOL_ERROR
+    (RFC 9113 §8.1). The GOAWAY must reach the client although it keeps sending: the server
+    drops input for a while before closing (a close with unread input resets the TCP
+    connection, and the GOAWAY can be lost; h2spec's 8.1.2.1/3 failed that way now and then)."""
+    proxy = h2_proxy('\trespond "early"\n')
+    client = H2Client(proxy.port)
+    client.conn.config.validate_outbound_headers = False
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.answers[sid] = Answer()
+        client.conn.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", "/"),
+            ],
+        )
+        client._send()
+        a = client.answers[sid]
+        client.wait(lambda: a.ended)
+        assert bytes(a.body) == b"early"
+        client.conn.send_headers(sid, [(":method", "POST"), ("x-trailer", "1")], end_stream=True)
+        client._send()
+        client.sock.sendall(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678")  # PING
+        client.wait(lambda: client.goaway is not None)
+        got_goaway = time.monotonic()
+        assert client.goaway is not None
+        assert client.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+        client.sock.sendall(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"87654321")
+        deadline = got_goaway + TIMEOUT_S
+        while not client.closed:  # then it closes, cleanly (EOF, not a reset)
+            assert time.monotonic() < deadline
+            client.read_once()
+        # Not at once: after the linger (GOAWAY_LINGER_S = 1 s, the sweeper-free timer).
+        assert time.monotonic() - got_goaway >= 0.5
+    finally:
+        client.close()
 
 
 # ---- errors and cancellation -------------------------------------------------------------------
