@@ -206,7 +206,7 @@ class H2Stream:
         self._informational(int(parts[1]), rest)
 
     def _informational(self, status: int, block: str = "") -> None:
-        if self.reset or self.sent_end:
+        if self.reset or self.sent_end or self.conn.closed:
             return
         out = [(b":status", str(status).encode())]
         for line in block.split("\r\n"):
@@ -235,7 +235,7 @@ class H2Stream:
     def pump(self) -> None:
         """Send what the flow-control windows admit (RFC 9113 §6.9), in frames of at most
         the peer's SETTINGS_MAX_FRAME_SIZE; pause or resume the producer on what is left."""
-        if self.reset or self.sent_end:
+        if self.reset or self.sent_end or self.conn.closed:
             return
         h2c = self.conn.h2
         out = self._out
@@ -481,7 +481,17 @@ class HTTP2Connection(asyncio.Protocol):
                 self._goaway_sent_close()
                 return
             for event in events:
-                self._on_event(event)
+                try:
+                    self._on_event(event)
+                except Exception:
+                    # A bug here must not leave the connection half-served: end it (RFC 9113
+                    # §5.4.1 INTERNAL_ERROR), the way an HTTP/1.1 read error answers 500.
+                    log.exception("internal error serving an HTTP/2 connection")
+                    with contextlib.suppress(h2.exceptions.ProtocolError):
+                        self.h2.close_connection(ErrorCodes.INTERNAL_ERROR)
+                    self._batch = None
+                    self._goaway_sent_close()
+                    return
         finally:
             if owned:
                 self.end_batch()
@@ -524,7 +534,12 @@ class HTTP2Connection(asyncio.Protocol):
                 stream.peer_reset()
             self._answered_early.discard(event.stream_id or 0)
         elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client's GOAWAY: h2 accepts no more frames on this connection.
+            # The client's GOAWAY. h2 takes no frame after it, in either direction, so the
+            # streams still open are abandoned like on a closed connection (their proxy calls
+            # drop the upstream request).
+            self.closed = True
+            for stream in list(self.streams.values()):
+                stream.peer_reset()
             self.close()
         # Request trailers (TrailersReceived) are not forwarded; PING, PRIORITY and SETTINGS
         # acknowledgements need nothing beyond what h2 does.

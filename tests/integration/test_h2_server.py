@@ -9,6 +9,7 @@ The h2spec conformance run needs the tool: `PYPROXY_H2SPEC` (its path) or `h2spe
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -391,6 +392,32 @@ def test_get_through_reverse_proxy_to_an_http1_origin(
     assert entry["status"] == 200
 
 
+def test_header_and_encode_handlers_work_unchanged(
+    h2_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    text = "hello over h2 " * 400
+    proxy = h2_proxy(
+        "\theader X-Site h2\n"
+        "\theader -Server\n"
+        "\tencode gzip\n"
+        f"\thandle /proxied/* {{\n\t\turi strip_prefix /proxied\n"
+        f"\t\treverse_proxy 127.0.0.1:{origin.port}\n\t}}\n"
+        f'\trespond "{text}"\n'
+    )
+    client = H2Client(proxy.port)
+    try:
+        a = client.answer(client.request("GET", "/", [("accept-encoding", "gzip")]))
+        b = client.answer(client.request("HEAD", "/proxied/bytes/3000"))
+    finally:
+        client.close()
+    assert a.status == 200
+    assert a.header("x-site") == "h2" and a.header("server") is None
+    assert a.header("content-encoding") == "gzip"
+    assert gzip.decompress(bytes(a.body)) == text.encode()
+    assert b.status == 200 and b.ended and not b.body  # HEAD: no DATA
+    assert b.header("x-site") == "h2" and b.header("content-length") == "3000"
+
+
 def test_http11_clients_and_servers_without_h2_keep_http11(
     h2_proxy: Callable[..., ProxyProcess],
 ) -> None:
@@ -617,6 +644,32 @@ def test_client_reset_mid_response_cancels_the_upstream_request(
     finally:
         client.close()
     assert up.requests == 2
+
+
+def test_client_goaway_mid_response_cancels_the_upstream_request(
+    h2_proxy: Callable[..., ProxyProcess],
+    watch_origin: Callable[..., ClosingWatchOrigin],
+) -> None:
+    up = watch_origin(50 * 1024 * 1024, 256 * 1024)
+    proxy = h2_proxy(
+        f"\thandle /big {{\n\t\treverse_proxy 127.0.0.1:{up.port}\n\t}}\n\trespond ok\n"
+    )
+    client = H2Client(proxy.port, window=32 * 1024, auto_ack=False)
+    try:
+        sid = client.request("GET", "/big")
+        a = client.answers[sid]
+        client.wait(lambda: len(a.body) >= 16 * 1024)
+        client.conn.close_connection()  # the client's GOAWAY while the response is flowing
+        client._send()
+        assert up.closed.wait(TIMEOUT_S), "the upstream request was not cancelled"
+    finally:
+        client.close()
+    fresh = H2Client(proxy.port)
+    try:
+        assert bytes(fresh.answer(fresh.request("GET", "/")).body) == b"ok"
+    finally:
+        fresh.close()
+    assert "Traceback" not in proxy.log
 
 
 # ---- lifecycle ---------------------------------------------------------------------------------
