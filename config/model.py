@@ -708,9 +708,10 @@ class Server:
     client_ip_headers: tuple[str, ...] = ("X-Forwarded-For",)
     trusted_proxies_strict: bool = False
     logs: ServerLogs | None = None
-    # No `protocols`: the engine serves HTTP/1.x only, and the loader refuses an explicit list
-    # that asks for more (_check_server_protocols).
     keepalive_interval_s: float | None = None
+    # The server's `protocols` as configured (checked by _check_server_protocols). Unset serves
+    # HTTP/1.1 only for now (Caddy: h1 h2 h3); HTTP/2 over TLS is served when h2 is listed.
+    protocols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -954,7 +955,8 @@ def _load_server(name: str, value: object, where: str) -> Server:
                 f"{where}.trusted_proxies.source: unknown module: http.ip_sources.{source}"
             )
         tp = _cidrs(tp_obj.get("ranges"), f"{where}.trusted_proxies.ranges")
-    _check_server_protocols(_strs(srv.get("protocols"), f"{where}.protocols"), f"{where}.protocols")
+    protocols = _strs(srv.get("protocols"), f"{where}.protocols")
+    _check_server_protocols(protocols, f"{where}.protocols")
     policies = tuple(
         _strict(
             p,
@@ -988,6 +990,7 @@ def _load_server(name: str, value: object, where: str) -> Server:
         ),
         logs=logs,
         keepalive_interval_s=_dur(srv.get("keepalive_interval"), f"{where}.keepalive_interval"),
+        protocols=protocols,
     )
 
 
@@ -1405,12 +1408,14 @@ def _check_upstream_versions(versions: tuple[str, ...], where: str) -> None:
 
 
 def _check_server_protocols(protocols: tuple[str, ...], where: str) -> None:
-    """The server's `protocols`: the engine serves HTTP/1.x only (HTTP/2 is issue #13).
+    """The server's `protocols`: the engine serves HTTP/1.x, and HTTP/2 over TLS (ALPN h2)
+    when the list names h2 (issue #13).
 
-    Unset is Caddy's default ["h1", "h2", "h3"] and stays accepted (deviation: clients get
-    HTTP/1.1; the TLS listener offers only http/1.1 by ALPN). An explicit list is the file
-    saying which protocols must be served, so one naming h2, h2c or h3 is refused rather than
-    served as HTTP/1.1, and one without h1 would serve nothing.
+    Unset is Caddy's default ["h1", "h2", "h3"] and stays accepted (deviation, for now: clients
+    get HTTP/1.1; the TLS listener offers only http/1.1 by ALPN). An explicit list is the file
+    saying which protocols must be served, so one naming h2c (HTTP/2 over cleartext) or h3 is
+    refused rather than served as something else, and one without h1 is refused too (an
+    h2-only server, which Caddy allows, is not implemented).
     """
     for i, p in enumerate(protocols):
         if p not in ("h1", "h2", "h2c", "h3"):
@@ -1419,14 +1424,15 @@ def _check_server_protocols(protocols: tuple[str, ...], where: str) -> None:
         return
     if "h1" not in protocols:
         raise ConfigError(
-            f"{where}: a server without h1 is not supported by pyproxy (it serves HTTP/1.1 "
-            "only; HTTP/2 and HTTP/3 are not implemented)"
+            f"{where}: a server without h1 is not supported by pyproxy (it serves HTTP/1.1, "
+            "and HTTP/2 over TLS beside it; h2c and HTTP/3 are not implemented)"
         )
-    others = [p for p in protocols if p != "h1"]
+    others = [p for p in protocols if p not in ("h1", "h2")]
     if others:
         raise ConfigError(
-            f"{where}: {', '.join(others)} not supported by pyproxy: HTTP/2 and HTTP/3 are not "
-            'implemented, it serves HTTP/1.1 only; use ["h1"] or leave protocols unset'
+            f"{where}: {', '.join(others)} not supported by pyproxy: h2c and HTTP/3 are not "
+            'implemented, it serves HTTP/1.1 and HTTP/2 over TLS; use ["h1", "h2"], ["h1"] or '
+            "leave protocols unset"
         )
 
 

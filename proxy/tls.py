@@ -91,8 +91,12 @@ from proxy import libssl
 
 log = logging.getLogger("pyproxy.tls")
 
-DEFAULT_ALPN = ("http/1.1",)  # Caddy offers h2 too; HTTP/2 comes with its own issue
+DEFAULT_ALPN = ("http/1.1",)  # Caddy offers h2 too; here only when the server lists h2
 SUPPORTED_ALPN = frozenset({"http/1.1"})
+# A server whose `protocols` list h2: offered in Caddy's order (h2 first, RFC 7301 §3.2 lets
+# the server prefer), and what a policy's explicit `alpn` may name.
+H2_ALPN = ("h2", "http/1.1")
+H2_SUPPORTED_ALPN = frozenset(H2_ALPN)
 
 PROTOCOLS: Mapping[str, ssl.TLSVersion] = {
     "tls1.0": ssl.TLSVersion.TLSv1,
@@ -192,6 +196,7 @@ class ConnectionPolicy:
         obj: Mapping[str, Any],
         where: str = "tls_connection_policies[0]",
         supported_alpn: frozenset[str] = SUPPORTED_ALPN,
+        default_alpn: tuple[str, ...] = DEFAULT_ALPN,
     ) -> ConnectionPolicy:
         match = obj.get("match") or {}
         if not isinstance(match, Mapping):
@@ -214,7 +219,7 @@ class ConnectionPolicy:
             raise TLSConfigError(f"{where}: protocol min cannot be greater than protocol max")
         alpn_raw = obj.get("alpn")
         if alpn_raw is None:
-            alpn: tuple[str, ...] = DEFAULT_ALPN
+            alpn: tuple[str, ...] = default_alpn
         else:
             # Offering a protocol we cannot speak (h2, h3 for now) would break the connection.
             alpn = tuple(a for a in _strings(alpn_raw, f"{where}.alpn") if a in supported_alpn)
@@ -372,12 +377,13 @@ def parse_connection_policies(
     policies: Sequence[Mapping[str, Any]] | None,
     where: str = "tls_connection_policies",
     supported_alpn: frozenset[str] = SUPPORTED_ALPN,
+    default_alpn: tuple[str, ...] = DEFAULT_ALPN,
 ) -> tuple[ConnectionPolicy, ...]:
     """All policies of a server, in order; an absent/empty list means one default policy."""
     if not policies:
-        return (ConnectionPolicy(),)
+        return (ConnectionPolicy(alpn=default_alpn),)
     return tuple(
-        ConnectionPolicy.from_json(p, f"{where}[{i}]", supported_alpn)
+        ConnectionPolicy.from_json(p, f"{where}[{i}]", supported_alpn, default_alpn)
         for i, p in enumerate(policies)
     )
 
@@ -1047,6 +1053,7 @@ class SNISelector:
         *,
         where: str = "tls_connection_policies",
         supported_alpn: frozenset[str] = SUPPORTED_ALPN,
+        default_alpn: tuple[str, ...] = DEFAULT_ALPN,
         acme_challenge: AcmeChallengeLookup | None = None,
     ) -> None:
         self.store = store
@@ -1059,7 +1066,7 @@ class SNISelector:
             )
         else:
             raw = [p for p in policies or () if isinstance(p, Mapping)]
-            self.policies = parse_connection_policies(raw, where, supported_alpn)
+            self.policies = parse_connection_policies(raw, where, supported_alpn, default_alpn)
         self._uniform_protocols = (
             len({(p.protocol_min, p.protocol_max) for p in self.policies}) == 1
         )
@@ -1220,9 +1227,14 @@ def selector_for_server(
         return None
     if not isinstance(policies, list):
         raise TLSConfigError(f"apps.http.servers.{name}.tls_connection_policies: expected a list")
+    # Caddy fills a policy's empty ALPN from the server's protocols (h2 -> "h2", h1 ->
+    # "http/1.1"); pyproxy offers h2 only when `protocols` names it (unset: HTTP/1.1 for now).
+    h2 = "h2" in (server.get("protocols") or ())
     return SNISelector(
         store,
         policies,
         where=f"apps.http.servers.{name}.tls_connection_policies",
+        supported_alpn=H2_SUPPORTED_ALPN if h2 else SUPPORTED_ALPN,
+        default_alpn=H2_ALPN if h2 else DEFAULT_ALPN,
         acme_challenge=acme_challenge,
     )

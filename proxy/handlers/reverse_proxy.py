@@ -810,7 +810,8 @@ class ProxyCall:
             self.conn.resume_reading()
 
     def begin_batch(self) -> bool:
-        return self.ex.conn.begin_batch()
+        owned: bool = self.ex.conn.begin_batch()
+        return owned
 
     def end_batch(self) -> None:
         self.ex.conn.end_batch()

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from proxy.http.request import Request
-
-if TYPE_CHECKING:
-    from proxy.http.server import HTTP1Connection
 
 
 class BodyFilter(Protocol):
@@ -67,7 +64,9 @@ class Exchange:
         "status",
     )
 
-    def __init__(self, conn: HTTP1Connection, req: Request, runtime: Any) -> None:
+    def __init__(self, conn: Any, req: Request, runtime: Any) -> None:
+        # The client side that writes the response: an HTTP1Connection, or the H2Stream of an
+        # HTTP/2 request (proxy/http/h2server.py), which offer the same methods.
         self.conn = conn
         self.req = req
         self.runtime = runtime

@@ -46,8 +46,10 @@ class ServerRuntime:
         self.loop = ctx.loop
         self.timeouts = server.timeouts
         self.max_header_bytes = server.max_header_bytes
+        self.serve_h2 = "h2" in server.protocols  # over TLS only (h2c is refused by the model)
         self.accepting = True
-        self.connections: set[HTTP1Connection] = set()
+        # HTTP1Connection and, on servers that list h2, HTTP2Connection (proxy/http/h2server.py).
+        self.connections: set[Any] = set()
         # After a reload: the runtime serving the same listeners under the new config. A
         # connection moves there when it is between requests (see HTTP1Connection.adopt).
         self.successor: ServerRuntime | None = None
@@ -73,7 +75,12 @@ class ServerRuntime:
 
     # -- connections -------------------------------------------------------------------------
 
-    def protocol_factory(self, scheme: str = "http") -> HTTP1Connection:
+    def protocol_factory(self, scheme: str = "http") -> asyncio.Protocol:
+        if scheme == "https" and self.serve_h2:
+            # The protocol is known after the TLS handshake (ALPN): see proxy/http/alpn.py.
+            from proxy.http.alpn import ALPNDispatch
+
+            return ALPNDispatch(self, scheme)
         return HTTP1Connection(self, scheme)
 
     def start(self) -> None:

@@ -1,9 +1,9 @@
 """Protocol choices pyproxy cannot honour are config errors naming the JSON path.
 
-pyproxy serves HTTP/1.1 to clients and speaks HTTP/1.1 to upstreams. Caddy's defaults (server
-`protocols` unset = h1 h2 h3; transport `versions` unset = 1.1 2) stay accepted, documented as
-deviations; an explicit request for HTTP/2, h2c or HTTP/3 is refused rather than served as
-HTTP/1.1.
+pyproxy serves HTTP/1.1 to clients, HTTP/2 over TLS when a server's `protocols` list h2, and
+speaks HTTP/1.1 to upstreams. Caddy's defaults (server `protocols` unset = h1 h2 h3; transport
+`versions` unset = 1.1 2) stay accepted, documented as deviations; an explicit request for h2c or
+HTTP/3 is refused rather than served as something else.
 """
 
 from __future__ import annotations
@@ -63,37 +63,49 @@ def test_h2c_upstream_from_the_caddyfile_is_refused_by_path() -> None:
     assert ".transport.versions: h2c (HTTP/2 over cleartext) to upstreams" in str(err.value)
 
 
-@pytest.mark.parametrize("protocols", [None, ["h1"]])
-def test_server_protocols_unset_or_h1_are_accepted(protocols: list[str] | None) -> None:
+@pytest.mark.parametrize("protocols", [None, ["h1"], ["h1", "h2"], ["h2", "h1"]])
+def test_server_protocols_unset_h1_or_h1_h2_are_accepted(protocols: list[str] | None) -> None:
     fields = {} if protocols is None else {"protocols": protocols}
-    assert load_model(with_server(**fields)).http is not None
+    model = load_model(with_server(**fields))
+    assert model.http is not None
+    assert model.http.servers["s"].protocols == tuple(protocols or ())
 
 
 @pytest.mark.parametrize(
     ("protocols", "message"),
     [
-        (["h1", "h2"], f"{SRV}.protocols: h2 not supported by pyproxy: HTTP/2 and HTTP/3 are not"),
-        (["h1", "h2", "h3"], f"{SRV}.protocols: h2, h3 not supported by pyproxy"),
+        (["h1", "h2", "h3"], f"{SRV}.protocols: h3 not supported by pyproxy: h2c and HTTP/3 are"),
         (["h1", "h2c"], f"{SRV}.protocols: h2c not supported by pyproxy"),
+        (["h1", "h2c", "h3"], f"{SRV}.protocols: h2c, h3 not supported by pyproxy"),
         (["h2"], f"{SRV}.protocols: a server without h1 is not supported by pyproxy"),
         (["h3"], f"{SRV}.protocols: a server without h1 is not supported by pyproxy"),
         (["spdy"], f"{SRV}.protocols[0]: unknown protocol 'spdy'"),
     ],
 )
-def test_server_protocols_asking_for_http2_or_3_are_refused(
+def test_server_protocols_asking_for_h2c_or_http3_are_refused(
     protocols: list[str], message: str
 ) -> None:
     with pytest.raises(ConfigError) as err:
         load_model(with_server(protocols=protocols))
     assert str(err.value).startswith(message)
     if "unknown" not in message:
-        assert "HTTP/2 and HTTP/3 are not implemented" in str(err.value)
+        assert "h2c and HTTP/3 are not implemented" in str(err.value)
 
 
-def test_servers_protocols_global_option_is_refused_by_path() -> None:
+def test_servers_protocols_global_option_with_h2_is_accepted() -> None:
     config, _ = adapt_caddyfile(
         "{\n\tservers {\n\t\tprotocols h1 h2\n\t}\n}\n:8080 {\n\trespond hi\n}\n", "Caddyfile"
     )
+    model = load_model(config)
+    assert model.http is not None
+    assert [s.protocols for s in model.http.servers.values()] == [("h1", "h2")]
+
+
+def test_servers_protocols_global_option_with_h3_is_refused_by_path() -> None:
+    config, _ = adapt_caddyfile(
+        "{\n\tservers {\n\t\tprotocols h1 h2 h3\n\t}\n}\n:8080 {\n\trespond hi\n}\n",
+        "Caddyfile",
+    )
     with pytest.raises(ConfigError) as err:
         load_model(config)
-    assert ".protocols: h2 not supported by pyproxy" in str(err.value)
+    assert ".protocols: h3 not supported by pyproxy" in str(err.value)

@@ -1,0 +1,46 @@
+"""Which ALPN protocols a server's TLS listener offers (RFC 7301), from its `protocols`.
+
+Caddy fills a connection policy's empty `alpn` from the server's protocols (h2 -> "h2",
+h1 -> "http/1.1") and keeps an explicit list. pyproxy offers h2 only when `protocols` names it
+(unset stays HTTP/1.1 for now), and never a protocol it cannot serve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.tls import CertificateStore, selector_for_server
+
+
+def offered(server: dict[str, Any]) -> list[tuple[str, ...]]:
+    selector = selector_for_server(CertificateStore(), server, "s")
+    assert selector is not None
+    return [p.alpn for p in selector.policies]
+
+
+@pytest.mark.parametrize(
+    ("protocols", "alpn"),
+    [
+        (None, ("http/1.1",)),
+        (["h1"], ("http/1.1",)),
+        (["h1", "h2"], ("h2", "http/1.1")),
+    ],
+)
+def test_default_policy_alpn_follows_the_protocols(
+    protocols: list[str] | None, alpn: tuple[str, ...]
+) -> None:
+    server: dict[str, Any] = {"tls_connection_policies": [{}]}
+    if protocols is not None:
+        server["protocols"] = protocols
+    assert offered(server) == [alpn]
+    assert offered({**server, "tls_connection_policies": []}) == [alpn]
+
+
+def test_explicit_policy_alpn_is_kept_within_what_is_served() -> None:
+    policies = [{"match": {"sni": ["a.test"]}, "alpn": ["http/1.1"]}, {"alpn": ["h2", "h3"]}]
+    with_h2 = {"protocols": ["h1", "h2"], "tls_connection_policies": policies}
+    assert offered(with_h2) == [("http/1.1",), ("h2",)]  # h3 is never offered
+    without = {"tls_connection_policies": policies}
+    assert offered(without) == [("http/1.1",), ()]  # no h2 unless the server lists it
