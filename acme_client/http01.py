@@ -49,6 +49,18 @@ class TokenStorage(Protocol):
     def list(self, prefix: str, recursive: bool = False) -> list[str]: ...
 
 
+def stored_document(data: bytes) -> dict[str, Any] | None:
+    """A challenge document read from storage as a JSON object; None when it is absurdly large
+    or not a JSON object (left there by something else: not ours to answer)."""
+    if len(data) > MAX_CHALLENGE_DOC_BYTES:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Http01Challenge:
     """One published HTTP-01 challenge."""
@@ -76,13 +88,8 @@ class Http01Challenge:
     @classmethod
     def from_json(cls, data: bytes) -> Http01Challenge | None:
         """Parse a stored challenge; None when the document is not a usable HTTP-01 challenge."""
-        if len(data) > MAX_CHALLENGE_DOC_BYTES:
-            return None
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
+        doc = stored_document(data)
+        if doc is None:
             return None
         token = doc.get("token")
         key_auth = doc.get("keyAuthorization")
@@ -200,13 +207,8 @@ class PkiValidation:
     @classmethod
     def from_json(cls, data: bytes) -> PkiValidation | None:
         """Parse a stored validation; None when it is not one (no url or no content)."""
-        if len(data) > MAX_CHALLENGE_DOC_BYTES:
-            return None
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
+        doc = stored_document(data)
+        if doc is None:
             return None
         url, content, ident = doc.get("url"), doc.get("token"), doc.get("identifier")
         domain = ident.get("value") if isinstance(ident, dict) else None
