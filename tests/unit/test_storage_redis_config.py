@@ -249,3 +249,21 @@ def test_trust_refuses_a_redis_storage_config(
     args = argparse.Namespace(config=str(config), adapter="json", ca="local", install=False)
     assert trust_command(args) == 1
     assert "not supported by trust" in capsys.readouterr().err
+
+
+def test_the_swarm_stack_files_caddyfile_snippet_adapts_to_redis_storage() -> None:
+    """deploy/stack-redis.yml tells the operator what to add to the Caddyfile: it must adapt to
+    a Redis storage at the stack's `redis` service."""
+    stack = (Path(__file__).resolve().parents[2] / "deploy" / "stack-redis.yml").read_text()
+    lines = stack.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# Add this"))
+    snippet = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("#   "):
+            break
+        snippet.append(line[4:])
+    config, _ = adapt_caddyfile("\n".join(snippet) + "\n:80\n", "Caddyfile")
+    cfg = parse_redis_storage_config(config["storage"])
+    assert config["storage"]["module"] == "redis"
+    assert (cfg.host, cfg.port) == ("redis", 6379)
+    assert "redis:" in stack and "redis_data:" in stack  # the service and its volume
