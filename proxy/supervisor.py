@@ -291,6 +291,9 @@ class Supervisor:
         self.admin: AdminServer | None = None
         # The node's ACME managers: created once the start succeeded (no CA contact before).
         self.node_certs: NodeCertificates | None = None
+        # The start finished (config applied, admin endpoint up); a SIGUSR1 before that waits.
+        self._started = False
+        self._reload_asked = False
         self.exit_code = EXIT_OK
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -324,6 +327,10 @@ class Supervisor:
             apply_logging(model.logging)  # the process log follows the config in effect
             self.metrics.record_reload(True)
             log.info("config loaded")
+            if self.node_certs is None and self.admin is not None:
+                # Loaded through the admin API while the start was finishing (listeners and the
+                # admin endpoint are bound): the managers start with this config.
+                self.node_certs = NodeCertificates(self._certificate_stored)
             if self.node_certs is not None:
                 await self.node_certs.apply(setup)
 
@@ -446,6 +453,13 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def _on_reload_signal(self) -> None:
+        if not self._started:
+            log.info("received SIGUSR1 while starting: reloading once started")
+            self._reload_asked = True
+            return
+        self._spawn(self.reload_from_file("SIGUSR1"))
 
     def _on_stop_signal(self, signum: int) -> None:
         self._signals += 1
@@ -640,8 +654,16 @@ class Supervisor:
         # kill the supervisor outright (its default action) and orphan them.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        # Likewise the others (their default actions terminate the process): a SIGUSR1 that
+        # arrives before the start finished is carried out once it has.
+        loop.add_signal_handler(signal.SIGUSR1, self._on_reload_signal)
+        # Caddy: SIGHUP is "sometimes sent outside of the user's control" and ignored; SIGQUIT
+        # quits at once.
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored"))
+        loop.add_signal_handler(signal.SIGQUIT, self._force)
         for slot in self.slots:
             self._watch_worker(slot, slot.worker)
+        started_with = self.config
         try:
             self.model, setup = validated(self.config)
             check_log_writers(self.model.logging)
@@ -665,16 +687,17 @@ class Supervisor:
             self._stop.set()
             await self._stop_workers()
             return EXIT_FAILED_START
-        # Only now, with every listener and the admin endpoint bound, may a CA be contacted.
-        self.node_certs = NodeCertificates(self._certificate_stored)
-        await self.node_certs.apply(setup)
-        loop.add_signal_handler(
-            signal.SIGUSR1, lambda: self._spawn(self.reload_from_file("SIGUSR1"))
-        )
-        # Caddy: SIGHUP is "sometimes sent outside of the user's control" and ignored; SIGQUIT
-        # quits at once.
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored"))
-        loop.add_signal_handler(signal.SIGQUIT, self._force)
+        # Only now, with every listener and the admin endpoint bound, may a CA be contacted. Under
+        # the config lock: a config loaded through the admin API meanwhile has started them.
+        async with self._lock:
+            if self.node_certs is None:
+                if self.config is not started_with:  # replaced meanwhile (admin API)
+                    setup = validated(self.config)[1]
+                self.node_certs = NodeCertificates(self._certificate_stored)
+                await self.node_certs.apply(setup)
+        self._started = True
+        if self._reload_asked:
+            self._spawn(self.reload_from_file("SIGUSR1"))
         if self.args.watch:
             self._spawn(self._watch())
         for slot in self.slots:

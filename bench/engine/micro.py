@@ -24,6 +24,7 @@ from config.model import load_model
 from proxy.handlers import BuildContext
 from proxy.http.client import UpstreamConnection
 from proxy.http.runtime import ServerRuntime
+from proxy.http.server import HTTP1Connection
 from proxy.upstream.pool import PoolManager
 from proxy.upstream.upstream import HostRegistry
 
@@ -105,6 +106,7 @@ def main() -> int:
     uconn.requests = 1
     pool.release(uconn)
     client = rt.protocol_factory()
+    assert isinstance(client, HTTP1Connection)  # plain HTTP: always HTTP/1.1
     ct = FakeTransport()
     client.connection_made(ct)
     request = b"GET /4k.txt HTTP/1.1\r\nHost: a.test\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"

@@ -280,3 +280,18 @@ def test_sigterm_as_soon_as_the_site_answers_is_a_graceful_stop(
     assert proc.proc.wait(WAIT_S) == 0
     assert "supervisor is gone" not in proc.log
     assert "shutdown complete" in proc.log
+
+
+def test_sigusr1_as_soon_as_the_site_answers_reloads_once_started(
+    run_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    # The same window for SIGUSR1 (its default action terminates the process): it once killed
+    # the supervisor when it came before the start had finished. It must reload, after the
+    # start, from the file as it is then.
+    port, admin_port = free_port(), free_port()
+    proc = run_proxy(caddyfile(port, admin_port, origin.port, "early"), port)
+    config_path(proc).write_text(caddyfile(port, admin_port, origin.port, "reloaded"))
+    proc.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: get(port) == (200, b"reloaded"), "the SIGUSR1 reload")
+    assert proc.proc.poll() is None
+    assert proc.stop() == 0

@@ -45,6 +45,7 @@ def connect(loop: asyncio.AbstractEventLoop) -> tuple[HTTP1Connection, FakeTrans
     assert model.http is not None
     ctx = BuildContext(loop, PoolManager(loop), HostRegistry())
     conn = ServerRuntime(model.http.servers["s"], ctx, None).protocol_factory()
+    assert isinstance(conn, HTTP1Connection)  # plain HTTP: always HTTP/1.1
     t = FakeTransport()
     conn.connection_made(t)
     return conn, t

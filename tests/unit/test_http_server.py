@@ -90,6 +90,7 @@ def make_conn(
     ctx = BuildContext(loop, PoolManager(loop), HostRegistry())
     rt = ServerRuntime(model.http.servers["s"], ctx, None)
     conn = rt.protocol_factory()
+    assert isinstance(conn, HTTP1Connection)  # plain HTTP: always HTTP/1.1
     t = FakeTransport()
     conn.connection_made(t)
     return conn, t
