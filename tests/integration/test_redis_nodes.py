@@ -7,6 +7,11 @@ at the *other* node, and the lock released. So the order is placed by one node a
 validation (HTTP-01 or TLS-ALPN-01, the orderer's pick) lands on the other, which answers it from
 Redis. Exactly one order; both nodes serve the certificate. Then redis-server is stopped: both
 nodes keep serving from memory.
+
+The three-node tests follow the issue's scenario: the lock holder killed before its order (a
+lock takeover, still one order), and `test_issue_scenario_...`: node A orders while the A record
+names node B (one order, three nodes serve), then the renewing node killed after its order was
+created (a second renewal order by the successor), then a Redis restart and the next renewal.
 """
 
 from __future__ import annotations
