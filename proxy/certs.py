@@ -62,6 +62,7 @@ from acme_client.redis_storage import (
     RedisConfigError,
     RedisStorage,
     RedisStorageConfig,
+    close_storage,
     parse_redis_storage_config,
 )
 from acme_client.schedule import DEFAULT_RENEW_INTERVAL_S
@@ -519,6 +520,10 @@ class CertRuntime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._ticket_rotation = None
+        # This generation's storage client (opened in __init__): a worker builds a CertRuntime
+        # per config, so each reload would otherwise leave its Redis connections open.
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(close_storage, self.storage)
 
     async def refresh_from_storage(self) -> None:
         """The supervisor stored a certificate: serve it now rather than at the next poll."""
@@ -902,6 +907,13 @@ def gate_protocol_factory(
 def certificate_status(setup: CertSetup) -> list[CertStatus]:
     """Managed names with issuer, expiry, next renewal (from storage alone, no CA contact)."""
     storage = setup.open_storage()
+    try:
+        return _certificate_status(setup, storage)
+    finally:
+        close_storage(storage)
+
+
+def _certificate_status(setup: CertSetup, storage: Storage) -> list[CertStatus]:
     tls_app = _obj(_obj(setup.config.get("apps")).get("tls"))
     interval_s = _renew_interval_s(tls_app)
     out: list[CertStatus] = []

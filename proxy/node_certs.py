@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from acme_client.manager import CertificateManager, CertStatus
+from acme_client.redis_storage import close_storage
 from proxy.certs import AcmeGroup, CertSetup, acme_plan
 
 log = logging.getLogger("pyproxy.certs")
@@ -98,9 +99,14 @@ class NodeCertificates:
             _group, manager = self._managers.pop(key)
             with contextlib.suppress(Exception):
                 await manager.stop()
+            # The manager's storage was opened for it here (`setup.open_storage()`): close its
+            # Redis connections too, or every reload that replaces a manager leaves some open.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(close_storage, manager.storage)
 
     async def stop(self) -> None:
-        """Stop every manager (cancels their jobs, releases their storage locks)."""
+        """Stop every manager (cancels their jobs, releases their storage locks, closes their
+        storage's connections)."""
         await self._stop_managers(list(self._managers))
 
     def status(self) -> list[dict[str, Any]]:

@@ -16,18 +16,22 @@
   `--address`, else the config's `admin.listen`, else the default), since only it knows retry
   state; when none answers it reads storage alone (no CA is contacted) and says so.
 
-The storage folder is the config's `storage` option when `--config` is given, else Caddy's
-default (`$XDG_DATA_HOME/caddy`).
+The storage is the config's `storage` option when `--config` is given, else Caddy's default
+folder (`$XDG_DATA_HOME/caddy`). With `storage redis` the CA is the cluster's, read (or created)
+in Redis under certmagic's keys (`pki/authorities/<ca>/root.crt`); having no file to name,
+`trust` then prints the root certificate itself, and `--install` exports it into the stores.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +41,15 @@ from cryptography import x509
 
 from acme_client.certificates import CertificateError
 from acme_client.local_ca import LocalCA
-from acme_client.storage import LOCAL_ISSUER_KEY, FileStorage, default_storage_root
+from acme_client.redis_storage import RedisStorage, close_storage
+from acme_client.storage import (
+    LOCAL_ISSUER_KEY,
+    FileStorage,
+    Storage,
+    StorageError,
+    ca_root_cert_key,
+    default_storage_root,
+)
 from config.errors import ConfigError
 
 SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -152,18 +164,20 @@ class NSSTrust:
         return removed
 
 
-def _storage_root(args: argparse.Namespace) -> Path:
+def _open_storage(args: argparse.Namespace) -> Storage:
+    """The storage holding the local CA: the config's `storage` (a folder or Redis), else
+    Caddy's default folder. The caller closes it (`close_storage`)."""
     if getattr(args, "config", None):
         from config.source import load_config
-        from proxy.certs import storage_root_from_config
+        from proxy.certs import redis_storage_from_config, storage_root_from_config
 
         config, _warnings = load_config(args.config, getattr(args, "adapter", None))
-        storage = config.get("storage")
-        if isinstance(storage, dict) and storage.get("module") == "redis":
-            # The CA is in Redis, not below a directory: refuse rather than read another CA.
-            raise ConfigError("storage: the local CA in redis storage is not supported by trust")
-        return storage_root_from_config(config)
-    return default_storage_root()
+        redis_config = redis_storage_from_config(config)
+        if redis_config is not None:
+            # The CA every node of the cluster issues from: read (or created) in Redis.
+            return RedisStorage.from_config(redis_config)
+        return FileStorage(storage_root_from_config(config))
+    return FileStorage(default_storage_root())
 
 
 def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,26 +297,45 @@ def uninstall_root(
 
 
 def trust_command(args: argparse.Namespace) -> int:
+    storage: Storage | None = None
     try:
-        storage = FileStorage(_storage_root(args))
+        storage = _open_storage(args)
         ca = LocalCA(storage, ca_id=args.ca)
         ca.provision()  # loads the CA, or creates it like the first `tls internal` site would
+        root_pem = ca.root_cert_pem()
     except Exception as exc:  # config, storage or CA errors all end the command
         print(f"Error: local CA: {exc}", file=sys.stderr)
         return 1
-    root_file = ca.root_cert_path()
+    finally:
+        if storage is not None:
+            close_storage(storage)
     # Through the image's `caddy` shim (PYPROXY_PROG=caddy) the verb is Caddy's: it installs
     # without a flag, and prints no path a script would not expect.
     as_caddy = os.environ.get("PYPROXY_PROG") == "caddy"
+    in_file = isinstance(storage, FileStorage)
     if not as_caddy:
-        print(root_file)
+        # A root in Redis has no file to name: print the certificate itself, so
+        # `pyproxy trust -c Caddyfile > root.crt` exports it (Caddy prints nothing).
+        if in_file:
+            print(ca.root_cert_path())
+        else:
+            sys.stdout.write(root_pem.decode())
     if not (args.install or as_caddy):
         return 0
     # Caddy's installRoot message, then truststore's work.
-    print(f"installing root certificate (you might be prompted for password): {root_file}",
+    where = ca.root_cert_path() if in_file else ca.root_cert_label()
+    print(f"installing root certificate (you might be prompted for password): {where}",
           file=sys.stderr)  # fmt: skip
     try:
-        done = install_root(root_file, ca.root_certificate, _trust_dir(args), NSSTrust.find())
+        with contextlib.ExitStack() as stack:
+            if in_file:
+                root_file = ca.root_cert_path()
+            else:
+                # certutil and the system store take a file: export the root from storage.
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="pyproxy-trust-"))
+                root_file = Path(tmp) / "root.crt"
+                root_file.write_bytes(root_pem)
+            done = install_root(root_file, ca.root_certificate, _trust_dir(args), NSSTrust.find())
     except TrustError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -318,6 +351,17 @@ def _read_root(path: Path) -> x509.Certificate:
     return x509.load_der_x509_certificate(data)
 
 
+def _stored_root(args: argparse.Namespace) -> x509.Certificate:
+    """The CA's root as stored (a file, or a Redis key); never creates a CA to untrust it."""
+    storage = _open_storage(args)
+    try:
+        if isinstance(storage, FileStorage):
+            return _read_root(LocalCA(storage, ca_id=args.ca).root_cert_path())
+        return x509.load_pem_x509_certificate(storage.load(ca_root_cert_key(args.ca)))
+    finally:
+        close_storage(storage)
+
+
 def untrust_command(args: argparse.Namespace) -> int:
     cert_arg: str | None = getattr(args, "cert", None)
     if cert_arg and (args.config or args.ca != LOCAL_ISSUER_KEY):
@@ -326,12 +370,8 @@ def untrust_command(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     try:
-        if cert_arg:
-            cert_file = Path(cert_arg)
-        else:
-            cert_file = LocalCA(FileStorage(_storage_root(args)), ca_id=args.ca).root_cert_path()
-        root = _read_root(cert_file)
-    except (OSError, ValueError, ConfigError) as exc:
+        root = _read_root(Path(cert_arg)) if cert_arg else _stored_root(args)
+    except (OSError, ValueError, ConfigError, StorageError) as exc:
         print(f"Error: accessing certificate file: {exc}", file=sys.stderr)
         return 1
     try:

@@ -7,11 +7,17 @@ at the *other* node, and the lock released. So the order is placed by one node a
 validation (HTTP-01 or TLS-ALPN-01, the orderer's pick) lands on the other, which answers it from
 Redis. Exactly one order; both nodes serve the certificate. Then redis-server is stopped: both
 nodes keep serving from memory.
+
+The three-node tests follow the issue's scenario: the lock holder killed before its order (a
+lock takeover, still one order), and `test_issue_scenario_...`: node A orders while the A record
+names node B (one order, three nodes serve), then the renewing node killed after its order was
+created (a second renewal order by the successor), then a Redis restart and the next renewal.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import time
@@ -291,4 +297,146 @@ def test_three_nodes_holder_killed_then_redis_restarted_and_renewed(
             wait_until(renewed_everywhere, "the renewal on every node", logs, timeout_s=200)
             assert pebble.new_orders() == 2, logs()
         finally:
+            pebble.stop()
+
+
+def pause(proc: Any) -> None:
+    """SIGSTOP a one-worker node: its listeners still complete TCP handshakes (the kernel's
+    backlog), but nothing answers until `resume` — a validation sent to it waits."""
+    proc.proc.send_signal(signal.SIGSTOP)
+
+
+def resume(proc: Any) -> None:
+    if proc.proc.poll() is None:
+        proc.proc.send_signal(signal.SIGCONT)
+
+
+@requires_aliases
+def test_issue_scenario_one_order_three_nodes_then_renewer_killed_after_its_order(
+    run_proxy: Any, origin: Any, tmp_path: Path
+) -> None:
+    """Issue #17's scenario, step by step, three nodes on one Redis:
+
+    1. node A places the order while the name's A record points at node B: the certificate is
+       issued with exactly one order and all three nodes serve it;
+    2. at the renewal, the node holding the `issue_cert_<name>` lock is killed AFTER its order
+       was created and the CA told to validate (node C, where the A record now points, is paused
+       so the validation waits): another node finishes the renewal with a second renewal order
+       (acmez/certmagic never resume an order: the dead node's order — its authorization
+       validated by C from Redis — stays unfinalized at the CA), and the live nodes serve it;
+    3. Redis restarts empty: serving continues, and the next renewal succeeds.
+    """
+    ips = (NODE_A, NODE_B, NODE_C)
+    http_port = free_port(NODE_A, also=ips[1:])
+    https_port = free_port(NODE_A, also=ips[1:])
+    with running_redis(tmp_path / "redis") as redis:
+        # TLS-ALPN-01 is enabled by default: Pebble's "port 443" is the nodes' HTTPS port, so
+        # either challenge type the orderer picks goes to the node the A record names.
+        # 180-second certificates renewed at 80 % of their life left (~36 s), checked every 5 s.
+        pebble = Pebble(
+            tmp_path / "pebble",
+            http_port=http_port,
+            tls_port=https_port,
+            default_ipv6="",
+            validity_s=180,
+        )
+        pebble.start()
+        nodes: dict[str, Any] = {}
+        try:
+            gate = RedisLocker(redis.storage(), poll_interval_s=0.05)
+            issuer_key = issuer_key_from_ca_url(pebble.directory_url)
+            account_lock = f"register_acme_account_{issuer_key}_admin@example.com"
+            issue_lock = f"issue_cert_{NAME}"
+            assert gate.try_lock(account_lock)
+            extra = ("renew_interval 5s", "renewal_window_ratio 0.8")
+            dial = f"127.0.0.1:{origin.port}"
+
+            def start(ip: str) -> Any:
+                config = node_caddyfile(pebble, redis, ip, http_port, https_port, dial, extra)
+                nodes[ip] = run_proxy(config, https_port, wait_hosts=(ip,))
+                return nodes[ip]
+
+            def logs() -> str:
+                return "\n".join(f"--- {ip}\n{p.log}" for ip, p in nodes.items()) + pebble.logs()
+
+            # 1. Node A starts first and takes the issue lock (then waits for the account lock
+            # the test holds); B and C start after, so A is the one placing the order.
+            node_a = start(NODE_A)
+            wait_until(
+                lambda: lock_holder_pid(gate, issue_lock) == node_a.proc.pid,
+                "node A to take the issue lock",
+                logs,
+            )
+            start(NODE_B)
+            start(NODE_C)
+            by_pid = {p.proc.pid: ip for ip, p in nodes.items()}
+            set_a_record(pebble, NAME, NODE_B)
+            gate.unlock(account_lock)
+
+            root_pem = pebble.root_pem().decode()
+            first_serial = None
+            for ip in ips:
+                status, cert = wait_until(
+                    lambda ip=ip: https_get_at(ip, https_port, root_pem), f"{ip} to serve", logs
+                )
+                assert status == 200
+                first_serial = first_serial or cert.serial_number
+                assert cert.serial_number == first_serial
+            assert pebble.new_orders() == 1, logs()
+            assert node_a.log.count(f"{NAME}: {OBTAINED}") == 1
+            assert OBTAINED not in nodes[NODE_B].log + nodes[NODE_C].log
+
+            # 2. The A record now names C, and C is paused: the renewal is ordered by A or B
+            # (a paused node takes no lock), and the CA's validation waits at C.
+            set_a_record(pebble, NAME, NODE_C)
+            answers_before = pebble.challenge_answers()
+            pause(nodes[NODE_C])
+            try:
+                wait_until(
+                    lambda: pebble.challenge_answers() > answers_before,
+                    "the renewing node to tell the CA its challenge is ready",
+                    logs,
+                    timeout_s=120,
+                )
+                renewer = by_pid[lock_holder_pid(gate, issue_lock) or 0]
+                assert renewer in (NODE_A, NODE_B)
+                assert pebble.new_orders() == 2, logs()
+                nodes[renewer].proc.kill()
+                nodes[renewer].proc.wait(10)
+            finally:
+                resume(nodes[NODE_C])
+            live = [ip for ip in ips if ip != renewer]
+
+            # Its lock expires (not refreshed, 10 s) and a live node renews with a new order.
+            def renewed_on_live_nodes() -> bool:
+                return all(
+                    https_get_at(ip, https_port, root_pem)[1].serial_number != first_serial
+                    for ip in live
+                )
+
+            wait_until(renewed_on_live_nodes, "the renewal on the live nodes", logs, timeout_s=60)
+            second_serial = https_get_at(live[0], https_port, root_pem)[1].serial_number
+            assert https_get_at(live[1], https_port, root_pem)[1].serial_number == second_serial
+            # The first certificate, the dead node's abandoned renewal order, the successor's.
+            assert pebble.new_orders() == 3, logs()
+
+            # 3. Redis restarts empty (no persistence): the live nodes keep serving.
+            redis.restart()
+            for ip in live:
+                status, cert = https_get_at(ip, https_port, root_pem)
+                assert status == 200 and cert.serial_number == second_serial
+
+            def renewed_again() -> bool:
+                return all(
+                    https_get_at(ip, https_port, root_pem)[1].serial_number != second_serial
+                    for ip in live
+                )
+
+            wait_until(renewed_again, "the next renewal after the restart", logs, timeout_s=120)
+            assert pebble.new_orders() == 4, logs()
+            for ip in live:
+                assert nodes[ip].proc.poll() is None, f"{ip} exited\n{logs()}"
+        finally:
+            for p in nodes.values():
+                resume(p)
             pebble.stop()

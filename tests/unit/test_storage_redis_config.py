@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -239,16 +240,24 @@ def test_file_system_storage_is_not_redis() -> None:
     assert redis_storage_from_config({}) is None
 
 
-def test_trust_refuses_a_redis_storage_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_trust_with_redis_storage_never_falls_back_to_the_default_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `pyproxy trust` reads the local CA from a directory; with redis storage that would be
-    # some other CA, so it refuses instead.
+    # `pyproxy trust` reads the local CA from the configured Redis (tests/integration/
+    # test_trust_redis.py); a Redis that does not answer is an error, never the CA of the
+    # default directory.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"storage": {"module": "redis"}}))
+    storage = {"module": "redis", "host": ["127.0.0.1"], "port": [str(closed_port)], "timeout": "1"}
+    config.write_text(json.dumps({"storage": storage}))
     args = argparse.Namespace(config=str(config), adapter="json", ca="local", install=False)
     assert trust_command(args) == 1
-    assert "not supported by trust" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("Error: local CA:") and f"127.0.0.1:{closed_port}" in err, err
+    assert not (tmp_path / "data").exists()
 
 
 def test_the_swarm_stack_files_caddyfile_snippet_adapts_to_redis_storage() -> None:
