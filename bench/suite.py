@@ -242,15 +242,20 @@ http {{ access_log off; keepalive_requests 1000000;
       proxy_set_header Connection ""; }} }} }}
 """
 
-# The same Caddyfile for Caddy and pyproxy. `bind 127.0.0.1` keeps both sites on loopback
-# (a site address alone does not: Caddy listens on every interface for it). The header's
-# generation number is what a reload changes (Caddy ignores a /load of an unchanged config).
+# The same Caddyfile for Caddy and pyproxy. `protocols h1 h2`: pyproxy serves HTTP/2 only when
+# asked (its default is HTTP/1.1; Caddy then leaves out HTTP/3). `bind 127.0.0.1` keeps both
+# sites on loopback (a site address alone does not: Caddy listens on every interface for it).
+# The header's generation number is what a reload changes (Caddy ignores a /load of an
+# unchanged config).
 CADDYFILE = """{{
 \tadmin 127.0.0.1:{admin}
 \tauto_https disable_redirects
 \thttp_port {spare}
 \thttps_port {tls_port}
 \tstorage file_system {d}/storage-{name}
+\tservers {{
+\t\tprotocols h1 h2
+\t}}
 }}
 http://127.0.0.1:{port} {{
 \tbind 127.0.0.1
@@ -540,8 +545,7 @@ class Bench:
             return "h2load is missing (nghttp2-client)"
         proto = self.alpn(server)
         if proto != "h2":
-            what = "pyproxy has no HTTP/2 yet" if server.name.startswith("pyproxy") else "no h2"
-            return f"{what} (ALPN h2 offered, server chose {proto or 'nothing'})"
+            return f"no h2 (ALPN h2 offered, server chose {proto or 'nothing'})"
         url = f"https://localhost:{server.tls_port}/4k.txt"
         if self.mode.warmup_s:
             self.h2load(url, streams, self.mode.warmup_s)
