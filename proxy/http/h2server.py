@@ -109,6 +109,7 @@ class H2Stream:
         "runtime",
         "sent_end",
         "sid",
+        "stalled_since",
     )
 
     def __init__(self, conn: HTTP2Connection, sid: int, runtime: Any) -> None:
@@ -128,6 +129,7 @@ class H2Stream:
         self.reset = False
         self.sent_end = False
         self.counted = False  # holds a handler slot of the connection's budget
+        self.stalled_since = 0.0  # when the peer's window last stopped this stream's output
 
     # -- batching (the upstream client and proxy call batch their writes) ----------------------
 
@@ -249,7 +251,11 @@ class H2Stream:
         while out:
             room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
             if room <= 0:
+                # The window is closed: a clock runs until WINDOW_UPDATE lets data out again.
+                if not self.stalled_since:
+                    self.stalled_since = self.conn.runtime.now
                 break
+            self.stalled_since = 0.0
             chunk = out[0]
             if len(chunk) <= room:
                 out.popleft()
@@ -333,6 +339,21 @@ class H2Stream:
                 ex.done = True
                 self.runtime.log_exchange(ex, client_gone=True)
         self.conn.stream_finished(self)
+
+    def write_timed_out(self) -> None:
+        """The client kept the window closed longer than the write timeout: reset the stream
+        (RST_STREAM INTERNAL_ERROR, what Go's server sends when a stream's write deadline
+        passes) and release what serves it (the proxy call drops its upstream connection)."""
+        ex = self.ex
+        log.debug("h2 stream %d: window closed longer than the write timeout", self.sid)
+        self.cancel(ErrorCodes.INTERNAL_ERROR)
+        if ex is not None and not ex.done:
+            cb = ex.on_client_gone
+            if cb is not None:
+                cb()
+            if not ex.done:
+                ex.done = True
+                self.runtime.log_exchange(ex, client_gone=True)
 
     def start_tunnel(self, tunnel: Any) -> None:
         # Unreachable: no HTTP/2 request is an Upgrade (RFC 9113 §8.6), req.upgrade is False.
@@ -789,6 +810,17 @@ class HTTP2Connection(asyncio.Protocol):
         self._deadline = self.runtime.now + seconds if seconds else 0.0
 
     def check_timeout(self, now: float) -> None:
+        write_s = self.runtime.timeouts.write_s
+        if write_s and not self.closed:
+            stalled = [
+                s
+                for s in self.streams.values()
+                if s.stalled_since and now - s.stalled_since > write_s and not s.reset
+            ]
+            for stream in stalled:
+                stream.write_timed_out()
+            if stalled:
+                self.send_now()
         if not self._deadline or now <= self._deadline or self.closed:
             return
         if self.write_paused:

@@ -30,11 +30,12 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-from test_h2_server import TIMEOUT_S, H2Client
+from test_h2_server import TIMEOUT_S, ClosingWatchOrigin, H2Client
 
 # The fixtures of the h2 server tests, used here by name.
 cert_pair = test_h2_server.cert_pair
 h2_proxy = test_h2_server.h2_proxy
+watch_origin = test_h2_server.watch_origin
 
 RSS_GROWTH_LIMIT_KIB = 64 * 1024  # what a flood may add to the proxy's memory, at most
 
@@ -297,4 +298,35 @@ def test_frames_that_need_no_answer_cost_no_memory(
     finally:
         attacker.close()
     assert grown < RSS_GROWTH_LIMIT_KIB
+    assert "Traceback" not in proxy.log
+
+
+def test_zero_window_stream_is_reset_after_the_write_timeout(
+    h2_proxy: Callable[..., ProxyProcess],
+    watch_origin: Callable[..., ClosingWatchOrigin],
+) -> None:
+    """A client that opens a large response and never credits its window: past
+    `timeouts.write` the stream is reset (INTERNAL_ERROR, as Go's server when a stream's write
+    deadline passes) and its upstream connection released; another stream on the same
+    connection and another client are served meanwhile."""
+    up = watch_origin(50 * 1024 * 1024, 1024 * 1024)
+    proxy = h2_proxy(
+        f"\thandle /big {{\n\t\treverse_proxy 127.0.0.1:{up.port}\n\t}}\n\trespond ok\n",
+        server_options="\t\ttimeouts {\n\t\t\twrite 1s\n\t\t}\n",
+    )
+    client = H2Client(proxy.port, window=16 * 1024, auto_ack=False)
+    try:
+        sid = client.request("GET", "/big")
+        big = client.answers[sid]
+        client.wait(lambda: client.unacked.get(sid, 0) >= 16 * 1024)  # its window is 0 now
+        other = client.answer(client.request("GET", "/"))  # the same connection meanwhile
+        assert other.status == 200 and bytes(other.body) == b"ok"
+        assert served(proxy.port) == b"ok"  # and another client
+        client.wait(lambda: big.reset is not None)
+        assert big.reset == ErrorCodes.INTERNAL_ERROR and not big.ended
+        assert up.closed.wait(TIMEOUT_S), "the upstream connection was not released"
+        again = client.answer(client.request("GET", "/"))  # the connection lives on
+        assert bytes(again.body) == b"ok"
+    finally:
+        client.close()
     assert "Traceback" not in proxy.log
