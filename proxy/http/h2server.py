@@ -1,6 +1,7 @@
 """HTTP/2 server side (RFC 9113): one `HTTP2Connection` (asyncio.Protocol) per TLS client that
-chose `h2` by ALPN, on top of python-hyper's `h2` state machine (framing, HPACK, SETTINGS,
-PING, header validation of RFC 9113 §8.2/§8.3).
+chose `h2` by ALPN, or plain-HTTP client that opened with the HTTP/2 preface on a server whose
+`protocols` list h2c (proxy/http/alpn.py), on top of python-hyper's `h2` state machine
+(framing, HPACK, SETTINGS, PING, header validation of RFC 9113 §8.2/§8.3).
 
 Every stream becomes the same `Request` / `Exchange` pair an HTTP/1.1 request does, answered by
 `runtime.dispatch`: handlers, matchers, placeholders, logs and metrics see one request model.
@@ -22,6 +23,15 @@ flow control) and turns it into frames:
 
 Limits are Go's http2.Server defaults as Caddy runs it: 250 concurrent streams, 1 MiB stream
 and connection receive windows, SETTINGS_MAX_HEADER_LIST_SIZE = max_header_bytes + 320.
+Floods (RFC 9113 §10.5) are held to Go's budgets, kept in proxy/http/h2limits.py: rapid reset
+(handler slots, reset streams holding theirs until their work winds down, and a queue of 4 x 250
+streams beyond which GOAWAY(ENHANCE_YOUR_CALM)); 10000 SETTINGS/PING acknowledgements queued for
+a client that does not read; a header block still open past 2 x the header list size
+(PROTOCOL_ERROR; h2 also stops at 64 CONTINUATION frames). HPACK bombs meet h2's decoder, bound by
+the SETTINGS_MAX_HEADER_LIST_SIZE we announce and a 4096-byte dynamic table. A stream whose
+window the client keeps closed longer than `timeouts.write` is reset (INTERNAL_ERROR) and its
+upstream released; Go's WriteTimeout is a deadline on the whole response instead, counted from
+the request (deviation: here only time spent blocked by a closed window counts).
 SETTINGS_ENABLE_CONNECT_PROTOCOL is not sent: WebSocket clients open an HTTP/1.1 connection
 (RFC 8441 is not implemented).
 
