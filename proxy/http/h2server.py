@@ -687,7 +687,8 @@ class HTTP2Connection(asyncio.Protocol):
     def _run(self, stream: H2Stream) -> None:
         ex = stream.ex
         assert ex is not None
-        if stream.sid not in self.h2.streams:
+        state = self.h2.streams.get(stream.sid)
+        if state is None or state.closed:
             # Reset by the client in the same read (h2 has already closed it; its StreamReset
             # event follows): nothing to serve, but the slot stays taken until then.
             return

@@ -177,6 +177,30 @@ def test_rapid_reset_flood_gets_enhance_your_calm(
     assert "Traceback" not in proxy.log
 
 
+def test_a_stream_reset_in_the_same_read_as_its_headers_is_not_served(
+    h2_proxy: Callable[..., ProxyProcess],
+) -> None:
+    """HEADERS and RST_STREAM in one write: h2 has closed the stream before its request is
+    handled, so no handler runs and nothing is written on it (no handler error either)."""
+    proxy = h2_proxy('\trespond "calm"\n')
+    attacker = RawH2(proxy.port)
+    try:
+        headers = HeadersFrame(1, attacker.request_block(), flags=["END_HEADERS", "END_STREAM"])
+        rst = b"\x00\x00\x04\x03\x00" + (1).to_bytes(4, "big") + b"\x00\x00\x00\x08"
+        ping = PingFrame(0, b"after-it").serialize()
+        assert attacker.send(headers.serialize() + rst + ping)
+        seen: list[Frame] = []
+        deadline = time.monotonic() + TIMEOUT_S
+        while not any(isinstance(f, PingFrame) and "ACK" in f.flags for f in seen):
+            assert time.monotonic() < deadline and not attacker.closed
+            seen += attacker.read_frames()
+        assert not any(f.stream_id == 1 for f in seen)  # no HEADERS, DATA or RST on stream 1
+        assert served(proxy.port) == b"calm"
+    finally:
+        attacker.close()
+    assert "Traceback" not in proxy.log
+
+
 def test_continuation_flood_is_cut_at_twice_the_header_list_size(
     h2_proxy: Callable[..., ProxyProcess],
 ) -> None:
