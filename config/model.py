@@ -1408,14 +1408,15 @@ def _check_upstream_versions(versions: tuple[str, ...], where: str) -> None:
 
 
 def _check_server_protocols(protocols: tuple[str, ...], where: str) -> None:
-    """The server's `protocols`: the engine serves HTTP/1.x, and HTTP/2 over TLS (ALPN h2)
-    when the list names h2 (issue #13).
+    """The server's `protocols`: the engine serves HTTP/1.x, HTTP/2 over TLS (ALPN h2) when the
+    list names h2, and HTTP/2 over plain HTTP with prior knowledge when it names h2c (issue
+    #13).
 
     Unset is Caddy's default ["h1", "h2", "h3"] and stays accepted (deviation, for now: clients
     get HTTP/1.1; the TLS listener offers only http/1.1 by ALPN). An explicit list is the file
-    saying which protocols must be served, so one naming h2c (HTTP/2 over cleartext) or h3 is
-    refused rather than served as something else, and one without h1 is refused too (an
-    h2-only server, which Caddy allows, is not implemented).
+    saying which protocols must be served, so one naming h3 is refused rather than served as
+    something else, and one without h1 is refused too (an h2-only server, which Caddy allows,
+    is not implemented).
     """
     for i, p in enumerate(protocols):
         if p not in ("h1", "h2", "h2c", "h3"):
@@ -1425,14 +1426,14 @@ def _check_server_protocols(protocols: tuple[str, ...], where: str) -> None:
     if "h1" not in protocols:
         raise ConfigError(
             f"{where}: a server without h1 is not supported by pyproxy (it serves HTTP/1.1, "
-            "and HTTP/2 over TLS beside it; h2c and HTTP/3 are not implemented)"
+            "and HTTP/2 beside it; HTTP/3 is not implemented)"
         )
-    others = [p for p in protocols if p not in ("h1", "h2")]
+    others = [p for p in protocols if p not in ("h1", "h2", "h2c")]
     if others:
         raise ConfigError(
-            f"{where}: {', '.join(others)} not supported by pyproxy: h2c and HTTP/3 are not "
-            'implemented, it serves HTTP/1.1 and HTTP/2 over TLS; use ["h1", "h2"], ["h1"] or '
-            "leave protocols unset"
+            f"{where}: {', '.join(others)} not supported by pyproxy: HTTP/3 is not "
+            "implemented, it serves HTTP/1.1, HTTP/2 over TLS and h2c; use "
+            '["h1", "h2"], ["h1", "h2", "h2c"], ["h1"] or leave protocols unset'
         )
 
 

@@ -1,6 +1,7 @@
 """HTTP/2 server side (RFC 9113): one `HTTP2Connection` (asyncio.Protocol) per TLS client that
-chose `h2` by ALPN, on top of python-hyper's `h2` state machine (framing, HPACK, SETTINGS,
-PING, header validation of RFC 9113 §8.2/§8.3).
+chose `h2` by ALPN, or plain-HTTP client that opened with the HTTP/2 preface on a server whose
+`protocols` list h2c (proxy/http/alpn.py), on top of python-hyper's `h2` state machine
+(framing, HPACK, SETTINGS, PING, header validation of RFC 9113 §8.2/§8.3).
 
 Every stream becomes the same `Request` / `Exchange` pair an HTTP/1.1 request does, answered by
 `runtime.dispatch`: handlers, matchers, placeholders, logs and metrics see one request model.
@@ -22,6 +23,15 @@ flow control) and turns it into frames:
 
 Limits are Go's http2.Server defaults as Caddy runs it: 250 concurrent streams, 1 MiB stream
 and connection receive windows, SETTINGS_MAX_HEADER_LIST_SIZE = max_header_bytes + 320.
+Floods (RFC 9113 §10.5) are held to Go's budgets, kept in proxy/http/h2limits.py: rapid reset
+(handler slots, reset streams holding theirs until their work winds down, and a queue of 4 x 250
+streams beyond which GOAWAY(ENHANCE_YOUR_CALM)); 10000 SETTINGS/PING acknowledgements queued for
+a client that does not read; a header block still open past 2 x the header list size
+(PROTOCOL_ERROR; h2 also stops at 64 CONTINUATION frames). HPACK bombs meet h2's decoder, bound by
+the SETTINGS_MAX_HEADER_LIST_SIZE we announce and a 4096-byte dynamic table. A stream whose
+window the client keeps closed longer than `timeouts.write` is reset (INTERNAL_ERROR) and its
+upstream released; Go's WriteTimeout is a deadline on the whole response instead, counted from
+the request (deviation: here only time spent blocked by a closed window counts).
 SETTINGS_ENABLE_CONNECT_PROTOCOL is not sent: WebSocket clients open an HTTP/1.1 connection
 (RFC 8441 is not implemented).
 
@@ -46,8 +56,10 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import Frame, GoAwayFrame
 
+from proxy.http import h2limits
 from proxy.http.exchange import Exchange, http_date
 from proxy.http.request import Request
 from proxy.http.target import BadRequestTarget
@@ -98,6 +110,7 @@ class H2Stream:
         "_unacked",
         "body_paused",
         "conn",
+        "counted",
         "ending",
         "ex",
         "no_body",
@@ -106,6 +119,7 @@ class H2Stream:
         "runtime",
         "sent_end",
         "sid",
+        "stalled_since",
     )
 
     def __init__(self, conn: HTTP2Connection, sid: int, runtime: Any) -> None:
@@ -124,6 +138,8 @@ class H2Stream:
         self.no_body = False  # HEAD, 1xx/204/304: body bytes are dropped
         self.reset = False
         self.sent_end = False
+        self.counted = False  # holds a handler slot of the connection's budget
+        self.stalled_since = 0.0  # when the peer's window last stopped this stream's output
 
     # -- batching (the upstream client and proxy call batch their writes) ----------------------
 
@@ -245,7 +261,11 @@ class H2Stream:
         while out:
             room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
             if room <= 0:
+                # The window is closed: a clock runs until WINDOW_UPDATE lets data out again.
+                if not self.stalled_since:
+                    self.stalled_since = self.conn.runtime.now
                 break
+            self.stalled_since = 0.0
             chunk = out[0]
             if len(chunk) <= room:
                 out.popleft()
@@ -330,6 +350,21 @@ class H2Stream:
                 self.runtime.log_exchange(ex, client_gone=True)
         self.conn.stream_finished(self)
 
+    def write_timed_out(self) -> None:
+        """The client kept the window closed longer than the write timeout: reset the stream
+        (RST_STREAM INTERNAL_ERROR, what Go's server sends when a stream's write deadline
+        passes) and release what serves it (the proxy call drops its upstream connection)."""
+        ex = self.ex
+        log.debug("h2 stream %d: window closed longer than the write timeout", self.sid)
+        self.cancel(ErrorCodes.INTERNAL_ERROR)
+        if ex is not None and not ex.done:
+            cb = ex.on_client_gone
+            if cb is not None:
+                cb()
+            if not ex.done:
+                ex.done = True
+                self.runtime.log_exchange(ex, client_gone=True)
+
     def start_tunnel(self, tunnel: Any) -> None:
         # Unreachable: no HTTP/2 request is an Upgrade (RFC 9113 §8.6), req.upgrade is False.
         self.cancel(ErrorCodes.INTERNAL_ERROR)
@@ -392,6 +427,8 @@ class HTTP2Connection(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self._answered_early: set[int] = set()  # answered, the request body still open
         self._retiring: list[_RetiringStreams] = []
+        self.budget = h2limits.ConnectionBudget(MAX_CONCURRENT_STREAMS)
+        self._unstarted: deque[H2Stream] = deque()  # waiting for a handler slot
         self.dirty: set[H2Stream] = set()  # streams with body written during a batch
         self._batch: list[bytes] | None = None
         self._tls: dict[str, Any] | None = None
@@ -429,6 +466,7 @@ class HTTP2Connection(asyncio.Protocol):
                 "resumed": bool(sslobj.session_reused),
             }
         h2c = self.h2
+        h2c.incoming_buffer = _BoundedFrameBuffer(self.runtime.max_header_bytes + HEADER_LIST_SLACK)
         h2c.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -460,6 +498,7 @@ class HTTP2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.budget.writes_drained()
         self._deadline = 0.0 if self.streams else self._deadline
         for stream in list(self.streams.values()):
             stream._update_producer()
@@ -481,6 +520,8 @@ class HTTP2Connection(asyncio.Protocol):
                 self._goaway_sent_close()
                 return
             for event in events:
+                if self.closed:
+                    break  # a flood budget ended the connection
                 try:
                     self._on_event(event)
                 except Exception:
@@ -528,6 +569,9 @@ class HTTP2Connection(asyncio.Protocol):
                 self._pump_all()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._pump_all()
+            self._control_frame_queued()  # h2 acknowledges it
+        elif isinstance(event, h2.events.PingReceived):
+            self._control_frame_queued()  # h2 answers it
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id or 0)
             if stream is not None:
@@ -621,16 +665,35 @@ class HTTP2Connection(asyncio.Protocol):
         req.expect_continue = expect and not ended
         ex = Exchange(stream, req, rt)
         stream.ex = ex
+        if size > rt.max_header_bytes + HEADER_LIST_SLACK:
+            # What Go's server answers (h2's decoder already enforces the advertised size
+            # once our SETTINGS are acknowledged, as a connection error).
+            ex.respond(431, None)
+            return
+        if bad_length:
+            ex.respond(400, None)
+            return
+        verdict = self.budget.new_stream()
+        if verdict.close:
+            self._calm_down(verdict.reason)
+        elif verdict.action == "queue":
+            # Every handler slot is taken (some perhaps by streams reset a moment ago, whose
+            # work is still winding down): it starts when one frees (Go's unstartedHandlers).
+            self._unstarted.append(stream)
+        else:
+            stream.counted = True
+            self._run(stream)
+
+    def _run(self, stream: H2Stream) -> None:
+        ex = stream.ex
+        assert ex is not None
+        state = self.h2.streams.get(stream.sid)
+        if state is None or state.closed:
+            # Reset by the client in the same read (h2 has already closed it; its StreamReset
+            # event follows): nothing to serve, but the slot stays taken until then.
+            return
         try:
-            if size > rt.max_header_bytes + HEADER_LIST_SLACK:
-                # What Go's server answers (h2's decoder already enforces the advertised size
-                # once our SETTINGS are acknowledged, as a connection error).
-                ex.respond(431, None)
-                return
-            if bad_length:
-                ex.respond(400, None)
-                return
-            rt.dispatch(ex)
+            stream.runtime.dispatch(ex)
         except BadRequestTarget:
             if not ex.done:
                 ex.respond(400, None)
@@ -643,10 +706,68 @@ class HTTP2Connection(asyncio.Protocol):
                     ex.resp_headers = []
                     ex.respond(500, None)
 
+    def _handler_done(self) -> None:
+        self.budget.handler_done()
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Start the handlers of queued streams while slots are free; drop the queued streams
+        that were reset while they waited (Go's handlerDone)."""
+        queue = self._unstarted
+        while queue and not self.closed:
+            stream = queue[0]
+            if stream.reset:
+                queue.popleft()
+                self.budget.dequeue(started=False)
+                continue
+            if self.budget.free_slots <= 0:
+                return
+            queue.popleft()
+            self.budget.dequeue(started=True)
+            stream.counted = True
+            self._run(stream)
+
+    def _control_frame_queued(self) -> None:
+        """h2 queued an acknowledgement (PING, SETTINGS): counted while the client does not
+        read what we write (Go's queuedControlFrames)."""
+        if self.write_paused and self.budget.control_frames_queued(1).close:
+            self._calm_down("too_many_control_frames")
+
+    def _calm_down(self, reason: str) -> None:
+        """A flood budget is spent: GOAWAY(ENHANCE_YOUR_CALM) and close (RFC 9113 §5.4.1)."""
+        if self.closed:
+            return
+        log.warning(
+            "h2 connection from %s closed: %s (GOAWAY ENHANCE_YOUR_CALM)", self.remote_ip, reason
+        )
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._unstarted.clear()
+        if self.write_paused:
+            # The client does not read: nothing more reaches it; free what it holds now.
+            self.closed = True
+            for stream in list(self.streams.values()):
+                stream.peer_reset()
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._goaway_sent_close()
+
     def stream_finished(self, stream: H2Stream) -> None:
         """The stream is over on our side (END_STREAM sent, or reset)."""
         if self.streams.get(stream.sid) is stream:
             del self.streams[stream.sid]
+        if stream.counted:
+            stream.counted = False
+            if stream.reset:
+                # Its handler was cancelled; what it started (a dial, an upstream read) winds
+                # down on the loop's next turn, and holds its slot until then (as Go counts the
+                # handler of a reset stream until it returns).
+                self.runtime.loop.call_soon(self._handler_done)
+            else:
+                self.budget.handler_done()
+                if self._unstarted:
+                    self.runtime.loop.call_soon(self._start_queued)
         if self._retiring:
             self._release_retired()
         req = stream.req
@@ -700,6 +821,17 @@ class HTTP2Connection(asyncio.Protocol):
         self._deadline = self.runtime.now + seconds if seconds else 0.0
 
     def check_timeout(self, now: float) -> None:
+        write_s = self.runtime.timeouts.write_s
+        if write_s and not self.closed:
+            stalled = [
+                s
+                for s in self.streams.values()
+                if s.stalled_since and now - s.stalled_since > write_s and not s.reset
+            ]
+            for stream in stalled:
+                stream.write_timed_out()
+            if stalled:
+                self.send_now()
         if not self._deadline or now <= self._deadline or self.closed:
             return
         if self.write_paused:
@@ -782,6 +914,25 @@ class HTTP2Connection(asyncio.Protocol):
             if not tracker.busy:
                 self._retiring.remove(tracker)
                 tracker.runtime.connections.discard(tracker)
+
+
+class _BoundedFrameBuffer(FrameBuffer):
+    """h2's frame reader, with Go's bound on a header block still open (CVE-2024-27316):
+    HEADERS + CONTINUATION frames whose encoded bytes exceed twice the header list size we
+    accept are a connection error (PROTOCOL_ERROR, as Go answers), before h2 buffers more."""
+
+    def __init__(self, max_header_list_size: int) -> None:
+        super().__init__(server=True)
+        self.max_header_list_size = max_header_list_size
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        out = super()._update_header_buffer(f)
+        pending = self._headers_buffer
+        if pending and h2limits.header_block_too_large(
+            sum(len(x.data) for x in pending), self.max_header_list_size
+        ):
+            raise h2.exceptions.ProtocolError("header block larger than the header list limit")
+        return out
 
 
 class _RetiringStreams:

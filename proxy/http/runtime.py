@@ -46,7 +46,8 @@ class ServerRuntime:
         self.loop = ctx.loop
         self.timeouts = server.timeouts
         self.max_header_bytes = server.max_header_bytes
-        self.serve_h2 = "h2" in server.protocols  # over TLS only (h2c is refused by the model)
+        self.serve_h2 = "h2" in server.protocols  # over TLS, chosen by ALPN
+        self.serve_h2c = "h2c" in server.protocols  # over plain HTTP, with prior knowledge
         self.accepting = True
         # HTTP1Connection and, on servers that list h2, HTTP2Connection (proxy/http/h2server.py).
         self.connections: set[Any] = set()
@@ -81,6 +82,11 @@ class ServerRuntime:
             from proxy.http.alpn import ALPNDispatch
 
             return ALPNDispatch(self, scheme)
+        if scheme == "http" and self.serve_h2c:
+            # The protocol is known from the first bytes (the HTTP/2 preface or not).
+            from proxy.http.alpn import PrefaceSniff
+
+            return PrefaceSniff(self, scheme)
         return HTTP1Connection(self, scheme)
 
     def start(self) -> None:

@@ -9,6 +9,7 @@ The h2spec conformance run needs the tool: `PYPROXY_H2SPEC` (its path) or `h2spe
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -70,14 +71,22 @@ class H2Client:
     """One HTTP/2 connection over TLS. `window`: the client's initial stream window; with
     `auto_ack=False` received DATA is credited back only by `ack()` (a slow reader)."""
 
-    def __init__(self, port: int, *, window: int | None = None, auto_ack: bool = True) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
+    def __init__(
+        self, port: int, *, window: int | None = None, auto_ack: bool = True, tls: bool = True
+    ) -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
-        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
-        self.alpn = self.sock.selected_alpn_protocol()
+        self.scheme = "https" if tls else "http"
+        self.sock: socket.socket
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2", "http/1.1"])
+            self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
+            self.alpn = self.sock.selected_alpn_protocol()
+        else:
+            self.sock = raw  # h2c with prior knowledge (RFC 9113 §3.3)
+            self.alpn = None
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
@@ -109,7 +118,7 @@ class H2Client:
         sid = self.conn.get_next_available_stream_id()
         fields = [
             (":method", method),
-            (":scheme", "https"),
+            (":scheme", self.scheme),
             (":authority", "localhost"),
             (":path", path),
             *(headers or []),
@@ -269,6 +278,30 @@ def h2_proxy(
     def start(body: str, **kw: Any) -> ProxyProcess:
         port = free_port()
         return run_proxy(h2_caddyfile(tmp_path, cert_pair, port, body, **kw), port)
+
+    return start
+
+
+@pytest.fixture
+def h2c_proxy(
+    run_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> Callable[..., ProxyProcess]:
+    """A plain-HTTP site; its server's protocols `h1 h2c` unless told otherwise."""
+
+    def start(body: str, protocols: str = "h1 h2c") -> ProxyProcess:
+        port = free_port()
+        servers = f"\tservers {{\n\t\tprotocols {protocols}\n\t}}\n" if protocols else ""
+        caddyfile = (
+            "{\n"
+            f"\thttp_port {port}\n"
+            f"\thttps_port {free_port()}\n"
+            f"\tstorage file_system {tmp_path / 'data'}\n"
+            "\tadmin off\n"
+            f"{servers}"
+            "}\n"
+            f"http://:{port} {{\n{body}}}\n"
+        )
+        return run_proxy(caddyfile, port)
 
     return start
 
@@ -587,6 +620,118 @@ def test_connection_error_sends_goaway_before_closing(
         client.close()
 
 
+# ---- h2c: HTTP/2 with prior knowledge on plain-HTTP listeners ------------------------------------
+
+
+def http11_get(port: int, path: str = "/") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_h2c_prior_knowledge_and_http11_share_the_listener(
+    h2c_proxy: Callable[..., ProxyProcess], origin: ThreadedOrigin
+) -> None:
+    proxy = h2c_proxy(
+        f"\thandle /proxied/* {{\n\t\turi strip_prefix /proxied\n"
+        f"\t\treverse_proxy 127.0.0.1:{origin.port}\n\t}}\n"
+        '\trespond "{http.request.proto} {http.request.scheme}"\n'
+    )
+    client = H2Client(proxy.port, tls=False)
+    try:
+        a = client.answer(client.request("GET", "/"))
+        b = client.answer(client.request("GET", "/proxied/bytes/70000"))
+    finally:
+        client.close()
+    assert a.status == 200 and bytes(a.body) == b"HTTP/2.0 http"
+    assert b.status == 200 and bytes(b.body) == payload(70000)
+    # The same listener still speaks HTTP/1.1 to a client that does not send the preface.
+    assert http11_get(proxy.port).endswith(b"HTTP/1.1 http")
+    curl = shutil.which("curl")
+    if curl is not None:  # an independent client: nghttp2 inside curl
+        run = subprocess.run(
+            [curl, "-sS", "--http2-prior-knowledge", f"http://127.0.0.1:{proxy.port}/"],
+            capture_output=True,
+            timeout=TIMEOUT_S,
+        )
+        assert run.stdout == b"HTTP/2.0 http", run.stderr
+
+
+def test_preface_without_h2c_keeps_the_http11_answer(
+    h2c_proxy: Callable[..., ProxyProcess],
+) -> None:
+    """Without h2c in `protocols` the preface is an HTTP/1.1 request line `PRI * HTTP/2.0`,
+    answered 505 as before (proxy/http/wire.py)."""
+    proxy = h2c_proxy('\trespond "plain"\n', protocols="h1 h2")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT_S) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        data = s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 505")
+    assert http11_get(proxy.port).endswith(b"plain")
+
+
+class AltSvcOrigin:
+    """An HTTP/1.1 origin whose every answer advertises HTTP/3 (`Alt-Svc: h3=":443"`)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT_S)
+        buf = b""
+        with conn, contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                _head, _sep, buf = buf.partition(b"\r\n\r\n")
+                conn.sendall(
+                    b'HTTP/1.1 200 OK\r\nAlt-Svc: h3=":443"; ma=86400\r\n'
+                    b"Content-Length: 2\r\n\r\nok"
+                )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_nothing_advertises_http3(
+    h2_proxy: Callable[..., ProxyProcess], h2c_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """pyproxy has no HTTP/3: no response carries Alt-Svc, neither its own nor an upstream's
+    (a hop-by-hop field in Caddy's reverse proxy, hopHeaders), over h2, h2c or HTTP/1.1."""
+    up = AltSvcOrigin()
+    body = f"\thandle /up {{\n\t\treverse_proxy 127.0.0.1:{up.port}\n\t}}\n\trespond own\n"
+    try:
+        tls, plain = h2_proxy(body), h2c_proxy(body)
+        for client in (H2Client(tls.port), H2Client(plain.port, tls=False)):
+            try:
+                answers = [client.answer(client.request("GET", p)) for p in ("/", "/up")]
+            finally:
+                client.close()
+            assert [bytes(a.body) for a in answers] == [b"own", b"ok"]
+            assert all(a.header("alt-svc") is None for a in answers)
+        for path in ("/", "/up"):
+            head = http11_get(plain.port, path).partition(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 200") and b"alt-svc" not in head
+    finally:
+        up.close()
+
+
 # ---- errors and cancellation -------------------------------------------------------------------
 
 
@@ -769,12 +914,16 @@ def test_idle_connection_gets_goaway_and_is_closed(
 
 # ---- conformance ---------------------------------------------------------------------------------
 
-# Measured on this machine for this implementation: 146/146, and 147/147 with -S (strict);
-# Caddy 2.6.2 scores 142 (143). The floors are the full scores: a failing case is a regression.
+# Measured on this machine for this implementation over TLS: 146/146, and 147/147 with -S
+# (strict); Caddy 2.6.2 scores 142 (143). The floors are the full scores: a failing case is a
+# regression. Over h2c one case cannot pass on a listener shared with HTTP/1.1: 3.5/2 sends
+# "INVALID CONNECTION PREFACE\r\n\r\n", which is no preface, so HTTP/1.1 answers it (400, as
+# Go's net/http does for Caddy; Caddy 2.6.2 fails it too, 141/146 over h2c).
 H2SPEC_RUNS: tuple[tuple[tuple[str, ...], int, int], ...] = (
     ((), 146, 146),  # (extra arguments, cases, floor)
     (("-S",), 147, 147),
 )
+H2SPEC_H2C_UNREACHABLE = {"http2/3.5"}
 
 
 def h2spec_path() -> str | None:
@@ -784,10 +933,13 @@ def h2spec_path() -> str | None:
     return shutil.which("h2spec")
 
 
-def run_h2spec(tool: str, port: int, report: Path, *extra: str) -> tuple[int, list[str], str]:
-    """Run h2spec over TLS; (cases, failing case ids, output tail)."""
+def run_h2spec(
+    tool: str, port: int, report: Path, *extra: str, tls: bool = True
+) -> tuple[int, list[str], str]:
+    """Run h2spec over TLS, or over h2c (prior knowledge); (cases, failing case ids, tail)."""
+    transport = ["-t", "-k", "-h", "localhost"] if tls else ["-h", "127.0.0.1"]
     run = subprocess.run(
-        [tool, "-t", "-k", "-h", "localhost", "-p", str(port), "-j", str(report), *extra],
+        [tool, *transport, "-p", str(port), "-j", str(report), *extra],
         capture_output=True,
         timeout=300,
     )
@@ -802,13 +954,24 @@ def run_h2spec(tool: str, port: int, report: Path, *extra: str) -> tuple[int, li
 
 
 @pytest.mark.skipif(h2spec_path() is None, reason="h2spec not found (PYPROXY_H2SPEC or PATH)")
-def test_h2spec_conformance(h2_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "h2c"])
+def test_h2spec_conformance(
+    h2_proxy: Callable[..., ProxyProcess],
+    h2c_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    tls: bool,
+) -> None:
     tool = h2spec_path()
     assert tool is not None
-    proxy = h2_proxy('\trespond "conformance"\n')
+    proxy = (h2_proxy if tls else h2c_proxy)('\trespond "conformance"\n')
     for extra, cases, floor in H2SPEC_RUNS:
-        total, failing, tail = run_h2spec(tool, proxy.port, tmp_path / "h2spec.xml", *extra)
+        total, failing, tail = run_h2spec(
+            tool, proxy.port, tmp_path / "h2spec.xml", *extra, tls=tls
+        )
         passed = total - len(failing)
         print(f"h2spec {' '.join(extra)}: {passed}/{total} passed; failing: {failing or 'none'}")
         assert total == cases, tail
+        if not tls:
+            assert {f.split()[0] for f in failing} <= H2SPEC_H2C_UNREACHABLE, failing
+            floor -= len(H2SPEC_H2C_UNREACHABLE)
         assert passed >= floor, failing

@@ -1,9 +1,10 @@
 """Protocol choices pyproxy cannot honour are config errors naming the JSON path.
 
-pyproxy serves HTTP/1.1 to clients, HTTP/2 over TLS when a server's `protocols` list h2, and
-speaks HTTP/1.1 to upstreams. Caddy's defaults (server `protocols` unset = h1 h2 h3; transport
-`versions` unset = 1.1 2) stay accepted, documented as deviations; an explicit request for h2c or
-HTTP/3 is refused rather than served as something else.
+pyproxy serves HTTP/1.1 to clients, HTTP/2 over TLS when a server's `protocols` list h2, h2c
+(prior knowledge) on plain listeners when they list h2c, and speaks HTTP/1.1 to upstreams.
+Caddy's defaults (server `protocols` unset = h1 h2 h3; transport `versions` unset = 1.1 2) stay
+accepted, documented as deviations; an explicit request for HTTP/3 (or h2c to upstreams) is
+refused rather than served as something else.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def test_h2c_upstream_from_the_caddyfile_is_refused_by_path() -> None:
     assert ".transport.versions: h2c (HTTP/2 over cleartext) to upstreams" in str(err.value)
 
 
-@pytest.mark.parametrize("protocols", [None, ["h1"], ["h1", "h2"], ["h2", "h1"]])
+@pytest.mark.parametrize(
+    "protocols", [None, ["h1"], ["h1", "h2"], ["h2", "h1"], ["h1", "h2c"], ["h1", "h2", "h2c"]]
+)
 def test_server_protocols_unset_h1_or_h1_h2_are_accepted(protocols: list[str] | None) -> None:
     fields = {} if protocols is None else {"protocols": protocols}
     model = load_model(with_server(**fields))
@@ -74,22 +77,22 @@ def test_server_protocols_unset_h1_or_h1_h2_are_accepted(protocols: list[str] | 
 @pytest.mark.parametrize(
     ("protocols", "message"),
     [
-        (["h1", "h2", "h3"], f"{SRV}.protocols: h3 not supported by pyproxy: h2c and HTTP/3 are"),
-        (["h1", "h2c"], f"{SRV}.protocols: h2c not supported by pyproxy"),
-        (["h1", "h2c", "h3"], f"{SRV}.protocols: h2c, h3 not supported by pyproxy"),
+        (["h1", "h2", "h3"], f"{SRV}.protocols: h3 not supported by pyproxy: HTTP/3 is not"),
+        (["h1", "h2c", "h3"], f"{SRV}.protocols: h3 not supported by pyproxy"),
+        (["h2c"], f"{SRV}.protocols: a server without h1 is not supported by pyproxy"),
         (["h2"], f"{SRV}.protocols: a server without h1 is not supported by pyproxy"),
         (["h3"], f"{SRV}.protocols: a server without h1 is not supported by pyproxy"),
         (["spdy"], f"{SRV}.protocols[0]: unknown protocol 'spdy'"),
     ],
 )
-def test_server_protocols_asking_for_h2c_or_http3_are_refused(
+def test_server_protocols_asking_for_http3_or_no_h1_are_refused(
     protocols: list[str], message: str
 ) -> None:
     with pytest.raises(ConfigError) as err:
         load_model(with_server(protocols=protocols))
     assert str(err.value).startswith(message)
     if "unknown" not in message:
-        assert "h2c and HTTP/3 are not implemented" in str(err.value)
+        assert "HTTP/3 is not implemented" in str(err.value)
 
 
 def test_servers_protocols_global_option_with_h2_is_accepted() -> None:
