@@ -86,13 +86,16 @@ def node_caddyfile(
 
 
 def set_a_record(pebble: Pebble, host: str, ip: str) -> None:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{pebble.challtest_mgmt_port}/add-a",
-        data=json.dumps({"host": host, "addresses": [ip]}).encode(),
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        assert resp.status == 200
+    """`host`'s only A record is `ip`: challtestsrv's add-a appends to the host's list, so the
+    old address is cleared first (else the CA may still pick a node the test has killed)."""
+    for path, doc in (("clear-a", {"host": host}), ("add-a", {"host": host, "addresses": [ip]})):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{pebble.challtest_mgmt_port}/{path}",
+            data=json.dumps(doc).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
 
 
 def https_get_at(host: str, port: int, root_pem: str) -> tuple[int, x509.Certificate]:
