@@ -537,7 +537,11 @@ class CertRuntime:
         server_json = _obj(servers.get(name))
         try:
             selector = selector_for_server(
-                self.store, server_json, name, acme_challenge=self.tls_alpn_challenge
+                self.store,
+                server_json,
+                name,
+                # No ACME name, no challenge to answer: no ClientHello callback either.
+                acme_challenge=self.tls_alpn_challenge if self._acme else None,
             )
         except TLSConfigError as exc:
             raise ConfigError(str(exc)) from exc
