@@ -9,7 +9,7 @@ Two loads per candidate, both 4 KiB responses over TLS (a trustme certificate fo
 Pinning as in run.py (wrk and origin on core 0, the proxy on core 1); CPU per request is the
 proxy's process-tree utime+stime. All servers listen on 127.0.0.1 and are stopped by pid.
 
-    .venv/bin/python bench/engine/tls_run.py [--duration 5] [--warmup 1] [--only pyproxy,nginx]
+    .venv/bin/python bench/engine/tls_run.py [--duration 5] [--warmup 1] [--only pyproxy,python-floor]
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--conns", type=int, default=50)
-    ap.add_argument("--only", default="", help="comma list of candidates: nginx,caddy,pyproxy")
+    ap.add_argument(
+        "--only", default="", help="comma list of candidates: nginx,caddy,pyproxy,python-floor"
+    )
     args = ap.parse_args()
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     for tool in (nginx, "wrk", "taskset"):
@@ -128,7 +130,16 @@ def main() -> int:
         cmd = ["taskset", "-c", "1", py, "-m", "proxy", "run", "--config", str(cf)]
         return start([*cmd, "--adapter", "caddyfile", "--workers", "1"], d, env)
 
-    candidates = {"nginx": cand_nginx, "caddy": cand_caddy, "pyproxy": cand_pyproxy}
+    def cand_floor(port: int) -> subprocess.Popen[bytes]:
+        floor = str(Path(__file__).with_name("tls_floor.py"))
+        return start(["taskset", "-c", "1", py, floor, str(port), str(cert), str(key)], d)
+
+    candidates = {
+        "nginx": cand_nginx,
+        "caddy": cand_caddy,
+        "pyproxy": cand_pyproxy,
+        "python-floor": cand_floor,
+    }
     only = set(filter(None, args.only.split(","))) or set(candidates)
     results: list[tuple[str, str, dict[str, float]]] = []
     try:
@@ -151,7 +162,7 @@ def main() -> int:
                     r["req_per_cpu_s"] = r["requests"] / cpu if cpu else 0.0
                     results.append((name, mode, r))
                     print(
-                        f"{name:8} {mode:10} {r['rps']:>9.0f} req/s  p99 {r['p99_ms']:.2f} ms  "
+                        f"{name:12} {mode:10} {r['rps']:>9.0f} req/s  p99 {r['p99_ms']:.2f} ms  "
                         f"CPU {r['cpu_us_per_req']:.1f} µs/req  non2xx {r['non2xx']:.0f}",
                         flush=True,
                     )
