@@ -336,6 +336,32 @@ class Pebble:
         self._procs.clear()
 
 
+def start_pebble_for_proxy(
+    tmp_path: Path, http_port: int, https_port: int, *, v6: bool | None = None
+) -> Pebble:
+    """Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `https_port` (both enabled
+    by default, as in Caddy): over IPv6 only (no A records) when `v6`, else over IPv4 only (no
+    AAAA records). Default: IPv6 where ::1 exists."""
+    v6 = ipv6_loopback_available() if v6 is None else v6
+    pebble = Pebble(
+        tmp_path / "pebble",
+        http_port=http_port,
+        tls_port=https_port,
+        default_ipv6="::1" if v6 else "",
+    )
+    pebble.start()
+    if v6:
+        # No A records at all: Pebble can only reach pyproxy over IPv6.
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{pebble.challtest_mgmt_port}/set-default-ipv4",
+            data=json.dumps({"ip": ""}).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+    return pebble
+
+
 def pebble_global_options(
     pebble: Pebble,
     *,

@@ -14,7 +14,6 @@ import json
 import socket
 import ssl
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from pebblekit import (
     ipv6_loopback_available,
     pebble_global_options,
     requires_pebble,
+    start_pebble_for_proxy,
 )
 
 pytestmark = requires_pebble
@@ -34,32 +34,6 @@ pytestmark = requires_pebble
 NAMES = ("a.example.com", "b.example.com")
 OBTAINED = "certificate obtained successfully"
 CERT_TIMEOUT_S = 90.0
-
-
-def start_pebble(
-    tmp_path: Path, http_port: int, https_port: int, *, v6: bool | None = None
-) -> Pebble:
-    """Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `https_port` (both enabled
-    by default, as in Caddy): over IPv6 only (no A records) when `v6`, else over IPv4 only (no
-    AAAA records). Default: IPv6 where ::1 exists."""
-    v6 = ipv6_loopback_available() if v6 is None else v6
-    pebble = Pebble(
-        tmp_path / "pebble",
-        http_port=http_port,
-        tls_port=https_port,
-        default_ipv6="::1" if v6 else "",
-    )
-    pebble.start()
-    if v6:
-        # No A records at all: Pebble can only reach pyproxy over IPv6.
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{pebble.challtest_mgmt_port}/set-default-ipv4",
-            data=json.dumps({"ip": ""}).encode(),
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status == 200
-    return pebble
 
 
 def caddyfile(tmp_path: Path, pebble: Pebble, http_port: int, https_port: int, dial: str) -> str:
@@ -107,7 +81,7 @@ def test_obtains_two_names_through_own_http_listener_then_restart_reuses(
         pytest.skip("no ::1 on this host")
     http_port = free_port(also=("::1",) if ipv6_loopback_available() else ())
     https_port = free_port(also=("::1",) if ipv6_loopback_available() else ())
-    pebble = start_pebble(tmp_path, http_port, https_port, v6=family == "ipv6")
+    pebble = start_pebble_for_proxy(tmp_path, http_port, https_port, v6=family == "ipv6")
     try:
         root_pem = pebble.root_pem().decode()
         config = caddyfile(tmp_path, pebble, http_port, https_port, f"127.0.0.1:{origin.port}")
@@ -146,7 +120,7 @@ def test_two_workers_obtain_each_certificate_once(
 ) -> None:
     http_port = free_port(also=("::1",) if ipv6_loopback_available() else ())
     https_port = free_port(also=("::1",) if ipv6_loopback_available() else ())
-    pebble = start_pebble(tmp_path, http_port, https_port)
+    pebble = start_pebble_for_proxy(tmp_path, http_port, https_port)
     try:
         root_pem = pebble.root_pem().decode()
         config = caddyfile(tmp_path, pebble, http_port, https_port, f"127.0.0.1:{origin.port}")

@@ -11,13 +11,11 @@ connecting and must never be handed the challenge certificate. With `disable_tls
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import ssl
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from pebblekit import (
     free_port,
     ipv6_loopback_available,
     requires_pebble,
+    start_pebble_for_proxy,
 )
 
 from acme_client.http01 import HTTP01, TLS_ALPN01
@@ -43,26 +42,6 @@ NAME = "alpn.example.com"
 OBTAINED = "certificate obtained successfully"
 CERT_TIMEOUT_S = 90.0
 EMAIL = "admin@example.com"
-
-
-def start_pebble(tmp_path: Path, http_port: int, https_port: int, *, v6: bool) -> Pebble:
-    pebble = Pebble(
-        tmp_path / "pebble",
-        http_port=http_port,
-        tls_port=https_port,
-        default_ipv6="::1" if v6 else "",
-    )
-    pebble.start()
-    if v6:
-        # No A records at all: Pebble can only reach pyproxy over IPv6.
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{pebble.challtest_mgmt_port}/set-default-ipv4",
-            data=json.dumps({"ip": ""}).encode(),
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status == 200
-    return pebble
 
 
 def caddyfile(tmp_path: Path, pebble: Pebble, http_port: int, https_port: int, disable: str) -> str:
@@ -215,7 +194,7 @@ def test_obtains_over_tls_alpn_with_the_http_challenge_disabled(
     also = ("::1",) if ipv6_loopback_available() else ()
     http_port = free_port(also=also)
     https_port = free_port(also=also)
-    pebble = start_pebble(tmp_path, http_port, https_port, v6=family == "ipv6")
+    pebble = start_pebble_for_proxy(tmp_path, http_port, https_port, v6=family == "ipv6")
     try:
         root_pem = pebble.root_pem().decode()
         config = caddyfile(tmp_path, pebble, http_port, https_port, "disable_http_challenge")
@@ -254,7 +233,7 @@ def test_with_tls_alpn_disabled_only_http01_is_used(run_proxy: Any, tmp_path: Pa
     http_port = free_port(also=also)
     https_port = free_port(also=also)
     # TLS-ALPN-01 would reach pyproxy too: only the config keeps it from being used.
-    pebble = start_pebble(tmp_path, http_port, https_port, v6=False)
+    pebble = start_pebble_for_proxy(tmp_path, http_port, https_port, v6=False)
     try:
         root_pem = pebble.root_pem().decode()
         config = caddyfile(tmp_path, pebble, http_port, https_port, "disable_tlsalpn_challenge")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trustme
 from cryptography import x509
+from tlskit import memory_handshake
 
 from acme_client.http01 import Http01Challenge, publish_http01
 from acme_client.local_ca import LocalCA
@@ -42,28 +43,9 @@ def handshake(ctx: ssl.SSLContext, sni: str | None, cafile: str | None = None) -
     if cafile is None:
         client_ctx.check_hostname = False
         client_ctx.verify_mode = ssl.CERT_NONE
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=sni)
-    server = ctx.wrap_bio(s_in, s_out, server_side=True)
-    done_c = done_s = False
-    for _ in range(20):
-        if not done_c:
-            try:
-                client.do_handshake()
-                done_c = True
-            except ssl.SSLWantReadError:
-                pass
-        s_in.write(c_out.read())
-        if not done_s:
-            try:
-                server.do_handshake()
-                done_s = True
-            except ssl.SSLWantReadError:
-                pass
-        c_in.write(s_out.read())
-        if done_c and done_s:
-            return client
-    raise AssertionError("handshake did not finish")
+    client, _server, server_done = memory_handshake(ctx, client_ctx, sni)
+    assert server_done, "the server did not finish the handshake"
+    return client
 
 
 def served_names(client: ssl.SSLObject) -> list[str]:

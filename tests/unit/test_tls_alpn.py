@@ -18,6 +18,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from tlskit import memory_handshake
 
 from acme_client.http01 import (
     Http01Challenge,
@@ -142,34 +143,7 @@ def handshake(
     client_ctx.maximum_version = tls_max
     if alpn is not None:
         client_ctx.set_alpn_protocols(alpn)
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=sni)
-    server = ctx.wrap_bio(s_in, s_out, server_side=True)
-    done_c = done_s = False
-    for _ in range(20):
-        if not done_c:
-            try:
-                client.do_handshake()
-                done_c = True
-            except ssl.SSLWantReadError:
-                pass
-        s_in.write(c_out.read())
-        if not done_s:
-            try:
-                server.do_handshake()
-                done_s = True
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError:
-                if not done_c:
-                    raise
-                break  # the server ended a handshake the client already completed
-        c_in.write(s_out.read())
-        if done_c and done_s:
-            break
-    if not done_c:
-        raise AssertionError("handshake did not finish")
-    return client, server, done_s
+    return memory_handshake(ctx, client_ctx, sni)
 
 
 def served_certificate(client: ssl.SSLObject) -> x509.Certificate:
