@@ -14,8 +14,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from pebblekit import (
     free_port,
     ipv6_loopback_available,
     requires_pebble,
+    wait_until,
     worker_command,
 )
 
@@ -48,14 +47,6 @@ pytestmark = [requires_pebble]
 requires_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no ::1 on this host")
 
 NAMES = ["a.example.com", "b.example.com"]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def verify_chain(pem: bytes, name: str, root_pem: bytes) -> x509.Certificate:

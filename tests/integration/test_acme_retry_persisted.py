@@ -12,11 +12,8 @@ Pebble's request log (`Pebble.ca_requests()`, `Pebble.new_orders()`) shows what 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -26,6 +23,7 @@ from pebblekit import (
     free_port,
     ipv6_loopback_available,
     requires_pebble,
+    wait_until,
 )
 
 from acme_client.retry_record import parse_retry_record
@@ -36,14 +34,6 @@ pytestmark = [requires_pebble]
 NAME = "retry.example.com"
 EAB_MAC = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
 WAIT_S = 60.0
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def v6() -> str:
