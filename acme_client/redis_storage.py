@@ -538,6 +538,35 @@ def _forget_storage_loop_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_storage_loop_in_child)
 
 
+def _disown_inherited_connections(client: redis.asyncio.Redis) -> None:
+    """In a forked child: let go of the parent's connections without touching them.
+
+    A copied socket is the parent's connection (one TCP stream, two processes), and its copied
+    transport is registered in the epoll instance of the parent's storage loop, which fork
+    shares with the child: closing it the asyncio way (redis-py does when it collects an
+    unclosed connection) would unregister the parent's socket from the parent's loop, whose
+    next command then times out. So each inherited socket descriptor is replaced by /dev/null
+    (dup2): the child's reference to the stream goes at once, the parent's stays, and whatever
+    later finalizes the old objects acts on /dev/null. The pool's connection lists are
+    redis-py internals, read defensively.
+    """
+    pool = client.connection_pool
+    connections = [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+    ]
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for connection in connections:
+            writer = getattr(connection, "_writer", None)
+            sock = writer.get_extra_info("socket") if writer is not None else None
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:
+                os.dup2(devnull, fd, inheritable=False)
+    finally:
+        os.close(devnull)
+
+
 # --- the storage -------------------------------------------------------------------------------
 
 
@@ -688,9 +717,9 @@ class RedisStorage:
     def _client_here(self) -> redis.asyncio.Redis:
         pid = os.getpid()
         if self._client is None or self._client_pid != pid:
-            # First use, or a forked child: a client of our own. The parent's (copied with the
-            # fork, its sockets still the parent's connections) is never used nor shut down
-            # here; its sockets are released when it is collected.
+            # First use, or a forked child: a client of our own, never the parent's.
+            if self._client is not None:
+                _disown_inherited_connections(self._client)
             self._client = redis_client(self.config)
             self._client_pid = pid
             self._tasks = {t for t in self._tasks if t.get_loop() is asyncio.get_running_loop()}
