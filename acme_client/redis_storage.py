@@ -53,6 +53,7 @@ import logging
 import os
 import secrets
 import threading
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -478,7 +479,10 @@ class _StorageLoop:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        # The stdlib's selector loop whatever the policy (workers may install uvloop's): what
+        # fork does to it is known (see _disown_inherited_connections), and it only waits on
+        # Redis.
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()
         self.thread = threading.Thread(target=self._serve, name="redis-storage-loop", daemon=True)
         self.thread.start()
 
@@ -527,12 +531,20 @@ def _storage_loop(create: bool = True) -> _StorageLoop | None:
         return current
 
 
+# Every storage of this process, so that a forked child can let go of their clients at once.
+_live_storages: weakref.WeakSet[RedisStorage] = weakref.WeakSet()
+
+
 def _forget_storage_loop_in_child() -> None:
     # The parent's loop thread does not exist in the child, and another of its threads may have
-    # held the lock at the moment of the fork: start over with both.
+    # held the lock at the moment of the fork: start over with both. The storages' clients are
+    # the parent's: dropped now, before anything in the child (a collection on the child's own
+    # event loop) could close them the asyncio way.
     global _storage_loop_instance, _storage_loop_mu
     _storage_loop_instance = None
     _storage_loop_mu = threading.Lock()
+    for storage in list(_live_storages):
+        storage._forget_parent_client()
 
 
 os.register_at_fork(after_in_child=_forget_storage_loop_in_child)
@@ -618,6 +630,7 @@ class RedisStorage:
         self._client: redis.asyncio.Redis | None = None
         self._client_pid = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        _live_storages.add(self)
 
     @classmethod
     def from_config(cls, config: RedisStorageConfig) -> RedisStorage:
@@ -652,8 +665,9 @@ class RedisStorage:
             task.cancel()
         # Let them finish (they end with StorageUnavailableError) before the pool goes away.
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._forget_parent_client()
         client, self._client = self._client, None
-        if client is not None and self._client_pid == os.getpid():
+        if client is not None:
             with contextlib.suppress(redis.RedisError, OSError):
                 await client.aclose()
 
@@ -716,14 +730,19 @@ class RedisStorage:
 
     def _client_here(self) -> redis.asyncio.Redis:
         pid = os.getpid()
-        if self._client is None or self._client_pid != pid:
-            # First use, or a forked child: a client of our own, never the parent's.
-            if self._client is not None:
-                _disown_inherited_connections(self._client)
+        # The fork hook has dropped a parent's client already; this covers a fork it missed.
+        self._forget_parent_client()
+        if self._client is None:
             self._client = redis_client(self.config)
             self._client_pid = pid
-            self._tasks = {t for t in self._tasks if t.get_loop() is asyncio.get_running_loop()}
         return self._client
+
+    def _forget_parent_client(self) -> None:
+        """In a forked child: the client (and the tasks using it) are the parent's, not ours."""
+        if self._client is not None and self._client_pid != os.getpid():
+            _disown_inherited_connections(self._client)
+            self._client = None
+            self._tasks = set()
 
     # --- values --------------------------------------------------------------------------------
 
