@@ -509,9 +509,6 @@ class _StorageLoop:
             future.cancel()
             raise TimeoutError(f"the Redis storage loop did not answer within {timeout_s:g} s")
 
-    def on_loop(self) -> bool:
-        return threading.current_thread() is self.thread
-
 
 _storage_loop_mu = threading.Lock()
 _storage_loop_instance: _StorageLoop | None = None
@@ -657,7 +654,11 @@ class RedisStorage:
         storage_loop = _storage_loop(create=False)
         if storage_loop is None:
             return  # never used in this process: nothing is open
-        storage_loop.run(self._close_on_loop(), self.call_timeout_s + 1.0)
+        try:
+            storage_loop.run(self._close_on_loop(), self.call_timeout_s + 1.0)
+        except TimeoutError as exc:
+            # Closed all the same: refused from now on; the sockets go with the process.
+            log.warning("%s: closing: %s", self.description, exc)
 
     async def _close_on_loop(self) -> None:
         tasks = [t for t in self._tasks if t is not asyncio.current_task()]
