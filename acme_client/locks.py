@@ -65,6 +65,52 @@ class LockTimeout(LockError):
 
 
 @dataclass(frozen=True, slots=True)
+class RetryIn:
+    """A lock attempt's answer "not yet, but try again after `seconds`" (0: at once), sooner
+    than the poll interval: certmagic's short waits when a lock file is being written or has
+    just been removed."""
+
+    seconds: float
+
+
+def wait_for_lock(
+    try_lock: Callable[[], bool | RetryIn],
+    poll_s: float,
+    timeout_s: float | None,
+    *,
+    max_attempts: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Attempt a lock until it is ours: True; False once `timeout_s` has passed (None: never)
+    or after `max_attempts` attempts (None: no limit).
+
+    certmagic's wait (filestorage.go Lock): between attempts it waits `poll_s` (its
+    fileLockPollInterval, 1 s) while someone else holds the lock, or what the attempt asked
+    for (`RetryIn`); a wait never runs past the deadline, and the deadline gets one last
+    attempt. Used by FileLocker and RedisLocker alike; both take their locks from executor
+    threads, so the waits block only that thread.
+    """
+    deadline = None if timeout_s is None else monotonic() + timeout_s
+    attempts = 0
+    while True:
+        outcome = try_lock()
+        if outcome is True:
+            return True
+        attempts += 1
+        if max_attempts is not None and attempts >= max_attempts:
+            return False
+        delay = outcome.seconds if isinstance(outcome, RetryIn) else poll_s
+        if deadline is not None:
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                return False
+            delay = min(delay, remaining)
+        if delay > 0:
+            sleep(delay)
+
+
+@dataclass(frozen=True, slots=True)
 class LockOwner:
     """Which process holds a lock: host name, pid, and its node (the parent's pid)."""
 
@@ -272,13 +318,12 @@ class FileLocker:
 
     def lock(self, name: str, timeout_s: float | None = None) -> None:
         """Block until the lock `name` is ours. LockTimeout after `timeout_s` seconds if given."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        if not self._obtain(name, attempts=-1, deadline=deadline):
+        if not self._obtain(name, max_attempts=None, timeout_s=timeout_s):
             raise LockTimeout(f"{self.lock_path(name)}: timed out waiting for lock {name!r}")
 
     def try_lock(self, name: str) -> bool:
         """Take the lock if it is free (or stale) now; False when someone else holds it."""
-        return self._obtain(name, attempts=TRY_LOCK_ATTEMPTS, deadline=None)
+        return self._obtain(name, max_attempts=TRY_LOCK_ATTEMPTS, timeout_s=None)
 
     def unlock(self, name: str) -> None:
         """Release a lock: stop refreshing it, then remove the file."""
@@ -339,33 +384,19 @@ class FileLocker:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _sleep(self, seconds: float, deadline: float | None) -> bool:
-        """Sleep up to `seconds`; False if the deadline has passed (nothing left to wait for)."""
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            seconds = min(seconds, remaining)
-        time.sleep(seconds)
-        return True
-
-    def _obtain(self, name: str, attempts: int, deadline: float | None) -> bool:
+    def _obtain(self, name: str, max_attempts: int | None, timeout_s: float | None) -> bool:
         path = self.lock_path(name)
-        empty_count = 0
-        while True:
-            if attempts == 0:
-                return False
-            if attempts > 0:
-                attempts -= 1
+        empty_reads = 0
 
+        def attempt() -> bool | RetryIn:
+            nonlocal empty_reads
             if self._create(name, path):
                 return True
-
             try:
                 with open(path, "rb") as f:
                     data = f.read(LOCKFILE_MAX_BYTES)
             except FileNotFoundError:
-                continue  # released between our create and our read: try again right away
+                return RetryIn(0.0)  # released between our create and our read: again at once
             except OSError as exc:
                 raise LockError(f"{path}: accessing lock file: {exc}") from exc
 
@@ -373,11 +404,9 @@ class FileLocker:
             if not data.strip():
                 # The creator writes the JSON right after creating the file; give it a moment
                 # before declaring the lock abandoned (certmagic: 8 x 250 ms).
-                empty_count += 1
-                if empty_count < EMPTY_LOCKFILE_MAX_RETRIES:
-                    if not self._sleep(EMPTY_LOCKFILE_RETRY_S, deadline):
-                        return False
-                    continue
+                empty_reads += 1
+                if empty_reads < EMPTY_LOCKFILE_MAX_RETRIES:
+                    return RetryIn(EMPTY_LOCKFILE_RETRY_S)
                 stale = True
             else:
                 try:
@@ -395,10 +424,10 @@ class FileLocker:
                     pass
                 except OSError as exc:
                     raise LockError(f"{path}: unable to delete stale lock file: {exc}") from exc
-                continue
+                return RetryIn(0.0)
+            return False  # held by someone else: wait the poll interval
 
-            if not self._sleep(self.poll_interval_s, deadline):
-                return False
+        return wait_for_lock(attempt, self.poll_interval_s, timeout_s, max_attempts=max_attempts)
 
     def _create(self, name: str, path: Path) -> bool:
         make_dirs(path.parent)

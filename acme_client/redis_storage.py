@@ -24,31 +24,47 @@ which changes nothing for mutual exclusion since both sides test the same key wi
 by name (certmagic's FileStorage semantics, which pyproxy's callers rely on; the module deletes
 one key and lists only leaves when recursive).
 
-The client is redis-py's synchronous one: storage is called from worker threads (the engine runs
-blocking storage code in executors), and every call is bounded by the configured timeout. A
-server that cannot be reached raises StorageUnavailableError, an OSError, so callers log it and
-retry later while certificates already in memory keep serving.
+The client is redis-py's asyncio one (pyproxy issue #17: no hand-written protocol), run on one
+private event loop per process, in a daemon thread started on first use (and again in a forked
+child: the supervisor forks workers, and a child must neither use the parent's sockets nor
+wait on a loop thread that fork did not copy). Why a loop of its own: the Storage interface is
+synchronous, like certmagic's, and its callers (the ACME manager and issuer, proxy.certs) already
+run it in executor threads so that their event loop never waits on storage; each synchronous
+method submits one coroutine to the storage loop and blocks its executor thread until it is
+done. Lock refreshes are tasks on that loop, not a thread per lock. Nothing but this module's
+coroutines runs on the loop, and a storage method called from it would wait for itself, so
+that is refused (RuntimeError).
+
+Every call is bounded: each socket operation by the configured timeout (go-redis's defaults
+without one) and the whole call by `call_timeout_s`. A server that cannot be reached, or does
+not answer in time, raises StorageUnavailableError, an OSError, so callers log it and retry
+later while certificates already in memory keep serving. `close()` is final: calls in flight
+and every later call raise StorageUnavailableError, and no connection is opened again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import json
 import logging
+import os
 import secrets
 import threading
-import time
+import weakref
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from acme_client.locks import (
     LOCK_FRESHNESS_INTERVAL_S,
@@ -60,6 +76,7 @@ from acme_client.locks import (
     LockTimeout,
     format_go_time,
     parse_go_time,
+    wait_for_lock,
 )
 from acme_client.storage import (
     PREFIX_LOCKS,
@@ -70,6 +87,8 @@ from acme_client.storage import (
 )
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # caddy-storage-redis defaults (storage.go).
 DEFAULT_HOST = "127.0.0.1"
@@ -401,10 +420,12 @@ def parse_redis_storage_config(
     )
 
 
-def redis_client(config: RedisStorageConfig) -> redis.Redis:
-    """A synchronous client whose every operation is bounded by the configured timeout."""
-    dial_s = float(config.timeout_s) if config.timeout_s else DEFAULT_DIAL_TIMEOUT_S
-    io_s = float(config.timeout_s) if config.timeout_s else DEFAULT_IO_TIMEOUT_S
+def redis_client(config: RedisStorageConfig) -> redis.asyncio.Redis:
+    """An asyncio client whose every socket operation is bounded by the configured timeout.
+
+    It connects lazily, on the event loop of its first command: create and use it on the
+    storage loop only (`RedisStorage` does)."""
+    dial_s, io_s = _socket_timeouts(config)
     kwargs: dict[str, Any] = {}
     if config.tls_enabled:
         kwargs["ssl"] = True
@@ -415,7 +436,7 @@ def redis_client(config: RedisStorageConfig) -> redis.Redis:
             kwargs["ssl_ca_data"] = config.tls_server_certs_pem
         if config.tls_server_certs_path:
             kwargs["ssl_ca_certs"] = config.tls_server_certs_path
-    return redis.Redis(
+    return redis.asyncio.Redis(
         host=config.host,
         port=config.port,
         db=config.db,
@@ -423,11 +444,136 @@ def redis_client(config: RedisStorageConfig) -> redis.Redis:
         password=config.password or None,
         socket_connect_timeout=dial_s,
         socket_timeout=io_s,
-        # One retry, no backoff: a server that is down answers "refused" at once, and the
+        # One retry, no backoff: a pooled connection the server dropped (a restart) fails once
+        # and the retry reconnects; a server that is down answers "refused" at once, and the
         # caller (renewal loop, storage poll) retries on its own schedule.
-        retry=Retry(NoBackoff(), 1),
+        retry=AsyncRetry(NoBackoff(), 1),
         **kwargs,
     )
+
+
+def _socket_timeouts(config: RedisStorageConfig) -> tuple[float, float]:
+    """(dial, read/write) seconds: the configured `timeout` for both, else go-redis's defaults."""
+    if config.timeout_s:
+        return float(config.timeout_s), float(config.timeout_s)
+    return DEFAULT_DIAL_TIMEOUT_S, DEFAULT_IO_TIMEOUT_S
+
+
+def call_timeout_s(config: RedisStorageConfig) -> float:
+    """How long one storage call may take in all: a dial and a command, twice (the client's one
+    retry). A call that takes several commands (a `store` updating the directory index, a
+    recursive `list`) shares that budget; past it the call fails rather than hangs."""
+    dial_s, io_s = _socket_timeouts(config)
+    return 2 * (dial_s + io_s)
+
+
+# --- the storage loop --------------------------------------------------------------------------
+
+
+class _StorageLoop:
+    """The process's private event loop, in a daemon thread, that runs every Redis command.
+
+    Only coroutines of this module run on it, and they never call a synchronous storage method:
+    that would wait on the loop from the loop itself, a deadlock, so `run` refuses it.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        # The stdlib's selector loop whatever the policy (workers may install uvloop's): what
+        # fork does to it is known (see _disown_inherited_connections), and it only waits on
+        # Redis.
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()
+        self.thread = threading.Thread(target=self._serve, name="redis-storage-loop", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout_s: float) -> _T:
+        """Run `coro` on the loop and wait for its result in the calling thread.
+
+        `timeout_s` is a backstop: the coroutines bound themselves (`asyncio.timeout`) a little
+        sooner, so this only fires if the loop itself is stuck.
+        """
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError(
+                "a RedisStorage method was called on the Redis storage loop itself; it would "
+                "wait for itself forever (call storage from executor threads only)"
+            )
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"the Redis storage loop did not answer within {timeout_s:g} s")
+
+
+_storage_loop_mu = threading.Lock()
+_storage_loop_instance: _StorageLoop | None = None
+
+
+def _storage_loop(create: bool = True) -> _StorageLoop | None:
+    """This process's storage loop, started on first use (None when absent and not `create`)."""
+    global _storage_loop_instance
+    with _storage_loop_mu:
+        current = _storage_loop_instance
+        # A forked child has no loop thread (fork copies only the forking thread), whatever
+        # the copied object says: it needs a loop of its own.
+        if current is not None and current.pid != os.getpid():
+            current = _storage_loop_instance = None
+        if current is None and create:
+            current = _storage_loop_instance = _StorageLoop()
+        return current
+
+
+# Every storage of this process, so that a forked child can let go of their clients at once.
+_live_storages: weakref.WeakSet[RedisStorage] = weakref.WeakSet()
+
+
+def _forget_storage_loop_in_child() -> None:
+    # The parent's loop thread does not exist in the child, and another of its threads may have
+    # held the lock at the moment of the fork: start over with both. The storages' clients are
+    # the parent's: dropped now, before anything in the child (a collection on the child's own
+    # event loop) could close them the asyncio way.
+    global _storage_loop_instance, _storage_loop_mu
+    _storage_loop_instance = None
+    _storage_loop_mu = threading.Lock()
+    for storage in list(_live_storages):
+        storage._forget_parent_client()
+
+
+os.register_at_fork(after_in_child=_forget_storage_loop_in_child)
+
+
+def _disown_inherited_connections(client: redis.asyncio.Redis) -> None:
+    """In a forked child: let go of the parent's connections without touching them.
+
+    A copied socket is the parent's connection (one TCP stream, two processes), and its copied
+    transport is registered in the epoll instance of the parent's storage loop, which fork
+    shares with the child: closing it the asyncio way (redis-py does when it collects an
+    unclosed connection) would unregister the parent's socket from the parent's loop, whose
+    next command then times out. So each inherited socket descriptor is replaced by /dev/null
+    (dup2): the child's reference to the stream goes at once, the parent's stays, and whatever
+    later finalizes the old objects acts on /dev/null. The pool's connection lists are
+    redis-py internals, read defensively.
+    """
+    pool = client.connection_pool
+    connections = [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+    ]
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for connection in connections:
+            writer = getattr(connection, "_writer", None)
+            sock = writer.get_extra_info("socket") if writer is not None else None
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:
+                os.dup2(devnull, fd, inheritable=False)
+    finally:
+        os.close(devnull)
 
 
 # --- the storage -------------------------------------------------------------------------------
@@ -451,46 +597,80 @@ class RedisStorage:
     """certmagic's Storage in Redis with caddy-storage-redis's layout (see the module docstring).
 
     `load`, `stat` and `list` raise FileNotFoundError for a missing key and IsADirectoryError for
-    `load` of a directory, like FileStorage; a Redis failure is StorageUnavailableError.
+    `load` of a directory, like FileStorage; a Redis failure, a call that outlives its timeout
+    (`call_timeout_s`) and any call after `close()` are StorageUnavailableError.
+
+    The methods are synchronous and block their calling thread (an executor thread): each runs
+    its commands as one coroutine on the process's storage loop. The client lives on that loop
+    and is created there on first use, and again in a forked child (which must not write to
+    the parent's sockets).
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        config: RedisStorageConfig,
         *,
-        key_prefix: str = DEFAULT_KEY_PREFIX,
-        compression: int = COMPRESSION_NONE,
-        encryption_key: bytes = b"",
-        description: str = "redis",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if encryption_key and len(encryption_key) != ENCRYPTION_KEY_BYTES:
+        if config.encryption_key and len(config.encryption_key) != ENCRYPTION_KEY_BYTES:
             raise ValueError("encryption_key must be 32 bytes")
-        self.client = client
-        self.key_prefix = key_prefix
-        self.compression = compression
-        self.encryption_key = encryption_key
-        self.description = description
+        self.config = config
+        self.key_prefix = config.key_prefix
+        self.compression = config.compression
+        self.encryption_key = config.encryption_key
+        self.description = config.describe()
         self.clock = clock
+        self.call_timeout_s = call_timeout_s(config)
+        self._closed = False
+        # Touched on the storage loop only (no lock needed): the client of process
+        # `_client_pid`, and the tasks using it, which `close` cancels.
+        self._client: redis.asyncio.Redis | None = None
+        self._client_pid = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        _live_storages.add(self)
 
     @classmethod
     def from_config(cls, config: RedisStorageConfig) -> RedisStorage:
-        return cls(
-            redis_client(config),
-            key_prefix=config.key_prefix,
-            compression=config.compression,
-            encryption_key=config.encryption_key,
-            description=config.describe(),
-        )
+        return cls(config)
 
     def __repr__(self) -> str:
         return f"RedisStorage:{self.description}"
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Close the client's connections. redis-py reconnects on the next command, so a
-        straggling call (an ACME thread ending at its deadline) still works; the owner closes
-        once it is done with the storage, and a later use opens what it needs."""
-        self.client.close()
+        """Close the connections for good; idempotent.
+
+        Calls in flight fail (StorageUnavailableError) and so does every later call: a closed
+        storage never reconnects, so a straggler (a stopped manager's ACME thread ending at its
+        deadline) cannot open a connection the owner will never close. Lock refreshes stop;
+        the locks expire on their own.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        storage_loop = _storage_loop(create=False)
+        if storage_loop is None:
+            return  # never used in this process: nothing is open
+        try:
+            storage_loop.run(self._close_on_loop(), self.call_timeout_s + 1.0)
+        except TimeoutError as exc:
+            # Closed all the same: refused from now on; the sockets go with the process.
+            log.warning("%s: closing: %s", self.description, exc)
+
+    async def _close_on_loop(self) -> None:
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        # Let them finish (they end with StorageUnavailableError) before the pool goes away.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._forget_parent_client()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await client.aclose()
 
     def label(self, key: str) -> str:
         return f"{self.description}: {self.redis_key(key)}"
@@ -504,8 +684,66 @@ class RedisStorage:
             raise StorageError(f"{key}: invalid storage key")
         return go_path_join(self.key_prefix, key) or "."
 
-    def _unavailable(self, key: str, exc: redis.RedisError) -> StorageUnavailableError:
+    def _unavailable(self, key: str, exc: BaseException | str) -> StorageUnavailableError:
         return StorageUnavailableError(f"{key}: {self.description}: {exc}")
+
+    # --- running commands on the storage loop --------------------------------------------------
+
+    def _run(self, key: str, operation: Callable[[redis.asyncio.Redis], Awaitable[_T]]) -> _T:
+        """Run `operation(client)` on the storage loop, blocking this thread until it is done."""
+        if self._closed:
+            raise self._unavailable(key, "storage is closed")
+        storage_loop = _storage_loop()
+        assert storage_loop is not None
+        try:
+            return storage_loop.run(self._guarded(key, operation), self.call_timeout_s + 1.0)
+        except TimeoutError as exc:
+            raise self._unavailable(key, exc) from exc
+
+    async def _guarded(
+        self, key: str, operation: Callable[[redis.asyncio.Redis], Awaitable[_T]]
+    ) -> _T:
+        """`operation` with this process's client, bounded by `call_timeout_s`, its Redis errors
+        as StorageUnavailableError. Runs on the storage loop (also awaited by lock refreshes)."""
+        if self._closed:
+            raise self._unavailable(key, "storage is closed")
+        task = asyncio.current_task()
+        assert task is not None
+        # A lock refresh awaits this inside its own, already registered, task.
+        registered_here = task not in self._tasks
+        self._tasks.add(task)
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                return await operation(self._client_here())
+        except TimeoutError as exc:
+            raise self._unavailable(
+                key, f"no answer within {self.call_timeout_s:g} s ({exc or 'timed out'})"
+            ) from exc
+        except asyncio.CancelledError:
+            if self._closed:
+                raise self._unavailable(key, "storage was closed during the call") from None
+            raise
+        except redis.RedisError as exc:
+            raise self._unavailable(key, exc) from exc
+        finally:
+            if registered_here:
+                self._tasks.discard(task)
+
+    def _client_here(self) -> redis.asyncio.Redis:
+        pid = os.getpid()
+        # The fork hook has dropped a parent's client already; this covers a fork it missed.
+        self._forget_parent_client()
+        if self._client is None:
+            self._client = redis_client(self.config)
+            self._client_pid = pid
+        return self._client
+
+    def _forget_parent_client(self) -> None:
+        """In a forked child: the client (and the tasks using it) are the parent's, not ours."""
+        if self._client is not None and self._client_pid != os.getpid():
+            _disown_inherited_connections(self._client)
+            self._client = None
+            self._tasks = set()
 
     # --- values --------------------------------------------------------------------------------
 
@@ -579,17 +817,15 @@ class RedisStorage:
             value = out
         return value
 
-    def _get(self, key: str) -> bytes:
+    async def _get(self, client: redis.asyncio.Redis, key: str) -> bytes:
         """The raw StorageData JSON of `key`."""
         rkey = self.redis_key(key)
         try:
-            raw = self.client.get(rkey)
+            raw = await client.get(rkey)
         except redis.ResponseError as exc:
             if _is_wrong_type(exc):
                 raise IsADirectoryError(f"{key}: is a directory") from exc
             raise StorageError(f"{key}: {exc}") from exc
-        except redis.RedisError as exc:
-            raise self._unavailable(key, exc) from exc
         if raw is None:
             raise FileNotFoundError(f"{key}: not found in {self.description}")
         assert isinstance(raw, bytes)
@@ -597,7 +833,7 @@ class RedisStorage:
 
     # --- the directory index (sorted sets) ----------------------------------------------------
 
-    def _add_to_index(self, rkey: str, score: float) -> None:
+    async def _add_to_index(self, client: redis.asyncio.Redis, rkey: str, score: float) -> None:
         # storeDirectoryRecord: add the base name to its parent's set; walk up only while the
         # parent was new (an existing set already has its own record).
         path, is_dir = rkey, False
@@ -606,11 +842,13 @@ class RedisStorage:
             if parent == ".":
                 return
             member = _go_path_base(path) + ("/" if is_dir else "")
-            if not self.client.zadd(parent, {member: score}):
+            if not await client.zadd(parent, {member: score}):
                 return
             path, is_dir = parent, True
 
-    def _remove_from_index(self, rkey: str, is_dir: bool) -> None:
+    async def _remove_from_index(
+        self, client: redis.asyncio.Redis, rkey: str, is_dir: bool
+    ) -> None:
         # deleteDirectoryRecord: remove from the parent set; Redis drops an emptied set, and
         # then the parent's own record goes too.
         path = rkey
@@ -618,14 +856,14 @@ class RedisStorage:
             parent = _go_path_dir(path)
             if parent == ".":
                 return
-            self.client.zrem(parent, _go_path_base(path) + ("/" if is_dir else ""))
-            if self.client.exists(parent):
+            await client.zrem(parent, _go_path_base(path) + ("/" if is_dir else ""))
+            if await client.exists(parent):
                 return
             path, is_dir = parent, True
 
-    def _children(self, rkey: str) -> list[str]:
+    async def _children(self, client: redis.asyncio.Redis, rkey: str) -> list[str]:
         try:
-            members = self.client.zrange(rkey, 0, -1)
+            members = await client.zrange(rkey, 0, -1)
         except redis.ResponseError as exc:
             if _is_wrong_type(exc):
                 return []  # a value, not a directory: no children
@@ -637,50 +875,57 @@ class RedisStorage:
     def store(self, key: str, value: bytes) -> None:
         rkey = self.redis_key(key)
         modified = self.clock()
-        data = self._encode(value, modified)
-        try:
-            # Index first, then the value (the module's order): a crash in between leaves an
-            # index entry without a value, which `list` callers already meet as "not found".
-            self._add_to_index(rkey, float(int(modified.timestamp())))
-            self.client.set(rkey, data)
-        except redis.ResponseError as exc:
-            if _is_wrong_type(exc):  # a parent "directory" is a value (FileStorage: ENOTDIR)
-                raise NotADirectoryError(f"{key}: a parent is not a directory") from exc
-            raise StorageError(f"{key}: {exc}") from exc
-        except redis.RedisError as exc:
-            raise self._unavailable(key, exc) from exc
+        data = self._encode(value, modified)  # in this thread: the loop only waits on Redis
+
+        async def store_value(client: redis.asyncio.Redis) -> None:
+            try:
+                # Index first, then the value (the module's order): a crash in between leaves
+                # an index entry without a value, which `list` callers already meet as "not
+                # found".
+                await self._add_to_index(client, rkey, float(int(modified.timestamp())))
+                await client.set(rkey, data)
+            except redis.ResponseError as exc:
+                if _is_wrong_type(exc):  # a parent "directory" is a value (FileStorage: ENOTDIR)
+                    raise NotADirectoryError(f"{key}: a parent is not a directory") from exc
+                raise StorageError(f"{key}: {exc}") from exc
+
+        self._run(key, store_value)
 
     def load(self, key: str) -> bytes:
-        return self._decode_value(key, self._decode_doc(key, self._get(key)))
+        raw = self._run(key, lambda client: self._get(client, key))
+        return self._decode_value(key, self._decode_doc(key, raw))
 
     def delete(self, key: str) -> None:
         """Remove a key, or a directory with everything below it. Missing is not an error."""
         rkey = self.redis_key(key)
-        try:
-            kind = self.client.type(rkey)
-            if kind == b"zset":
-                self._delete_tree(rkey)
-                self._remove_from_index(rkey, is_dir=True)
-                return
-            self._remove_from_index(rkey, is_dir=False)
-            self.client.delete(rkey)
-        except redis.RedisError as exc:
-            raise self._unavailable(key, exc) from exc
 
-    def _delete_tree(self, rkey: str) -> None:
-        for member in self._children(rkey):
+        async def delete_key(client: redis.asyncio.Redis) -> None:
+            kind = await client.type(rkey)
+            if kind == b"zset":
+                await self._delete_tree(client, rkey)
+                await self._remove_from_index(client, rkey, is_dir=True)
+                return
+            await self._remove_from_index(client, rkey, is_dir=False)
+            await client.delete(rkey)
+
+        self._run(key, delete_key)
+
+    async def _delete_tree(self, client: redis.asyncio.Redis, rkey: str) -> None:
+        for member in await self._children(client, rkey):
             child = go_path_join(rkey, member.rstrip("/"))
             if member.endswith("/"):
-                self._delete_tree(child)
+                await self._delete_tree(client, child)
             else:
-                self.client.delete(child)
-        self.client.delete(rkey)
+                await client.delete(child)
+        await client.delete(rkey)
 
     def exists(self, key: str) -> bool:
-        try:
-            return bool(self.client.exists(self.redis_key(key)))
-        except redis.RedisError as exc:
-            raise self._unavailable(key, exc) from exc
+        rkey = self.redis_key(key)
+
+        async def key_exists(client: redis.asyncio.Redis) -> bool:
+            return bool(await client.exists(rkey))
+
+        return self._run(key, key_exists)
 
     def list(self, prefix: str, recursive: bool = False) -> list[str]:
         """Keys below `prefix` (directories too), sorted by name; children only unless recursive.
@@ -689,44 +934,48 @@ class RedisStorage:
         """
         rkey = self.redis_key(prefix)
         base = prefix.rstrip("/")
-        keys: list[str] = []
-        try:
-            members = self._children(rkey)
+
+        async def list_keys(client: redis.asyncio.Redis) -> list[str]:
+            members = await self._children(client, rkey)
             if not members:
-                if self.client.exists(rkey):
+                if await client.exists(rkey):
                     return []
                 raise FileNotFoundError(f"{prefix}: not found in {self.description}")
+            keys: list[str] = []
 
-            def walk(members: list[str], rel: str) -> None:
+            async def walk(members: list[str], rel: str) -> None:
                 for member in sorted(members, key=lambda m: m.rstrip("/")):
                     name = member.rstrip("/")
                     child = f"{rel}/{name}" if rel else name
                     keys.append(f"{base}/{child}" if base else child)
                     if recursive and member.endswith("/"):
-                        walk(self._children(go_path_join(rkey, child)), child)
+                        await walk(await self._children(client, go_path_join(rkey, child)), child)
 
-            walk(members, "")
-        except redis.RedisError as exc:
-            raise self._unavailable(prefix, exc) from exc
-        return keys
+            await walk(members, "")
+            return keys
+
+        return self._run(prefix, list_keys)
 
     def stat(self, key: str) -> KeyInfo:
-        try:
-            raw = self._get(key)
-        except IsADirectoryError:
-            # A directory: its newest child's score is the closest thing to a modified time.
+        rkey = self.redis_key(key)
+
+        async def value_or_newest_score(client: redis.asyncio.Redis) -> bytes | float:
             try:
-                newest = self.client.zrange(self.redis_key(key), -1, -1, withscores=True)
-            except redis.RedisError as exc:
-                raise self._unavailable(key, exc) from exc
-            score = float(newest[0][1]) if newest else 0.0
+                return await self._get(client, key)
+            except IsADirectoryError:
+                # A directory: its newest child's score is the closest thing to a modified time.
+                newest = await client.zrange(rkey, -1, -1, withscores=True)
+                return float(newest[0][1]) if newest else 0.0
+
+        found = self._run(key, value_or_newest_score)
+        if not isinstance(found, bytes):
             return KeyInfo(
                 key=key,
-                modified=datetime.fromtimestamp(score, tz=UTC),
+                modified=datetime.fromtimestamp(found, tz=UTC),
                 size=0,
                 is_terminal=False,
             )
-        doc = self._decode_doc(key, raw)
+        doc = self._decode_doc(key, found)
         modified = parse_go_time(doc.get("modified")) or datetime.fromtimestamp(0, tz=UTC)
         size = doc.get("size")
         return KeyInfo(
@@ -769,13 +1018,14 @@ def _decode_lock_value(raw: bytes) -> LockMeta:
 
 
 class _RedisHolder:
-    __slots__ = ("name", "stop", "thread", "value")
+    """A lock we hold: its unique value and its refresh task (on the storage loop)."""
+
+    __slots__ = ("name", "refresh", "value")
 
     def __init__(self, name: str, value: str) -> None:
         self.name = name
         self.value = value
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.refresh: asyncio.Task[None] | None = None
 
 
 class RedisLocker:
@@ -783,7 +1033,10 @@ class RedisLocker:
 
     A lock whose holder dies, or stops refreshing, expires `stale_after_s` after its last
     refresh and the next waiter takes it. Refresh and release compare the holder's unique value
-    first (in a Lua script, atomically), so only the holder extends or removes its lock.
+    first (in a Lua script, atomically), so only the holder extends or removes its lock. The
+    refresh of each held lock is a task on the storage loop; `unlock` and the storage's `close`
+    stop it. Lock operations that cannot reach Redis (or find the storage closed) raise
+    LockError, the Locker contract, caused by the StorageUnavailableError.
     """
 
     def __init__(
@@ -798,10 +1051,17 @@ class RedisLocker:
         self.freshness_interval_s = freshness_interval_s
         self.poll_interval_s = poll_interval_s
         self.stale_after_s = stale_after_s
-        self._refresh_script = storage.client.register_script(_REFRESH_SCRIPT)
-        self._release_script = storage.client.register_script(_RELEASE_SCRIPT)
         self._held: dict[str, _RedisHolder] = {}
         self._mu = threading.Lock()
+        self._pid = os.getpid()
+
+    def _forget_parent_locks(self) -> None:
+        # In a forked child the locks in `_held` are the parent's: it holds and refreshes them,
+        # and only it may release them. (The child starts with one thread: no race here.)
+        if self._pid != os.getpid():
+            self._held = {}
+            self._mu = threading.Lock()
+            self._pid = os.getpid()
 
     def lock_key(self, name: str) -> str:
         # The module: path.Join(key_prefix, "locks", name), the lock name as certmagic gives it.
@@ -811,52 +1071,58 @@ class RedisLocker:
         return max(1, int(self.stale_after_s * 1000))
 
     def lock(self, name: str, timeout_s: float | None = None) -> None:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not self.try_lock(name):
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LockTimeout(f"{self.lock_key(name)}: timed out waiting for lock {name!r}")
-                time.sleep(min(self.poll_interval_s, remaining))
-            else:
-                time.sleep(self.poll_interval_s)
+        if not wait_for_lock(lambda: self.try_lock(name), self.poll_interval_s, timeout_s):
+            raise LockTimeout(f"{self.lock_key(name)}: timed out waiting for lock {name!r}")
 
     def try_lock(self, name: str) -> bool:
+        self._forget_parent_locks()
         key = self.lock_key(name)
-        value = _lock_value(LockOwner.current(), datetime.now(UTC))
+        holder = _RedisHolder(name, _lock_value(LockOwner.current(), datetime.now(UTC)))
+        ttl_ms = self._ttl_ms()
+
+        async def take(client: redis.asyncio.Redis) -> bool:
+            if not await client.set(key, holder.value, nx=True, px=ttl_ms):
+                return False
+            # Started here, right after the SET, so no await lies between taking the lock and
+            # keeping it fresh; registered with the storage, whose close cancels it.
+            holder.refresh = asyncio.create_task(self._keep_fresh(holder, key))
+            self.storage._tasks.add(holder.refresh)
+            return True
+
         try:
-            taken = self.storage.client.set(key, value, nx=True, px=self._ttl_ms())
-        except redis.RedisError as exc:
+            taken = self.storage._run(key, take)
+        except StorageUnavailableError as exc:
             raise LockError(f"{key}: obtaining lock: {exc}") from exc
-        if not taken:
-            return False
-        holder = _RedisHolder(name, value)
-        holder.thread = threading.Thread(
-            target=self._keep_fresh, args=(holder, key), name=f"lock-refresh:{name}", daemon=True
-        )
-        with self._mu:
-            self._held[name] = holder
-        holder.thread.start()
-        return True
+        if taken:
+            with self._mu:
+                self._held[name] = holder
+        return taken
 
     def unlock(self, name: str) -> None:
+        self._forget_parent_locks()
         key = self.lock_key(name)
         with self._mu:
             holder = self._held.pop(name, None)
         if holder is None:
             raise LockError(f"{key}: lock {name!r} is not held by this process")
-        holder.stop.set()
-        if holder.thread is not None and holder.thread is not threading.current_thread():
-            holder.thread.join(timeout=5.0)
+
+        async def release(client: redis.asyncio.Redis) -> object:
+            # Stop refreshing first: a late refresh must not extend a lock we no longer hold.
+            if holder.refresh is not None:
+                holder.refresh.cancel()
+                await asyncio.wait([holder.refresh])
+            return await client.eval(_RELEASE_SCRIPT, 1, key, holder.value)
+
         try:
-            released = self._release_script(keys=[key], args=[holder.value])
-        except redis.RedisError as exc:
+            released = self.storage._run(key, release)
+        except StorageUnavailableError as exc:
             # It expires on its own once nobody refreshes it.
             raise LockError(f"{key}: releasing lock: {exc}") from exc
         if not released:
             raise LockError(f"{key}: lock {name!r} expired or was taken over by another holder")
 
     def unlock_all(self) -> None:
+        self._forget_parent_locks()
         with self._mu:
             names = list(self._held)
         for name in names:
@@ -864,6 +1130,7 @@ class RedisLocker:
                 self.unlock(name)
 
     def held(self, name: str) -> bool:
+        self._forget_parent_locks()
         with self._mu:
             return name in self._held
 
@@ -876,22 +1143,40 @@ class RedisLocker:
             self.unlock(name)
 
     def holder_of(self, name: str) -> LockMeta | None:
+        key = self.lock_key(name)
+
+        async def lock_value(client: redis.asyncio.Redis) -> object:
+            return await client.get(key)
+
         try:
-            raw = self.storage.client.get(self.lock_key(name))
-        except redis.RedisError:
+            raw = self.storage._run(key, lock_value)
+        except StorageUnavailableError:
             return None
         if not isinstance(raw, bytes):
             return None
         return _decode_lock_value(raw)
 
-    def _keep_fresh(self, holder: _RedisHolder, key: str) -> None:
-        while not holder.stop.wait(self.freshness_interval_s):
-            try:
-                kept = self._refresh_script(keys=[key], args=[holder.value, self._ttl_ms()])
-            except redis.RedisError as exc:
-                # Keep trying: the lock survives until its expiry, and Redis may be back by then.
-                log.warning("%s: refreshing lock failed, will retry: %s", key, exc)
-                continue
-            if not kept:
-                log.warning("%s: lock %r expired or was taken over", key, holder.name)
-                return
+    async def _keep_fresh(self, holder: _RedisHolder, key: str) -> None:
+        ttl_ms = self._ttl_ms()
+
+        async def refresh(client: redis.asyncio.Redis) -> object:
+            return await client.eval(_REFRESH_SCRIPT, 1, key, holder.value, ttl_ms)
+
+        try:
+            while True:
+                await asyncio.sleep(self.freshness_interval_s)
+                try:
+                    kept = await self.storage._guarded(key, refresh)
+                except StorageUnavailableError as exc:
+                    if self.storage.closed:
+                        return
+                    # Keep trying: the lock survives until its expiry, and Redis may be back.
+                    log.warning("%s: refreshing lock failed, will retry: %s", key, exc)
+                    continue
+                if not kept:
+                    log.warning("%s: lock %r expired or was taken over", key, holder.name)
+                    return
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self.storage._tasks.discard(task)

@@ -3,7 +3,9 @@ the Redis layout of caddy-storage-redis, and the Redis locks."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from rediskit import RedisServer, requires_redis, running_redis
 
+from acme_client import redis_storage as redis_storage_module
 from acme_client import storage as st
 from acme_client.locks import LockError, LockTimeout
 from acme_client.redis_storage import (
@@ -238,7 +241,9 @@ def test_compression_and_encryption_round_trip(
     redis_server: RedisServer, redis_storage: RedisStorage, compression: int
 ) -> None:
     key32 = b"0123456789abcdef0123456789abcdef"
-    writer = RedisStorage(redis_server.client(), compression=compression, encryption_key=key32)
+    writer = RedisStorage(
+        dataclasses.replace(redis_server.config(), compression=compression, encryption_key=key32)
+    )
     payload = b"-----BEGIN CERTIFICATE-----\n" + b"QUJD" * 500
     writer.store("certificates/x/x.crt", payload)
     client = redis_server.client()
@@ -287,6 +292,20 @@ def test_unreachable_redis_is_storage_unavailable(tmp_path: Path) -> None:
 
 
 # --- locks -------------------------------------------------------------------------------------
+
+
+def stop_refreshing(locker: RedisLocker, name: str) -> None:
+    """Make the holder of `name` hang: cancel its lock's refresh task, on the storage loop."""
+    task = locker._held[name].refresh
+    assert task is not None
+
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.wait([task])
+
+    storage_loop = redis_storage_module._storage_loop(create=False)
+    assert storage_loop is not None
+    storage_loop.run(cancel(), 5.0)
 
 
 def _locker(storage: RedisStorage, stale_after_s: float = 10.0) -> RedisLocker:
@@ -344,8 +363,7 @@ def test_lock_expires_when_holder_stops_refreshing(
 ) -> None:
     a = _locker(redis_storage, stale_after_s=1.0)
     assert a.try_lock("n")
-    holder = a._held["n"]
-    holder.stop.set()  # the holder hangs: no more refreshes
+    stop_refreshing(a, "n")  # the holder hangs: no more refreshes
     b = _locker(redis_server.storage(), stale_after_s=1.0)
     started = time.monotonic()
     b.lock("n", timeout_s=5.0)
