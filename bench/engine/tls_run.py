@@ -9,7 +9,7 @@ Two loads per candidate, both 4 KiB responses over TLS (a trustme certificate fo
 Pinning as in run.py (wrk and origin on core 0, the proxy on core 1); CPU per request is the
 proxy's process-tree utime+stime. All servers listen on 127.0.0.1 and are stopped by pid.
 
-    .venv/bin/python bench/engine/tls_run.py [--duration 5] [--warmup 1] [--only pyproxy,python-floor]
+    .venv/bin/python bench/engine/tls_run.py [--duration 5] [--only pyproxy,python-floor]
 """
 
 from __future__ import annotations
