@@ -41,7 +41,7 @@ Names are encoded as given: the caller sends lowercase names (RFC 9113 §8.2.1).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, cast
 
 from proxy.http.hpack_tables import HUFFMAN_CODES, HUFFMAN_LENGTHS, STATIC_TABLE
 
@@ -68,16 +68,17 @@ NEVER_INDEXED_NAMES: Final = frozenset(
 
 # --- Huffman decoding: a 4-bit state machine over the code tree of Appendix B ----------------
 # The tree of the 257 codes has 256 internal nodes; each is a state (0: the root). For each
-# state and nibble, one packed int says: the next state (bits 0-7), whether a symbol ended
-# (EMIT, the symbol in bits 9-16), whether EOS was decoded (FAIL), and whether stopping here is a
-# valid end of string (ACCEPT: at the root, or at most 7 bits down the all-ones path, §5.2).
-# No code is shorter than 5 bits, so a nibble ends at most one symbol.
-_EMIT: Final = 1 << 8
-_FAIL: Final = 1 << 17
-_ACCEPT: Final = 1 << 18
+# state and nibble (index state * 16 + nibble) three byte tables say: the next state, the symbol
+# that ended (if any), and flags: EMIT (a symbol ended), FAIL (EOS was decoded, §5.2), ACCEPT
+# (stopping here is a valid end of string: at the root, or at most 7 bits down the all-ones path
+# of EOS, §5.2). No code is shorter than 5 bits, so a nibble ends at most one symbol. Bytes
+# rather than lists: mypyc reads a bytes item as a machine int, with no object to unbox.
+_EMIT: Final = 1
+_FAIL: Final = 2
+_ACCEPT: Final = 4
 
 
-def _build_huffman_decode_table() -> list[int]:
+def _build_huffman_decode_tables() -> tuple[bytes, bytes, bytes]:
     children: list[list[int]] = [[-1, -1]]  # per node: child per bit; >= 0 node, < -1 leaf
     for sym in range(257):
         code = HUFFMAN_CODES[sym]
@@ -97,67 +98,81 @@ def _build_huffman_decode_table() -> list[int]:
     for _ in range(8):  # the root and the first 7 nodes of the all-ones (EOS) path
         accepting[node] = True
         node = children[node][1]
-    table: list[int] = []
+    next_states = bytearray()
+    symbols = bytearray()
+    flags = bytearray()
     for state in range(len(children)):
         for nibble in range(16):
             node = state
-            entry = 0
+            symbol = 0
+            flag = 0
             for shift in (3, 2, 1, 0):
                 nxt = children[node][(nibble >> shift) & 1]
                 if nxt < -1:
-                    sym = -2 - nxt
-                    if sym == 256:
-                        entry |= _FAIL
+                    if nxt == -2 - 256:
+                        flag |= _FAIL
                     else:
-                        entry |= _EMIT | (sym << 9)
+                        symbol = -2 - nxt
+                        flag |= _EMIT
                     node = 0
                 else:
                     node = nxt
             if accepting[node]:
-                entry |= _ACCEPT
-            table.append(entry | node)
-    return table
+                flag |= _ACCEPT
+            next_states.append(node)
+            symbols.append(symbol)
+            flags.append(flag)
+    return bytes(next_states), bytes(symbols), bytes(flags)
 
 
-HUFFMAN_DECODE: Final[list[int]] = _build_huffman_decode_table()
+_DECODE_TABLES: Final = _build_huffman_decode_tables()
+HUFFMAN_NEXT: Final[bytes] = _DECODE_TABLES[0]
+HUFFMAN_SYMBOL: Final[bytes] = _DECODE_TABLES[1]
+HUFFMAN_FLAGS: Final[bytes] = _DECODE_TABLES[2]
+HUFFMAN_LENGTH_BYTES: Final[bytes] = bytes(HUFFMAN_LENGTHS)  # all codes are 5..30 bits
 
 
 def huffman_decode(data: bytes, start: int, end: int) -> bytes:
     """The Huffman-coded string data[start:end] (RFC 7541 §5.2); HPACKError when malformed."""
-    table = HUFFMAN_DECODE
-    out = bytearray()
+    next_states = HUFFMAN_NEXT
+    symbols = HUFFMAN_SYMBOL
+    flags = HUFFMAN_FLAGS
+    out: list[int] = []  # list.append is native to mypyc; bytearray.append is a method call
     state = 0
-    entry = _ACCEPT
+    flag = _ACCEPT
     for i in range(start, end):
         byte = data[i]
-        entry = table[(state << 4) | (byte >> 4)]
-        if entry & (_EMIT | _FAIL):
-            if entry & _FAIL:
+        k = (state << 4) | (byte >> 4)
+        flag = flags[k]
+        if flag & (_EMIT | _FAIL):
+            if flag & _FAIL:
                 raise HPACKError("Huffman string contains EOS")
-            out.append((entry >> 9) & 0xFF)
-        entry = table[((entry & 0xFF) << 4) | (byte & 0x0F)]
-        if entry & (_EMIT | _FAIL):
-            if entry & _FAIL:
+            out.append(symbols[k])
+        k = (next_states[k] << 4) | (byte & 0x0F)
+        flag = flags[k]
+        if flag & (_EMIT | _FAIL):
+            if flag & _FAIL:
                 raise HPACKError("Huffman string contains EOS")
-            out.append((entry >> 9) & 0xFF)
-        state = entry & 0xFF
-    if not entry & _ACCEPT:
+            out.append(symbols[k])
+        state = next_states[k]
+    if not flag & _ACCEPT:
         raise HPACKError("Huffman string has invalid padding")
     return bytes(out)
 
 
 def huffman_encoded_length(s: bytes) -> int:
     """Octets of the Huffman coding of s (RFC 7541 §5.2: padded to a whole octet)."""
-    lengths = HUFFMAN_LENGTHS
+    lengths = HUFFMAN_LENGTH_BYTES
     bits = 0
     for byte in s:
         bits += lengths[byte]
     return (bits + 7) >> 3
 
 
-def huffman_encode(out: bytearray, s: bytes) -> None:
-    """Append the Huffman coding of s, padded with the most significant bits of EOS (ones)."""
+def huffman_encode(s: bytes) -> bytes:
+    """The Huffman coding of s, padded with the most significant bits of EOS (ones)."""
     codes = HUFFMAN_CODES
+    out: list[int] = []
     lengths = HUFFMAN_LENGTHS
     acc = 0
     bits = 0
@@ -171,6 +186,7 @@ def huffman_encode(out: bytearray, s: bytes) -> None:
         acc &= (1 << bits) - 1  # keeps acc below 2**37: a machine int for mypyc
     if bits:
         out.append(((acc << (8 - bits)) | (0xFF >> bits)) & 0xFF)
+    return bytes(out)
 
 
 def decode_integer(block: bytes, pos: int, prefix_max: int) -> tuple[int, int]:
@@ -232,7 +248,7 @@ def encode_string(out: bytearray, s: bytes) -> None:
     huffman_length = huffman_encoded_length(s)
     if huffman_length < len(s):
         encode_integer(out, 0x80, 0x7F, huffman_length)
-        huffman_encode(out, s)
+        out += huffman_encode(s)
     else:
         encode_integer(out, 0, 0x7F, len(s))
         out += s
@@ -256,6 +272,7 @@ def _static_name_index() -> dict[bytes, int]:
 
 STATIC_FULL_ENCODED: Final[dict[tuple[bytes, bytes], bytes]] = _static_full_index()
 STATIC_NAME_INDEX: Final[dict[bytes, int]] = _static_name_index()
+INDEXED_FIELD: Final[list[bytes]] = [bytes((0x80 | i,)) for i in range(0x7F)]  # §6.1, 1 octet
 
 
 class Decoder:
@@ -385,36 +402,45 @@ class Encoder:
         self._evict(size)
 
     def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        out = bytearray()
+        # The block is joined from parts: the common fields are ready-made bytes objects.
+        parts: list[bytes] = []
         if self.pending_min >= 0:  # §4.2: the smallest size of the interval, then the final one
-            encode_integer(out, 0x20, 0x1F, self.pending_min)
+            update = bytearray()
+            encode_integer(update, 0x20, 0x1F, self.pending_min)
             if self.pending_min != self.table_size_limit:
-                encode_integer(out, 0x20, 0x1F, self.table_size_limit)
+                encode_integer(update, 0x20, 0x1F, self.table_size_limit)
+            parts.append(bytes(update))
             self.pending_min = -1
+        indexed = INDEXED_FIELD
         static_full = STATIC_FULL_ENCODED
         field_seq = self.field_seq
         cache = self.cache
-        for field in headers:
+        # As Any, each field stays the caller's tuple object: typed tuple[bytes, bytes], mypyc
+        # would unpack it into a struct and build a new tuple for each dict lookup below.
+        for field in cast("list[Any]", headers):
             encoded = static_full.get(field)
             if encoded is not None:
-                out += encoded
+                parts.append(encoded)
                 continue
             seq = field_seq.get(field)
             if seq is not None:
                 index = STATIC_COUNT + self.inserted - seq
                 if index < 0x7F:
-                    out.append(0x80 | index)
+                    parts.append(indexed[index])
                 else:
-                    encode_integer(out, 0x80, 0x7F, index)
+                    big = bytearray()
+                    encode_integer(big, 0x80, 0x7F, index)
+                    parts.append(bytes(big))
                 continue
             encoded = cache.get(field)
             if encoded is not None:
-                out += encoded
+                parts.append(encoded)
                 continue
-            self._encode_literal(out, field)
-        return bytes(out)
+            parts.append(self._encode_literal(field))
+        return b"".join(parts)
 
-    def _encode_literal(self, out: bytearray, field: tuple[bytes, bytes]) -> None:
+    def _encode_literal(self, field: tuple[bytes, bytes]) -> bytes:
+        out = bytearray()
         name = field[0]
         value = field[1]
         name_index = STATIC_NAME_INDEX.get(name, 0)
@@ -424,17 +450,18 @@ class Encoder:
             if seq is not None:
                 name_index = STATIC_COUNT + self.inserted - seq
         if name in NEVER_INDEXED_NAMES:
-            start = len(out)
             self._encode_fields(out, 0x10, 0x0F, name_index, name, value)
-            if (static_name or name_index == 0) and len(out) - start <= CACHE_BUDGET // 4:
-                self._remember(field, bytes(out[start:]))
-            return
+            encoded = bytes(out)
+            if (static_name or name_index == 0) and len(encoded) <= CACHE_BUDGET // 4:
+                self._remember(field, encoded)
+            return encoded
         size = len(name) + len(value) + ENTRY_OVERHEAD
         if size > INDEX_LIMIT or size > self.table_size_limit:
             self._encode_fields(out, 0x00, 0x0F, name_index, name, value)
-            return
+            return bytes(out)
         self._encode_fields(out, 0x40, 0x3F, name_index, name, value)
         self._insert(field, size)
+        return bytes(out)
 
     def _encode_fields(
         self,
