@@ -470,3 +470,33 @@ def test_round_trip_hpack_to_ours(blocks: list[tuple[int | None, Fields]], huffm
         if size is not None:
             theirs.header_table_size = min(size, 4096)
         assert decoder.decode(theirs.encode(fields, huffman=huffman)) == fields
+
+
+def test_dynamic_indexes_above_126_take_more_octets() -> None:
+    """Index 127 and up no longer fit the 7-bit prefix (§5.1): 0xff then continuation octets."""
+    encoder = Encoder()
+    fields = [(b"x-n", str(i).encode()) for i in range(100)]
+    first = encoder.encode(fields)
+    again = encoder.encode(fields[:1])  # the oldest: index 61 + 100 = 161
+    assert again == b"\xff\x22"  # 127 + 34
+    decoder = Decoder()
+    assert decoder.decode(first) == fields and decoder.decode(again) == fields[:1]
+    theirs = hpack.Decoder()
+    theirs.decode(first, raw=True)
+    assert [tuple(f) for f in theirs.decode(again, raw=True)] == fields[:1]
+
+
+@ROUND_TRIP
+@given(st.integers(min_value=0, max_value=4096), sequences)
+def test_round_trip_with_a_smaller_advertised_table(
+    advertised: int, blocks: list[tuple[int | None, Fields]]
+) -> None:
+    """We advertise a smaller SETTINGS_HEADER_TABLE_SIZE; the peer's encoder honours it."""
+    decoder = Decoder(max_table_size=advertised, max_header_list_size=1 << 30)
+    encoder = Encoder()
+    encoder.set_max_table_size(advertised)
+    for size, fields in blocks:
+        if size is not None:
+            encoder.set_max_table_size(min(size, advertised))
+        assert decoder.decode(encoder.encode(fields)) == fields
+        assert decoder.table_size <= advertised
