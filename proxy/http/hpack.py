@@ -272,6 +272,7 @@ def _static_name_index() -> dict[bytes, int]:
 
 STATIC_FULL_ENCODED: Final[dict[tuple[bytes, bytes], bytes]] = _static_full_index()
 STATIC_NAME_INDEX: Final[dict[bytes, int]] = _static_name_index()
+STATIC_SIZES: Final[list[int]] = [len(n) + len(v) + ENTRY_OVERHEAD for n, v in STATIC_TABLE]
 INDEXED_FIELD: Final[list[bytes]] = [bytes((0x80 | i,)) for i in range(0x7F)]  # §6.1, 1 octet
 
 
@@ -287,6 +288,7 @@ class Decoder:
         self.table_size_limit = max_table_size  # the current maximum, as last signalled (§6.3)
         self.table_size = 0
         self.entries: list[tuple[bytes, bytes]] = []  # newest first: dynamic index 62 is [0]
+        self.entry_sizes: list[int] = []  # entries[i]'s §4.1 size
         self.dead = False
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
@@ -295,8 +297,14 @@ class Decoder:
         self.dead = True  # until the block decoded completely
         static = STATIC_TABLE
         entries = self.entries
+        # The indexed path moves fields as Any with their sizes from a parallel list: typed as
+        # tuple[bytes, bytes], mypyc would unpack each into a struct and build a new tuple.
+        static_fields = cast("tuple[Any, ...]", STATIC_TABLE)
+        static_sizes = STATIC_SIZES
+        entry_fields = cast("list[Any]", entries)
+        entry_sizes = self.entry_sizes
         limit = self.max_header_list_size
-        headers: list[tuple[bytes, bytes]] = []
+        headers: list[Any] = []
         list_size = 0
         n = len(block)
         pos = 0
@@ -311,15 +319,16 @@ class Decoder:
                 if index == 0:
                     raise HPACKError("index 0 is not a field")
                 if index <= STATIC_COUNT:
-                    field = static[index - 1]
-                elif index - STATIC_COUNT <= len(entries):
-                    field = entries[index - STATIC_COUNT - 1]
+                    item = static_fields[index - 1]
+                    list_size += static_sizes[index - 1]
+                elif index - STATIC_COUNT <= len(entry_fields):
+                    item = entry_fields[index - STATIC_COUNT - 1]
+                    list_size += entry_sizes[index - STATIC_COUNT - 1]
                 else:
                     raise HPACKError(f"index {index} beyond the tables")
-                list_size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
                 if list_size > limit:
                     raise HeaderListTooLarge(f"header list larger than {limit} octets")
-                headers.append(field)
+                headers.append(item)
                 continue
             if byte & 0x40:  # §6.2.1 literal with incremental indexing
                 index, pos = decode_integer(block, pos, 0x3F)
@@ -358,22 +367,24 @@ class Decoder:
                 self._insert(field)
             headers.append(field)
         self.dead = False
-        return headers
+        return cast("list[tuple[bytes, bytes]]", headers)
 
     def _evict(self, limit: int) -> None:
         entries = self.entries
         while self.table_size > limit:
-            old = entries.pop()
-            self.table_size -= len(old[0]) + len(old[1]) + ENTRY_OVERHEAD
+            entries.pop()
+            self.table_size -= self.entry_sizes.pop()
 
     def _insert(self, field: tuple[bytes, bytes]) -> None:
         size = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
         if size > self.table_size_limit:  # §4.4: an entry larger than the table empties it
             self.entries.clear()
+            self.entry_sizes.clear()
             self.table_size = 0
             return
         self._evict(self.table_size_limit - size)
         self.entries.insert(0, field)
+        self.entry_sizes.insert(0, size)
         self.table_size += size
 
 

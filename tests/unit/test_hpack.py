@@ -448,6 +448,8 @@ def test_round_trip_ours_to_ours(blocks: list[tuple[int | None, Fields]]) -> Non
             encoder.set_max_table_size(size)
         assert decoder.decode(encoder.encode(fields)) == fields
     assert decoder.entries[::-1] == encoder.entries  # the two tables agree
+    assert decoder.entry_sizes == [len(n) + len(v) + 32 for n, v in decoder.entries]
+    assert decoder.table_size == sum(decoder.entry_sizes) == encoder.table_size
 
 
 @ROUND_TRIP
