@@ -46,6 +46,8 @@ from typing import Any, Final, cast
 from proxy.http.hpack_tables import HUFFMAN_CODES, HUFFMAN_LENGTHS, STATIC_TABLE
 
 
+# These two are compiled too (mypyc compiles subclasses of Exception; the compiled test run of
+# tests/unit/test_hpack.py catches them from interpreted code): the h2 layer imports them here.
 class HPACKError(Exception):
     """A field block that cannot be decoded: connection error COMPRESSION_ERROR (RFC 9113 §4.3)."""
 
@@ -254,11 +256,11 @@ def encode_string(out: bytearray, s: bytes) -> None:
         out += s
 
 
-def _static_full_index() -> dict[tuple[bytes, bytes], bytes]:
-    found: dict[tuple[bytes, bytes], bytes] = {}
+def _static_full_index() -> dict[tuple[bytes, bytes], int]:
+    found: dict[tuple[bytes, bytes], int] = {}
     for i, field in enumerate(STATIC_TABLE):
         if field not in found:  # (name, b"") entries match fields with an empty value too
-            found[field] = bytes((0x80 | (i + 1),))
+            found[field] = -(i + 1)  # negative: a static index in Encoder.field_index
     return found
 
 
@@ -270,7 +272,7 @@ def _static_name_index() -> dict[bytes, int]:
     return found
 
 
-STATIC_FULL_ENCODED: Final[dict[tuple[bytes, bytes], bytes]] = _static_full_index()
+STATIC_FIELD_INDEX: Final[dict[tuple[bytes, bytes], int]] = _static_full_index()
 STATIC_NAME_INDEX: Final[dict[bytes, int]] = _static_name_index()
 STATIC_SIZES: Final[list[int]] = [len(n) + len(v) + ENTRY_OVERHEAD for n, v in STATIC_TABLE]
 INDEXED_FIELD: Final[list[bytes]] = [bytes((0x80 | i,)) for i in range(0x7F)]  # §6.1, 1 octet
@@ -396,7 +398,9 @@ class Encoder:
         self.table_size = 0
         self.entries: list[tuple[bytes, bytes]] = []  # oldest first
         self.inserted = 0  # entries ever inserted: the sequence number of the next one
-        self.field_seq: dict[tuple[bytes, bytes], int] = {}  # field -> its newest entry's number
+        # One lookup per field: -index for a static field, else its newest dynamic entry's
+        # number (a static field is never inserted, so the two kinds of key never collide).
+        self.field_index: dict[tuple[bytes, bytes], int] = dict(STATIC_FIELD_INDEX)
         self.name_seq: dict[bytes, int] = {}  # name -> its newest entry's number
         self.pending_min = -1  # smallest size since the last block, -1 when nothing to signal
         self.cache: dict[tuple[bytes, bytes], bytes] = {}
@@ -423,19 +427,14 @@ class Encoder:
             parts.append(bytes(update))
             self.pending_min = -1
         indexed = INDEXED_FIELD
-        static_full = STATIC_FULL_ENCODED
-        field_seq = self.field_seq
+        field_index = self.field_index
         cache = self.cache
         # As Any, each field stays the caller's tuple object: typed tuple[bytes, bytes], mypyc
         # would unpack it into a struct and build a new tuple for each dict lookup below.
         for field in cast("list[Any]", headers):
-            encoded = static_full.get(field)
-            if encoded is not None:
-                parts.append(encoded)
-                continue
-            seq = field_seq.get(field)
+            seq = field_index.get(field)
             if seq is not None:
-                index = STATIC_COUNT + self.inserted - seq
+                index = -seq if seq < 0 else STATIC_COUNT + self.inserted - seq
                 if index < 0x7F:
                     parts.append(indexed[index])
                 else:
@@ -498,7 +497,7 @@ class Encoder:
     def _insert(self, field: tuple[bytes, bytes], size: int) -> None:
         self._evict(self.table_size_limit - size)
         self.entries.append(field)
-        self.field_seq[field] = self.inserted
+        self.field_index[field] = self.inserted
         self.name_seq[field[0]] = self.inserted
         self.inserted += 1
         self.table_size += size
@@ -513,8 +512,8 @@ class Encoder:
             evicted += 1
             self.table_size -= len(old[0]) + len(old[1]) + ENTRY_OVERHEAD
             # A newer entry of the same field or name keeps its own (newer) number.
-            if self.field_seq.get(old) == seq:
-                del self.field_seq[old]
+            if self.field_index.get(old) == seq:
+                del self.field_index[old]
             if self.name_seq.get(old[0]) == seq:
                 del self.name_seq[old[0]]
         if evicted:
