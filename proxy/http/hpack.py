@@ -32,10 +32,13 @@ Encoder (`Encoder.encode`, one call per field block, in the order the blocks are
   that fits the table; we add the 1 KiB cap;
 - Huffman coding when it is strictly shorter than the raw string (Go's choice);
 - the table is never larger than 4096 octets whatever the peer allows (Go's
-  SetMaxDynamicTableSizeLimit default): a reduction by `set_max_table_size` is signalled at the
+  SetMaxDynamicTableSizeLimit default): a change by `set_max_table_size` is signalled at the
   start of the next block, the smallest size first when it changed more than once (§4.2);
 - fields whose encoding does not depend on the dynamic table (never-indexed literals with a
-  static or literal name) are cached per encoder as their encoded bytes, up to a byte budget.
+  static or literal name) are cached as their encoded bytes, up to a byte budget, per encoder
+  (so per connection: one client's secrets never sit in a cache another connection hits).
+The decoder caches nothing: after the first block of a connection, a repeated head is mostly
+one-octet indexes, already cheaper to decode than a cache key would be to hash.
 Names are encoded as given: the caller sends lowercase names (RFC 9113 §8.2.1).
 """
 
