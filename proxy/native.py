@@ -45,6 +45,8 @@ NATIVE_MODULES: tuple[str, ...] = (
     "proxy.upstream.upstream",
     "proxy.upstream.selection",
     "proxy.header_ops",
+    "proxy.http.hpack",
+    "proxy.http.hpack_tables",
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
