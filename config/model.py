@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import ConfigError
+from config.go_values import DurationError, json_duration_seconds
 
 # Caddy's server defaults (modules/caddyhttp/app.go, server.go): idle 5 min, read_header 1 min,
 # no read/write timeout, 16 KiB of request head (Go's http.DefaultMaxHeaderBytes is 1 MiB,
@@ -118,46 +119,22 @@ SELECTION_POLICIES = (
     "cookie",
 )
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
-_DURATION_UNITS_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # MICRO SIGN
-    "μs": 1e-6,  # GREEK SMALL LETTER MU: Go accepts both
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-
 
 def parse_duration(value: object, where: str) -> float:
-    """Caddy durations: an integer of nanoseconds, or a Go duration string (plus `d` for days)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a duration, got {value!r}")
-    if isinstance(value, int):
-        return value / 1e9
-    if isinstance(value, float):
-        return value / 1e9
-    if isinstance(value, str):
-        text = value.strip()
-        sign = 1.0
-        if text[:1] in "+-" and text:
-            sign = -1.0 if text[0] == "-" else 1.0
-            text = text[1:]
-        if text == "0":
-            return 0.0
-        pos, total = 0, 0.0
-        for m in _DURATION_RE.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _DURATION_UNITS_S[m.group(2)]
-            pos = m.end()
-        if pos == len(text) and pos > 0:
-            return sign * total
-        raise ConfigError(f"{where}: invalid duration {value!r}")
-    raise ConfigError(f"{where}: expected a duration, got {type(value).__name__}")
+    """A JSON `caddy.Duration` in seconds, or a ConfigError naming its JSON path `where`.
+
+    An integer of nanoseconds, or a Go duration string plus `d` for days
+    (config.go_values.json_duration_seconds).
+    """
+    try:
+        return json_duration_seconds(value)
+    except DurationError as exc:
+        if isinstance(value, str):
+            raise ConfigError(f"{where}: invalid duration {value!r}: {exc}") from None
+        raise ConfigError(
+            f"{where}: expected a duration (a string like '1m30s' or integer nanoseconds), "
+            f"got {_kind(value)}"
+        ) from None
 
 
 # ---- small typed readers -------------------------------------------------------------------
