@@ -88,7 +88,8 @@ def test_seed_config_loads_typed() -> None:
     assert rp.transport.dial_timeout_s == 2.0
     assert rp.transport.keepalive_idle_s == 30.0
     assert rp.transport.max_idle_conns_per_host == 32
-    assert rp.try_duration_s == 5.0
+    assert rp.load_balancing.try_duration_s == 5.0
+    assert rp.load_balancing.try_interval_s == 0.25  # Caddy: 250 ms with try_duration
     assert srv.logs is not None
 
 
