@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import ConfigError
+from config.go_values import DurationError, json_duration_seconds
 
 # Caddy's server defaults (modules/caddyhttp/app.go, server.go): idle 5 min, read_header 1 min,
 # no read/write timeout, 16 KiB of request head (Go's http.DefaultMaxHeaderBytes is 1 MiB,
@@ -118,46 +119,22 @@ SELECTION_POLICIES = (
     "cookie",
 )
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
-_DURATION_UNITS_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # MICRO SIGN
-    "μs": 1e-6,  # GREEK SMALL LETTER MU: Go accepts both
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-
 
 def parse_duration(value: object, where: str) -> float:
-    """Caddy durations: an integer of nanoseconds, or a Go duration string (plus `d` for days)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a duration, got {value!r}")
-    if isinstance(value, int):
-        return value / 1e9
-    if isinstance(value, float):
-        return value / 1e9
-    if isinstance(value, str):
-        text = value.strip()
-        sign = 1.0
-        if text[:1] in "+-" and text:
-            sign = -1.0 if text[0] == "-" else 1.0
-            text = text[1:]
-        if text == "0":
-            return 0.0
-        pos, total = 0, 0.0
-        for m in _DURATION_RE.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _DURATION_UNITS_S[m.group(2)]
-            pos = m.end()
-        if pos == len(text) and pos > 0:
-            return sign * total
-        raise ConfigError(f"{where}: invalid duration {value!r}")
-    raise ConfigError(f"{where}: expected a duration, got {type(value).__name__}")
+    """A JSON `caddy.Duration` in seconds, or a ConfigError naming its JSON path `where`.
+
+    An integer of nanoseconds, or a Go duration string plus `d` for days
+    (config.go_values.json_duration_seconds).
+    """
+    try:
+        return json_duration_seconds(value)
+    except DurationError as exc:
+        if isinstance(value, str):
+            raise ConfigError(f"{where}: invalid duration {value!r}: {exc}") from None
+        raise ConfigError(
+            f"{where}: expected a duration (a string like '1m30s' or integer nanoseconds), "
+            f"got {_kind(value)}"
+        ) from None
 
 
 # ---- small typed readers -------------------------------------------------------------------
@@ -609,11 +586,42 @@ class EncodeHandler(Handler):
 
 
 @dataclass(frozen=True, slots=True)
+class DialAddress:
+    """One socket to dial: a `dial` parsed like caddy.ParseNetworkAddress, exactly one port.
+
+    `host` is the socket path for unix networks (port 0). Parsed once here; the runtime's
+    Upstream, the active health checker and dynamic upstreams (after placeholders are replaced)
+    all use `parse_dial_address`.
+    """
+
+    network: str
+    host: str
+    port: int
+
+    @property
+    def is_unix(self) -> bool:
+        return self.network.startswith("unix")
+
+    @property
+    def hostport(self) -> str:
+        """`host:port` (IPv6 in brackets), Go's net.JoinHostPort."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     dial: str
     max_requests: int = 0
-    host: str = ""  # parsed from dial when it holds no placeholder
-    port: int = 0
+    # The parsed dial; None when it holds a placeholder (resolved per request).
+    address: DialAddress | None = None
+
+    @property
+    def host(self) -> str:
+        return self.address.host if self.address is not None else ""
+
+    @property
+    def port(self) -> int:
+        return self.address.port if self.address is not None else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,17 +660,93 @@ class HTTPTransport:
     compression: bool = True
 
 
+# Active health check defaults (reverseproxy/healthchecks.go Provision): every 30 s, 5 s timeout.
+DEFAULT_HEALTH_INTERVAL_S = 30.0
+DEFAULT_HEALTH_TIMEOUT_S = 5.0
+# Caddy's try_interval when try_duration is set and try_interval is not (reverseproxy.go
+# Provision), so that a dead local upstream does not spin the CPU.
+DEFAULT_TRY_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveHealthChecks:
+    """`health_checks.passive`. Counts failures only when `fail_duration_s > 0` (Caddy)."""
+
+    fail_duration_s: float = 0.0
+    max_fails: int = 1  # 0 or unset is Caddy's 1
+    unhealthy_request_count: int = 0
+    # Status codes; 1-5 stand for a class (5 = 5xx), as the Caddyfile's `5xx` adapts to.
+    unhealthy_status: tuple[int, ...] = ()
+    unhealthy_latency_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveHealthChecks:
+    """`health_checks.active`, present only when enabled (Caddy's IsEnabled: uri, path or port)."""
+
+    uri: str = ""  # the request-target; `path` (deprecated in Caddy) is read into it
+    upstream: str = ""  # another host:port to probe instead of each upstream
+    upstream_address: DialAddress | None = None  # `upstream`, parsed
+    port: int = 0
+    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    method: str = "GET"
+    body: str = ""
+    follow_redirects: bool = False
+    interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+    timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
+    passes: int = 1
+    fails: int = 1
+    max_size: int = 0
+    expect_status: int = 0  # 0: any 2xx; 1-5: that class
+    expect_body: re.Pattern[bytes] | None = field(default=None, compare=False)
+
+    @property
+    def target(self) -> str:
+        """Request-target of the probe (path and query); `/` when only a port is set."""
+        if not self.uri:
+            return "/"
+        return self.uri if self.uri.startswith("/") else "/" + self.uri
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChecks:
+    active: ActiveHealthChecks | None = None
+    passive: PassiveHealthChecks | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionPolicyConfig:
+    """`load_balancing.selection_policy`: the policy's name and the fields it reads."""
+
+    policy: str = "random"
+    choose: int = 2  # random_choose (0 or unset is Caddy's 2)
+    weights: tuple[int, ...] = ()  # weighted_round_robin
+    key: str = ""  # query
+    field_name: str = ""  # header: the JSON `field`
+    cookie_name: str = "lb"  # cookie: the JSON `name`
+    secret: str = ""  # cookie
+    max_age_s: float = 0.0  # cookie
+    fallback: SelectionPolicyConfig | None = None  # query, header, cookie
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancing:
+    """`load_balancing`. `try_interval_s` is the effective wait (Caddy's 250 ms default)."""
+
+    selection_policy: SelectionPolicyConfig | None = None  # None: random, and not configured
+    retries: int = 0
+    try_duration_s: float = 0.0
+    try_interval_s: float = 0.0
+    retry_match: tuple[dict[str, Any], ...] = ()  # matcher sets, compiled by proxy.matchers
+
+
 @dataclass(frozen=True, slots=True)
 class ReverseProxyHandler(Handler):
     upstreams: tuple[UpstreamConfig, ...] = ()
     dynamic_upstreams: Mapping[str, Any] | None = None
     transport: HTTPTransport = field(default_factory=HTTPTransport)
-    selection_policy: Mapping[str, Any] | None = None
-    try_duration_s: float = 0.0
-    try_interval_s: float = 0.25  # Caddy's default lb_try_interval
-    retries: int = 0
-    retry_match: tuple[dict[str, Any], ...] = ()
-    health_checks: Mapping[str, Any] | None = None
+    load_balancing: LoadBalancing = field(default_factory=LoadBalancing)
+    health_checks: HealthChecks = field(default_factory=HealthChecks)
     flush_interval_s: float = 0.0  # <0: flush after every write
     request_buffers: int = 0
     response_buffers: int = 0
@@ -1277,44 +1361,19 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
         dial = _str(u.get("dial"), f"{uw}.dial")
         if not dial:
             raise ConfigError(f"{uw}.dial: upstream dial address is required")
-        host, port = "", 0
+        address = None
         if "{" not in dial:
-            if "://" in dial:
-                raise ConfigError(
-                    f"{uw}.dial: dial address must not contain a scheme: {dial!r} "
-                    "(use transport tls for https upstreams)"
-                )
-            addr = parse_network_address(dial, f"{uw}.dial", 443 if scheme_tls else 80)
-            if addr.port_start != addr.port_end:
-                raise ConfigError(f"{uw}.dial: upstream dial address must not be a port range")
-            host, port = addr.host, addr.port_start
-        upstreams.append(
-            UpstreamConfig(
-                dial=dial,
-                max_requests=_int(u.get("max_requests"), f"{uw}.max_requests"),
-                host=host,
-                port=port,
-            )
-        )
+            address = parse_dial_address(dial, f"{uw}.dial", 443 if scheme_tls else 80)
+        max_requests = _int(u.get("max_requests"), f"{uw}.max_requests")
+        if max_requests < 0:
+            raise ConfigError(f"{uw}.max_requests: must not be negative")
+        upstreams.append(UpstreamConfig(dial=dial, max_requests=max_requests, address=address))
     transport = _load_transport(transport_obj, f"{where}.transport")
-    lb = _strict(h.get("load_balancing"), f"{where}.load_balancing", LOAD_BALANCING_FIELDS)
-    policy = _obj(lb.get("selection_policy"), f"{where}.load_balancing.selection_policy") or None
-    if policy is not None:
-        pname = _str(policy.get("policy"), f"{where}.load_balancing.selection_policy.policy")
-        if pname not in SELECTION_POLICIES:
-            raise ConfigError(
-                f"{where}.load_balancing.selection_policy.policy: unknown module: "
-                f"http.reverse_proxy.selection_policies.{pname}"
-            )
-        _load_selection_policy(policy, f"{where}.load_balancing.selection_policy")
-    retry_match = tuple(
-        _load_matcher_set(m, f"{where}.load_balancing.retry_match[{i}]")
-        for i, m in enumerate(_list(lb.get("retry_match"), f"{where}.load_balancing.retry_match"))
-    )
+    load_balancing = _load_load_balancing(h.get("load_balancing"), f"{where}.load_balancing")
     headers = _strict(h.get("headers"), f"{where}.headers", PROXY_HEADERS_FIELDS)
-    health = _strict(h.get("health_checks"), f"{where}.health_checks", HEALTH_CHECKS_FIELDS)
-    _strict(health.get("active"), f"{where}.health_checks.active", ACTIVE_HEALTH_FIELDS)
-    _strict(health.get("passive"), f"{where}.health_checks.passive", PASSIVE_HEALTH_FIELDS)
+    health_checks = _load_health_checks(
+        h.get("health_checks"), f"{where}.health_checks", 443 if scheme_tls else 80
+    )
     flush = h.get("flush_interval")
     flush_s = _dur(flush, f"{where}.flush_interval", 0.0) or 0.0
     if isinstance(flush, int) and flush < 0:
@@ -1328,14 +1387,8 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
         upstreams=tuple(upstreams),
         dynamic_upstreams=_obj(h.get("dynamic_upstreams"), f"{where}.dynamic_upstreams") or None,
         transport=transport,
-        selection_policy=policy,
-        try_duration_s=_dur(lb.get("try_duration"), f"{where}.load_balancing.try_duration", 0.0)
-        or 0.0,
-        try_interval_s=_dur(lb.get("try_interval"), f"{where}.load_balancing.try_interval", 0.25)
-        or 0.0,
-        retries=_int(lb.get("retries"), f"{where}.load_balancing.retries"),
-        retry_match=retry_match,
-        health_checks=health or None,
+        load_balancing=load_balancing,
+        health_checks=health_checks,
         flush_interval_s=flush_s,
         request_buffers=_int(h.get("request_buffers"), f"{where}.request_buffers"),
         response_buffers=_int(h.get("response_buffers"), f"{where}.response_buffers"),
@@ -1358,19 +1411,228 @@ def _load_reverse_proxy(h: dict[str, Any], where: str) -> ReverseProxyHandler:
     )
 
 
-def _load_selection_policy(policy: dict[str, Any], where: str) -> None:
-    name = str(policy.get("policy"))
-    _strict(policy, where, SELECTION_POLICY_FIELDS.get(name, frozenset()) | {"policy"})
-    fallback = policy.get("fallback")
-    if fallback is not None:
-        fb = _obj(fallback, f"{where}.fallback")
-        fname = _str(fb.get("policy"), f"{where}.fallback.policy")
-        if fname not in SELECTION_POLICIES:
+def parse_dial_address(text: str, where: str, default_port: int = 80) -> DialAddress:
+    """A `dial` value: caddy.ParseNetworkAddress, and precisely one socket.
+
+    `default_port` stands in for a missing port (443 for an https transport). Caddy itself
+    would dial port 0 there and fail on every request; the adapter always writes a port.
+    """
+    if "://" in text:
+        raise ConfigError(
+            f"{where}: dial address must not contain a scheme: {text!r} "
+            "(use transport tls for https upstreams)"
+        )
+    addr = parse_network_address(text, where, default_port)
+    if addr.port_start != addr.port_end:
+        # Caddy's fillDialInfo: "dial address must represent precisely one socket".
+        raise ConfigError(f"{where}: upstream dial address must not be a port range")
+    if not addr.network.startswith("unix"):
+        if addr.port_start == 0:
+            raise ConfigError(f"{where}: port 0 cannot be dialled in {text!r}")
+        if not addr.network.startswith(("tcp", "udp", "ip")):
+            raise ConfigError(f"{where}: network {addr.network!r} cannot be dialled by pyproxy")
+    return DialAddress(addr.network, addr.host, addr.port_start)
+
+
+def _non_negative_duration(value: object, where: str, default: float = 0.0) -> float:
+    seconds = _dur(value, where, default)
+    assert seconds is not None
+    if seconds < 0:
+        raise ConfigError(f"{where}: duration must not be negative")
+    return seconds
+
+
+def load_load_balancing(value: object, where: str) -> LoadBalancing:
+    """A `load_balancing` object; errors name `where`."""
+    return _load_load_balancing(value, where)
+
+
+def _load_load_balancing(value: object, where: str) -> LoadBalancing:
+    lb = _strict(value, where, LOAD_BALANCING_FIELDS)
+    policy = None
+    if lb.get("selection_policy"):  # an empty object is the default (random), as before
+        policy = _load_selection_policy(lb["selection_policy"], f"{where}.selection_policy")
+    retries = _int(lb.get("retries"), f"{where}.retries")
+    if retries < 0:
+        raise ConfigError(f"{where}.retries: must not be negative")
+    try_duration_s = _non_negative_duration(lb.get("try_duration"), f"{where}.try_duration")
+    try_interval_s = _non_negative_duration(lb.get("try_interval"), f"{where}.try_interval")
+    if try_duration_s > 0 and try_interval_s == 0:
+        # Caddy's Handler.Provision: 250 ms, but only with try_duration (retries alone: none).
+        try_interval_s = DEFAULT_TRY_INTERVAL_S
+    retry_match = tuple(
+        _load_matcher_set(m, f"{where}.retry_match[{i}]")
+        for i, m in enumerate(_list(lb.get("retry_match"), f"{where}.retry_match"))
+    )
+    return LoadBalancing(
+        selection_policy=policy,
+        retries=retries,
+        try_duration_s=try_duration_s,
+        try_interval_s=try_interval_s,
+        retry_match=retry_match,
+    )
+
+
+def load_selection_policy(value: object, where: str) -> SelectionPolicyConfig:
+    """A `selection_policy` object (`{"policy": "cookie", ...}`); errors name `where`."""
+    return _load_selection_policy(value, where)
+
+
+def _load_selection_policy(value: object, where: str) -> SelectionPolicyConfig:
+    obj = _obj(value, where)
+    name = _str(obj.get("policy"), f"{where}.policy")
+    if name not in SELECTION_POLICIES:
+        raise ConfigError(
+            f"{where}.policy: unknown module: http.reverse_proxy.selection_policies.{name}"
+        )
+    _strict(obj, where, SELECTION_POLICY_FIELDS.get(name, frozenset()) | {"policy"})
+    fallback = None
+    if obj.get("fallback") is not None:
+        fallback = _load_selection_policy(obj["fallback"], f"{where}.fallback")
+    # Each policy's own checks, as its Provision/Validate in selectionpolicies.go.
+    choose = _int(obj.get("choose"), f"{where}.choose") or 2
+    if choose < 2:
+        raise ConfigError(f"{where}.choose: choose must be at least 2")
+    weights = tuple(
+        _int(w, f"{where}.weights[{i}]")
+        for i, w in enumerate(_list(obj.get("weights"), f"{where}.weights"))
+    )
+    if name == "weighted_round_robin":
+        for i, w in enumerate(weights):
+            if w < 0:
+                raise ConfigError(f"{where}.weights[{i}]: weight of an upstream cannot be negative")
+        if sum(weights) <= 0:
             raise ConfigError(
-                f"{where}.fallback.policy: unknown module: "
-                f"http.reverse_proxy.selection_policies.{fname}"
+                f"{where}.weights: weighted_round_robin requires at least one upstream with a "
+                "positive weight"
             )
-        _load_selection_policy(fb, f"{where}.fallback")
+    key = _str(obj.get("key"), f"{where}.key")
+    if name == "query" and not key:
+        raise ConfigError(f"{where}.key: query key is required")
+    field_name = _str(obj.get("field"), f"{where}.field")
+    if name == "header" and not field_name:
+        raise ConfigError(f"{where}.field: header field is required")
+    max_age_s = _non_negative_duration(obj.get("max_age"), f"{where}.max_age")
+    return SelectionPolicyConfig(
+        policy=name,
+        choose=choose,
+        weights=weights,
+        key=key,
+        field_name=field_name,
+        cookie_name=_str(obj.get("name"), f"{where}.name") or "lb",
+        secret=_str(obj.get("secret"), f"{where}.secret"),
+        max_age_s=max_age_s,
+        fallback=fallback,
+    )
+
+
+def _load_health_checks(value: object, where: str, default_port: int) -> HealthChecks:
+    health = _strict(value, where, HEALTH_CHECKS_FIELDS)
+    active = _load_active_health(health.get("active"), f"{where}.active", default_port)
+    passive = None
+    if health.get("passive") is not None:
+        passive = load_passive_health(health["passive"], f"{where}.passive")
+    return HealthChecks(active=active, passive=passive)
+
+
+def load_passive_health(value: object, where: str) -> PassiveHealthChecks:
+    """A `health_checks.passive` object; errors name `where`."""
+    obj = _strict(value, where, PASSIVE_HEALTH_FIELDS)
+    max_fails = _int(obj.get("max_fails"), f"{where}.max_fails")
+    if max_fails < 0:
+        raise ConfigError(f"{where}.max_fails: must be >= 1")
+    request_count = _int(obj.get("unhealthy_request_count"), f"{where}.unhealthy_request_count")
+    if request_count < 0:
+        raise ConfigError(f"{where}.unhealthy_request_count: must not be negative")
+    statuses: list[int] = []
+    for i, v in enumerate(_list(obj.get("unhealthy_status"), f"{where}.unhealthy_status")):
+        code = _health_status(v, f"{where}.unhealthy_status[{i}]")
+        if code not in statuses:
+            statuses.append(code)
+    return PassiveHealthChecks(
+        fail_duration_s=_non_negative_duration(obj.get("fail_duration"), f"{where}.fail_duration"),
+        max_fails=max_fails or 1,
+        unhealthy_request_count=request_count,
+        unhealthy_status=tuple(statuses),
+        unhealthy_latency_s=_non_negative_duration(
+            obj.get("unhealthy_latency"), f"{where}.unhealthy_latency"
+        ),
+    )
+
+
+def _health_status(value: object, where: str) -> int:
+    """A status code of a health check: 500, 5 (a class), "500" or "5xx"."""
+    code = -1
+    if isinstance(value, int) and not isinstance(value, bool):
+        code = value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        # The Caddyfile adapter turns "5xx" into 5; accept both spellings in JSON.
+        if len(text) == 3 and text.endswith("xx") and text[0].isdigit():
+            code = int(text[0])
+        elif text.isdigit():
+            code = int(text)
+    if not (1 <= code <= 5 or 100 <= code <= 999):
+        raise ConfigError(f"{where}: invalid status code {value!r}")
+    return code
+
+
+def load_active_health(
+    value: object, where: str, default_port: int = 80
+) -> ActiveHealthChecks | None:
+    """A `health_checks.active` object; None when it is not enabled (no uri, path or port)."""
+    return _load_active_health(value, where, default_port)
+
+
+def _load_active_health(value: object, where: str, default_port: int) -> ActiveHealthChecks | None:
+    obj = _strict(value, where, ACTIVE_HEALTH_FIELDS)
+    uri = _str(obj.get("uri"), f"{where}.uri")
+    path = _str(obj.get("path"), f"{where}.path")  # deprecated in Caddy, still honoured
+    port = _int(obj.get("port"), f"{where}.port")
+    if not 0 <= port < 65536:
+        raise ConfigError(f"{where}.port: invalid port {port}")
+    headers = []
+    for name, values in _obj(obj.get("headers"), f"{where}.headers").items():
+        hw = f"{where}.headers.{name}"
+        vals = (values,) if isinstance(values, str) else _strs(values, hw)
+        headers.append((name, vals))
+    expect_body = None
+    body_pattern = _str(obj.get("expect_body"), f"{where}.expect_body")
+    if body_pattern:
+        try:
+            expect_body = re.compile(body_pattern.encode())
+        except re.error as exc:
+            raise ConfigError(f"{where}.expect_body: compiling regular expression: {exc}")
+    expect_status = 0
+    if obj.get("expect_status"):
+        expect_status = _health_status(obj["expect_status"], f"{where}.expect_status")
+    upstream = _str(obj.get("upstream"), f"{where}.upstream")
+    upstream_address = None
+    if upstream and "{" not in upstream:
+        upstream_address = parse_dial_address(upstream, f"{where}.upstream", default_port)
+    interval_s = _non_negative_duration(obj.get("interval"), f"{where}.interval")
+    timeout_s = _non_negative_duration(obj.get("timeout"), f"{where}.timeout")
+    max_size = _int(obj.get("max_size"), f"{where}.max_size")
+    if not (uri or path or port):
+        return None  # Caddy's ActiveHealthChecks.IsEnabled
+    return ActiveHealthChecks(
+        uri=uri or path,
+        upstream=upstream,
+        upstream_address=upstream_address,
+        port=port,
+        headers=tuple(headers),
+        method=_str(obj.get("method"), f"{where}.method", "GET").upper() or "GET",
+        body=_str(obj.get("body"), f"{where}.body"),
+        follow_redirects=_bool(obj.get("follow_redirects"), f"{where}.follow_redirects"),
+        # Zero is Caddy's default (healthchecks.go Provision).
+        interval_s=interval_s or DEFAULT_HEALTH_INTERVAL_S,
+        timeout_s=timeout_s or DEFAULT_HEALTH_TIMEOUT_S,
+        passes=max(1, _int(obj.get("passes"), f"{where}.passes")),
+        fails=max(1, _int(obj.get("fails"), f"{where}.fails")),
+        max_size=max(0, max_size),
+        expect_status=expect_status,
+        expect_body=expect_body,
+    )
 
 
 def _check_upstream_versions(versions: tuple[str, ...], where: str) -> None:

@@ -25,6 +25,8 @@ from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from typing import Any
 
+# Caddy's `private_ranges` shorthand (internal.PrivateRangesCIDR), re-exported.
+from config.go_values import PRIVATE_RANGES
 from proxy.http.target import clean_path, unescape_path
 from proxy.placeholders import (
     ResponseHeaderSource,
@@ -57,16 +59,6 @@ Matcher = Callable[[RequestView], bool]
 ResponseMatcher = Callable[[int, ResponseHeaderSource], bool]
 # A factory takes the matcher's JSON value and returns the compiled predicate.
 MatcherFactory = Callable[[Any], Matcher]
-
-# Caddy's `private_ranges` shorthand (internal.PrivateRangesCIDR).
-PRIVATE_RANGES: tuple[str, ...] = (
-    "192.168.0.0/16",
-    "172.16.0.0/12",
-    "10.0.0.0/8",
-    "127.0.0.1/8",
-    "fd00::/8",
-    "::1",
-)
 
 
 def _always(req: RequestView) -> bool:

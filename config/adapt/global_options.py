@@ -10,99 +10,20 @@ a clear message naming them instead of "unrecognized global option".
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from config.adapt.addresses import BindValue
+from config.adapt.builtins import UNSUPPORTED_DIRECTIVES
 from config.adapt.directive_order import current_order, reorder
 from config.adapt.helper import DIRECTIVES, ConfigValue, JSONDict, register_global_option
+from config.adapt.logging_config import parse_global_log
+from config.adapt.server_options import parse_server_options
+from config.adapt.tls_app import parse_issuer_module, parse_preferred_chains
 from config.caddyfile.dispenser import Dispenser
 from config.errors import ConfigError
+from config.go_values import DurationError, parse_duration
 
 DEFAULT_ADMIN_LISTEN = "localhost:2019"
-
-# -- durations (caddy.ParseDuration = Go's time.ParseDuration plus a `d` unit) -------------------
-
-_UNIT_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "\u00b5s": 1_000,
-    "\u03bcs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60 * 1_000_000_000,
-    "h": 3600 * 1_000_000_000,
-}
-_DURATION_PART = re.compile(r"([0-9]*)(\.[0-9]*)?([^0-9.]*)")
-_MAX_DURATION_NS = (1 << 63) - 1
-
-
-def _go_duration(text: str) -> int:
-    original = text
-    invalid = ConfigError(f'time: invalid duration "{original}"')
-    sign = 1
-    if text[:1] in ("-", "+"):
-        sign = -1 if text[0] == "-" else 1
-        text = text[1:]
-    if text == "0":
-        return 0
-    if not text:
-        raise invalid
-    total = 0.0
-    while text:
-        m = _DURATION_PART.match(text)
-        if m is None:
-            raise invalid
-        whole, frac, unit = m.group(1), m.group(2) or "", m.group(3)
-        if not whole and frac in ("", "."):
-            raise invalid
-        if not unit:
-            raise ConfigError(f'time: missing unit in duration "{original}"')
-        if unit not in _UNIT_NS:
-            # the unit runs up to the next digit or dot
-            raise ConfigError(f'time: unknown unit "{unit}" in duration "{original}"')
-        total += float((whole or "0") + (frac if frac != "." else "")) * _UNIT_NS[unit]
-        text = text[m.end() :]
-    if total > _MAX_DURATION_NS:
-        raise invalid
-    return sign * round(total)
-
-
-def _format_float(value: float) -> str:
-    """Go's strconv.FormatFloat(v, 'f', -1, 64): shortest exact decimal."""
-    text = repr(value)
-    if "e" in text or "E" in text:
-        text = format(value, "f")
-    if text.endswith(".0"):
-        text = text[:-2]
-    return text
-
-
-def parse_duration(text: str) -> int:
-    """A Caddy duration string (`90s`, `1h30m`, `2d`) → nanoseconds."""
-    if len(text) > 1024:
-        raise ConfigError("parsing duration: input string too long")
-    in_number = False
-    num_start = 0
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "d":
-            days_text = text[num_start:i]
-            try:
-                days = float(days_text)
-            except ValueError:
-                raise ConfigError(
-                    f'strconv.ParseFloat: parsing "{days_text}": invalid syntax'
-                ) from None
-            text = text[:num_start] + _format_float(days * 24.0) + "h" + text[i + 1 :]
-            continue
-        if not in_number:
-            num_start = i
-        in_number = ch.isdigit() or ch in ".-+"
-        i += 1
-    return _go_duration(text)
-
 
 # -- small shared shapes ------------------------------------------------------------------------
 
@@ -124,7 +45,11 @@ def _true(d: Dispenser, _existing: Any) -> Any:
 def _duration(d: Dispenser, _existing: Any) -> Any:
     if not d.next() or not d.next():
         raise d.arg_err()
-    return parse_duration(d.val())
+    try:
+        return parse_duration(d.val())
+    except DurationError as exc:
+        # Caddy's parseOptDuration returns the bare error; the location is ours (file:line).
+        raise d.wrap_err(exc) from None
 
 
 def _port(d: Dispenser, _existing: Any) -> Any:
@@ -147,8 +72,6 @@ def _order(d: Dispenser, existing: Any) -> Any:
         raise d.arg_err()
     name = d.val()
     if name not in DIRECTIVES:
-        from config.adapt.builtins import UNSUPPORTED_DIRECTIVES
-
         if name in UNSUPPORTED_DIRECTIVES:
             raise d.err(f"directive '{name}' is not supported by pyproxy")
         raise d.err(f"{name} is not a registered directive")
@@ -313,7 +236,7 @@ def _storage_clean_interval(d: Dispenser, _existing: Any) -> Any:
         return False
     try:
         return parse_duration(value)
-    except ConfigError as exc:
+    except DurationError as exc:
         raise d.err(
             f"failed to parse storage_clean_interval, must be a duration or 'off' {exc}"
         ) from None
@@ -335,8 +258,6 @@ def _acme_eab(d: Dispenser, _existing: Any) -> Any:
 
 
 def _cert_issuer(d: Dispenser, existing: Any) -> Any:
-    from config.adapt.tls_app import parse_issuer_module
-
     d.next()
     issuers: list[JSONDict] = list(existing) if isinstance(existing, list) else []
     if not d.next():
@@ -475,8 +396,6 @@ def _ocsp_stapling(d: Dispenser, _existing: Any) -> Any:
 
 
 def _preferred_chains(d: Dispenser, _existing: Any) -> Any:
-    from config.adapt.tls_app import parse_preferred_chains
-
     d.next()
     return parse_preferred_chains(d)
 
@@ -508,14 +427,10 @@ def _tls_resolvers(d: Dispenser, _existing: Any) -> Any:
 
 
 def _servers(d: Dispenser, _existing: Any) -> Any:
-    from config.adapt.server_options import parse_server_options
-
     return parse_server_options(d)
 
 
 def _log(d: Dispenser, existing: Any) -> Any:
-    from config.adapt.logging_config import parse_global_log
-
     return parse_global_log(d, existing)
 
 

@@ -12,11 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.adapt.global_options import parse_duration
 from config.adapt.helper import ConfigValue, Helper, JSONDict
-from config.adapt.server_options import parse_bytes
 from config.caddyfile.dispenser import Dispenser
-from config.errors import ConfigError
+from config.go_values import DurationError, SizeError, parse_bytes, parse_duration
 from config.model import LOG_DURATION_FORMATS, LOG_LEVEL_FORMATS, LOG_TIME_FORMATS
 
 DEFAULT_LOGGER_NAME = "default"
@@ -51,7 +49,12 @@ def _file_writer(d: Dispenser) -> JSONDict:
             args = d.all_args(1)
             if args is None:
                 raise d.arg_err()
-            writer["roll_size_mb"] = math.ceil(parse_bytes(args[0]) / _MIB)
+            try:
+                size = parse_bytes(args[0])
+            except SizeError as exc:
+                # Caddy's FileWriter.UnmarshalCaddyfile: "parsing size: <humanize's error>".
+                raise d.err(f"parsing size: {exc}") from None
+            writer["roll_size_mb"] = math.ceil(size / _MIB)
         elif key == "roll_uncompressed":
             if d.next_arg():
                 raise d.arg_err()
@@ -74,8 +77,8 @@ def _file_writer(d: Dispenser) -> JSONDict:
                 raise d.arg_err()
             try:
                 keep = parse_duration(args[0])
-            except ConfigError as exc:
-                raise d.err(f"parsing roll_keep_for duration: {exc.message}") from None
+            except DurationError as exc:
+                raise d.err(f"parsing roll_keep_for duration: {exc}") from None
             if keep < 0:
                 raise d.err(f"negative roll_keep_for duration: {args[0]}")
             writer["roll_keep_days"] = math.ceil(keep / _DAY_NS)
@@ -85,8 +88,8 @@ def _file_writer(d: Dispenser) -> JSONDict:
                 raise d.arg_err()
             try:
                 writer["roll_interval"] = parse_duration(args[0])
-            except ConfigError as exc:
-                raise d.err(f"parsing roll_interval duration: {exc.message}") from None
+            except DurationError as exc:
+                raise d.err(f"parsing roll_interval duration: {exc}") from None
         elif key == "roll_compression":
             args = d.all_args(1)
             if args is None:
@@ -277,8 +280,8 @@ def _sampling(d: Dispenser) -> JSONDict:
         if key == "interval":
             try:
                 sampling[key] = parse_duration(d.val())
-            except ConfigError as exc:
-                raise d.err(f"failed to parse interval: {exc.message}") from None
+            except DurationError as exc:
+                raise d.err(f"failed to parse interval: {exc}") from None
         elif key in ("first", "thereafter"):
             try:
                 sampling[key] = int(d.val(), 10)

@@ -25,22 +25,13 @@ from typing import Any
 
 from config.caddyfile.dispenser import Dispenser
 from config.caddyfile.token import Token
+from config.go_values import PRIVATE_RANGES
 
 JSONDict = dict[str, Any]
 
 # The Dispenser context key that carries the matcher definition's name (without "@"),
 # which regexp and expression matchers use as their default name (Caddy's MatcherNameCtxKey).
 MATCHER_NAME_CTX = "matcher_name"
-
-# The CIDRs `private_ranges` stands for (remote_ip, client_ip, trusted_proxies).
-PRIVATE_RANGES_CIDR: tuple[str, ...] = (
-    "192.168.0.0/16",
-    "172.16.0.0/12",
-    "10.0.0.0/8",
-    "127.0.0.1/8",
-    "fd00::/8",
-    "::1",
-)
 
 MatcherParser = Callable[[Dispenser], Any]
 
@@ -369,7 +360,7 @@ def _ip_ranges_parser(kind: str) -> MatcherParser:
                         "use the 'client_ip' matcher instead"
                     )
                 if d.val() == "private_ranges":
-                    ranges.extend(PRIVATE_RANGES_CIDR)
+                    ranges.extend(PRIVATE_RANGES)
                     continue
                 ranges.append(d.val())
             if d.next_block(0):

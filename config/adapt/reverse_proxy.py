@@ -8,9 +8,8 @@ policies, health checks and HTTP transport). This module owns:
   ports are validated (Caddy 2.6.2 accepted `www:99999`; current Caddy and we do not);
 - every subdirective of the handler, the `lb_policy` modules, `transport http { ... }`
   (and `transport fastcgi`), and the `dynamic a|srv|multi` upstream sources;
-- Go-compatible value parsing shared by other directives: `parse_duration` (Caddy's
-  `ParseDuration`, i.e. Go's plus a `d` unit, as integer nanoseconds) and `parse_bytes`
-  (go-humanize's `ParseBytes`: `1MB` = 1000000, `1MiB` = 1048576).
+- durations and sizes come from config.go_values (`caddy.ParseDuration`, go-humanize's
+  `ParseBytes`), shared with every other directive and the model.
 
 It also registers `copy_response` and `copy_response_headers` (used inside
 `handle_response`, whose routes the core's `parse_segment_as_subroute` parses).
@@ -18,7 +17,6 @@ It also registers `copy_response` and `copy_response_headers` (used inside
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,6 @@ from typing import Any
 from config.adapt.headers import HeaderOpError, caddyfile_header_op
 from config.adapt.helper import Helper, register_handler_directive
 from config.adapt.matchers import (
-    PRIVATE_RANGES_CIDR,
     GoNumError,
     go_atoi,
     go_quote,
@@ -37,121 +34,9 @@ from config.adapt.matchers import (
 )
 from config.caddyfile.dispenser import Dispenser
 from config.errors import ConfigError
+from config.go_values import PRIVATE_RANGES, DurationError, parse_bytes, parse_duration
 
 JSONDict = dict[str, Any]
-
-# -- Go-compatible durations and sizes ----------------------------------------------------------
-
-_DURATION_UNITS_NS: dict[str, int] = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,  # U+00B5 micro sign
-    "μs": 1_000,  # U+03BC Greek mu
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60 * 1_000_000_000,
-    "h": 3600 * 1_000_000_000,
-}
-_INT64_MAX = (1 << 63) - 1
-_MAX_DURATION_INPUT = 1024
-
-
-class DurationError(ValueError):
-    """A duration did not parse; the text is worded like Go's `time.ParseDuration`."""
-
-
-def parse_duration(text: str) -> int:
-    """Caddy's `ParseDuration`: Go's `time.ParseDuration` plus `d` (24h), in nanoseconds."""
-    if len(text) > _MAX_DURATION_INPUT:
-        raise DurationError("parsing duration: input string too long")
-    return _go_parse_duration(_expand_days(text))
-
-
-def _expand_days(text: str) -> str:
-    # Caddy rewrites each `<number>d` as `<number*24>h` before Go parses it.
-    def to_hours(match: re.Match[str]) -> str:
-        number = match.group(1)
-        try:
-            hours = float(number) * 24.0
-        except ValueError:
-            raise DurationError(f"strconv.ParseFloat: parsing {go_quote(number)}: invalid syntax")
-        return _format_float(hours) + "h"
-
-    return re.sub(r"([0-9.+-]*)d", to_hours, text)
-
-
-def _format_float(value: float) -> str:
-    # Go's FormatFloat(v, 'f', -1, 64): shortest repr, never exponent notation.
-    if value == int(value) and abs(value) < 1e21:
-        return str(int(value))
-    text = repr(value)
-    if "e" in text:
-        text = f"{value:.20f}".rstrip("0").rstrip(".")
-    return text
-
-
-def _go_parse_duration(orig: str) -> int:
-    quoted = go_quote(orig)
-    text = orig
-    negative = False
-    if text[:1] in ("-", "+"):
-        negative = text[0] == "-"
-        text = text[1:]
-    if text == "0":
-        return 0
-    if not text:
-        raise DurationError(f"time: invalid duration {quoted}")
-    total = 0
-    while text:
-        match = re.match(r"([0-9]*)(\.([0-9]*))?", text)
-        assert match is not None
-        int_part, frac_part = match.group(1), match.group(3) or ""
-        if not int_part and not frac_part:
-            raise DurationError(f"time: invalid duration {quoted}")
-        text = text[match.end() :]
-        unit_match = re.match(r"[^0-9.]*", text)
-        assert unit_match is not None
-        unit = unit_match.group(0)
-        if not unit:
-            raise DurationError(f"time: missing unit in duration {quoted}")
-        if unit not in _DURATION_UNITS_NS:
-            raise DurationError(f"time: unknown unit {go_quote(unit)} in duration {quoted}")
-        text = text[len(unit) :]
-        unit_ns = _DURATION_UNITS_NS[unit]
-        value = int(int_part or "0") * unit_ns
-        if frac_part:
-            # Go scales the fraction through a float64, as done here.
-            value += int(int(frac_part) * (unit_ns / 10 ** len(frac_part)))
-        total += value
-        if total > _INT64_MAX + (1 if negative else 0):
-            raise DurationError(f"time: invalid duration {quoted}")
-    return -total if negative else total
-
-
-_BYTE_UNITS: dict[str, int] = {"": 1, "b": 1}
-for _i, _prefix in enumerate("kmgtpezy", start=1):
-    _BYTE_UNITS[_prefix] = 1000**_i
-    _BYTE_UNITS[_prefix + "b"] = 1000**_i
-    _BYTE_UNITS[_prefix + "i"] = 1024**_i
-    _BYTE_UNITS[_prefix + "ib"] = 1024**_i
-
-
-def parse_bytes(text: str) -> int:
-    """go-humanize's `ParseBytes`: `512`, `1.5MB`, `64 KiB`, `1,000k` (case-insensitive)."""
-    end = 0
-    while end < len(text) and (text[end].isdigit() or text[end] in ".,"):
-        end += 1
-    number = text[:end].replace(",", "")
-    if not re.fullmatch(r"[0-9]*\.?[0-9]*", number) or number in ("", "."):
-        raise ValueError(f"strconv.ParseFloat: parsing {go_quote(number)}: invalid syntax")
-    unit = text[end:].strip().lower()
-    if unit not in _BYTE_UNITS:
-        raise ValueError(f"unhandled size name: {unit}")
-    size = float(number) * _BYTE_UNITS[unit]
-    if size >= 2.0**64 or math.isinf(size):
-        raise ValueError(f"too large: {text}")
-    return int(size)
-
 
 # -- upstream addresses -------------------------------------------------------------------------
 
@@ -1324,7 +1209,7 @@ class _ReverseProxyParser:
         proxies = self.handler.setdefault("trusted_proxies", [])
         while d.next_arg():
             if d.val() == "private_ranges":
-                proxies.extend(PRIVATE_RANGES_CIDR)
+                proxies.extend(PRIVATE_RANGES)
             else:
                 proxies.append(d.val())
         if not proxies:

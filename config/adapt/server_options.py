@@ -7,50 +7,13 @@ servers whose listen list contains its address (or to all, without an address). 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.adapt.global_options import parse_duration
 from config.adapt.helper import JSONDict
 from config.caddyfile.dispenser import Dispenser
 from config.errors import ConfigError
-
-# Caddy's internal.PrivateRangesCIDR(), what `private_ranges` expands to.
-PRIVATE_RANGES = (
-    "192.168.0.0/16",
-    "172.16.0.0/12",
-    "10.0.0.0/8",
-    "127.0.0.1/8",
-    "fd00::/8",
-    "::1",
-)
-
-_BYTES = re.compile(r"^([0-9][0-9,]*(?:\.[0-9]*)?)\s*([A-Za-z]*)$")
-_BYTE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "ki": 1024,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mi": 1024**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gi": 1024**3,
-    "gib": 1024**3,
-}
-
-
-def parse_bytes(text: str) -> int:
-    """A human size (`16KB`, `1MiB`, `4096`) → bytes, like go-humanize's ParseBytes."""
-    m = _BYTES.match(text.strip())
-    if m is None or m.group(2).lower() not in _BYTE_UNITS:
-        raise ConfigError(f"unhandled size name: {text}")
-    return int(float(m.group(1).replace(",", "")) * _BYTE_UNITS[m.group(2).lower()])
+from config.go_values import PRIVATE_RANGES, DurationError, SizeError, parse_bytes, parse_duration
 
 
 @dataclass
@@ -76,8 +39,8 @@ def _duration_arg(d: Dispenser, what: str) -> int:
         raise d.arg_err()
     try:
         return parse_duration(d.val())
-    except ConfigError as exc:
-        raise d.err(f"parsing {what}: {exc.message}") from None
+    except DurationError as exc:
+        raise d.err(f"parsing {what}: {exc}") from None
 
 
 def _parse_timeouts(d: Dispenser, opts: ServerOptions) -> None:
@@ -93,8 +56,8 @@ def _parse_timeouts(d: Dispenser, opts: ServerOptions) -> None:
             prefix = "read" if key == "read_body_idle" else "write"
             try:
                 opts.fields[f"{prefix}_idle_timeout"] = parse_duration(args[0])
-            except ConfigError as exc:
-                raise d.err(f"parsing {key} timeout duration: {exc.message}") from None
+            except DurationError as exc:
+                raise d.err(f"parsing {key} timeout duration: {exc}") from None
             if len(args) == 2:
                 try:
                     opts.fields[f"{prefix}_min_rate"] = int(args[1], 10)
@@ -106,8 +69,8 @@ def _parse_timeouts(d: Dispenser, opts: ServerOptions) -> None:
                 raise d.arg_err()
             try:
                 opts.fields["max_write_chunk"] = parse_bytes(size[0])
-            except ConfigError as exc:
-                raise d.err(f"parsing write_max_chunk: {exc.message}") from None
+            except SizeError as exc:
+                raise d.err(f"parsing write_max_chunk: {exc}") from None
         else:
             raise d.err(f"unrecognized timeouts option '{key}'")
 
@@ -151,8 +114,8 @@ def parse_server_options(d: Dispenser) -> ServerOptions:
                 raise d.arg_err()
             try:
                 f["max_header_bytes"] = parse_bytes(args[0])
-            except ConfigError as exc:
-                raise d.err(f"parsing max_header_size: {exc.message}") from None
+            except SizeError as exc:
+                raise d.err(f"parsing max_header_size: {exc}") from None
         elif key == "enable_full_duplex":
             _no_args(d)
             f["enable_full_duplex"] = True

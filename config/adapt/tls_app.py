@@ -21,10 +21,10 @@ from config.adapt.addresses import (
     listeners_use_any_port_other_than,
 )
 from config.adapt.directive_order import go_stable_sort
-from config.adapt.global_options import parse_duration
 from config.adapt.helper import JSONDict
 from config.caddyfile.dispenser import Dispenser
 from config.errors import ConfigError
+from config.go_values import DurationError, parse_duration
 from config.subjects import (
     match_wildcard,
     subject_is_internal,
@@ -98,8 +98,8 @@ def parse_acme_issuer(d: Dispenser) -> JSONDict:
             text = _all_args_1(d)
             try:
                 lifetime = parse_duration(text)
-            except ConfigError as exc:
-                raise d.err(f"invalid lifetime {text}: {exc.message}") from None
+            except DurationError as exc:
+                raise d.err(f"invalid lifetime {text}: {exc}") from None
             if lifetime < 0:
                 raise d.err(f"lifetime must be >= 0: {text}")
             iss["certificate_lifetime"] = lifetime
@@ -113,8 +113,8 @@ def parse_acme_issuer(d: Dispenser) -> JSONDict:
             text = _all_args_1(d)
             try:
                 iss["acme_timeout"] = parse_duration(text)
-            except ConfigError as exc:
-                raise d.err(f"invalid timeout duration {text}: {exc.message}") from None
+            except DurationError as exc:
+                raise d.err(f"invalid timeout duration {text}: {exc}") from None
         elif key in ("disable_http_challenge", "disable_tlsalpn_challenge"):
             if d.next_arg():
                 raise d.arg_err()
@@ -216,7 +216,11 @@ def parse_internal_issuer(d: Dispenser) -> JSONDict:
         elif key == "lifetime":
             if not d.next_arg():
                 raise d.arg_err()
-            iss["lifetime"] = parse_duration(d.val())
+            try:
+                iss["lifetime"] = parse_duration(d.val())
+            except DurationError as exc:
+                # Caddy returns ParseDuration's bare error; the location is ours.
+                raise d.wrap_err(exc) from None
         elif key == "sign_with_root":
             if d.next_arg():
                 raise d.arg_err()

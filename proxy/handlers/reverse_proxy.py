@@ -53,7 +53,7 @@ from proxy.upstream.health import ActiveHealthChecker, PassiveHealth
 from proxy.upstream.pool import ConnectionPool, IdleLimit
 from proxy.upstream.retry import FailureKind, RetryPolicy
 from proxy.upstream.selection import SelectionPolicy, make_selection_policy
-from proxy.upstream.upstream import Upstream
+from proxy.upstream.upstream import Upstream, dial_address
 
 log = logging.getLogger("pyproxy.reverse_proxy")
 # zlib's gzip container; decoded output is produced (and sent on) in pieces of at most this
@@ -165,16 +165,12 @@ class ReverseProxy:
         self.cfg = cfg
         self.ctx = ctx
         self.loop: asyncio.AbstractEventLoop = ctx.loop
-        hc: dict[str, Any] = dict(cfg.health_checks or {})
-        self.passive = PassiveHealth.from_config(hc.get("passive"))
+        passive_cfg = cfg.health_checks.passive
+        self.passive = PassiveHealth(passive_cfg) if passive_cfg is not None else None
         self.upstreams = [
-            Upstream.from_config(
-                {"dial": u.dial, "max_requests": u.max_requests},
-                passive=self.passive,
-                registry=ctx.registry,
-            )
+            Upstream.from_config(u, passive=passive_cfg, registry=ctx.registry)
             for u in cfg.upstreams
-            if "{" not in u.dial
+            if u.address is not None
         ]
         if cfg.dynamic_upstreams is not None:
             raise ConfigError(f"{cfg.where}.dynamic_upstreams: not supported by pyproxy yet")
@@ -184,9 +180,10 @@ class ReverseProxy:
             compile_template(u.dial, empty_unknown=True) for u in cfg.upstreams if "{" in u.dial
         ]
         self._dynamic_cache: dict[str, Upstream] = {}
-        self.policy = make_selection_policy(cfg.selection_policy)
-        self.retry = RetryPolicy.from_config(cfg.raw.get("load_balancing"))
-        self.retry_match = compile_match(cfg.retry_match) if cfg.retry_match else None
+        lb = cfg.load_balancing
+        self.policy = make_selection_policy(lb.selection_policy)
+        self.retry = RetryPolicy.from_config(lb)
+        self.retry_match = compile_match(lb.retry_match) if lb.retry_match else None
         tls = cfg.transport.tls
         self.ssl = build_ssl_context(tls, f"{cfg.where}.transport.tls") if tls is not None else None
         self.server_name = tls.server_name if tls is not None and tls.server_name else None
@@ -226,8 +223,13 @@ class ReverseProxy:
         # keep_alive.max_idle_conns bounds the idle connections of all this transport's pools.
         max_idle = cfg.transport.max_idle_conns
         self.idle_limit = IdleLimit(max_idle) if max_idle > 0 else None
-        self.active = ActiveHealthChecker.from_config(
-            hc.get("active"), self.upstreams, ssl_context=self.ssl, server_name=self.server_name
+        active_cfg = cfg.health_checks.active
+        self.active = (
+            ActiveHealthChecker(
+                active_cfg, self.upstreams, ssl_context=self.ssl, server_name=self.server_name
+            )
+            if active_cfg is not None
+            else None
         )
         # Responses can skip the str header round trip when nothing may look at or change them.
         sets_cookie = (
@@ -254,13 +256,15 @@ class ReverseProxy:
                 up = self._dynamic_cache.get(dial)
                 if up is None:
                     try:
-                        up = Upstream(dial, state=self.ctx.registry.get(dial))
+                        # The model's parser, with its default port (443 for a TLS transport).
+                        address = dial_address(dial, 443 if self.ssl is not None else 80)
                     except ValueError:
                         continue
+                    up = Upstream(dial, address=address, state=self.ctx.registry.get(dial))
                     self._dynamic_cache[dial] = up
                 pool.append(up)
         now = self.ctx.pools.now  # coarse (1 s) clock: enough for passive-health expiry
-        if len(pool) == 1 and self.cfg.selection_policy is None:
+        if len(pool) == 1 and self.cfg.load_balancing.selection_policy is None:
             only = pool[0]
             return only if only.available(now) else None
         return self.policy.select(pool, req, now)

@@ -2,11 +2,12 @@
 
 This module owns:
 
-* **Passive** checks (``health_checks.passive``): ``PassiveHealth`` parses the policy and is
-  called by the engine after every upstream round trip (``record_response``) or failed attempt
-  (``record_error``); it remembers failures on the upstream for ``fail_duration``. Whether the
-  failures make the upstream unhealthy is decided by ``Upstream.healthy`` (``max_fails``).
-* **Active** checks (``health_checks.active``): ``ActiveHealthConfig`` parses the policy;
+* **Passive** checks (``health_checks.passive``, typed by the model as
+  ``PassiveHealthChecks``): ``PassiveHealth`` applies that policy and is called by the engine
+  after every upstream round trip (``record_response``) or failed attempt (``record_error``);
+  it remembers failures on the upstream for ``fail_duration``. Whether the failures make the
+  upstream unhealthy is decided by ``Upstream.healthy`` (``max_fails``).
+* **Active** checks (``health_checks.active``, typed by the model as ``ActiveHealthChecks``):
   ``ActiveHealthChecker`` probes every upstream on a timer with its own minimal HTTP/1.1 client
   (one connection per probe, ``Connection: close``) and flips ``Upstream`` active health after
   ``fails`` consecutive failures / ``passes`` consecutive successes, logging each change on the
@@ -29,29 +30,32 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from proxy.upstream.upstream import Upstream, duration_seconds, parse_dial
+from config.model import (
+    DEFAULT_HEALTH_INTERVAL_S,
+    DEFAULT_HEALTH_TIMEOUT_S,
+    ActiveHealthChecks,
+    PassiveHealthChecks,
+)
+from proxy.upstream.upstream import Upstream
 
 __all__ = [
     "ActiveHealthChecker",
-    "ActiveHealthConfig",
     "CheckResult",
     "PassiveHealth",
     "ProbeError",
     "ProbeResponse",
     "apply_check_result",
     "http_probe",
-    "parse_status_codes",
     "status_matches",
 ]
 
 logger = logging.getLogger("pyproxy.health")
 
-DEFAULT_INTERVAL_S = 30.0
-DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_INTERVAL_S = DEFAULT_HEALTH_INTERVAL_S
+DEFAULT_TIMEOUT_S = DEFAULT_HEALTH_TIMEOUT_S
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 * 1024
 # Go's http.Client stops after 10 redirects; Caddy's checker uses that client.
@@ -70,70 +74,22 @@ def status_matches(actual: int, configured: int) -> bool:
     return 0 < configured < 100 and configured * 100 <= actual < (configured + 1) * 100
 
 
-def parse_status_codes(values: Iterable[object] | None, field_name: str) -> tuple[int, ...]:
-    """Parse a JSON status list: ints (``500``, ``5``) or strings (``"500"``, ``"5xx"``)."""
-    codes: list[int] = []
-    for value in values or ():
-        code = _parse_status(value, field_name)
-        if code not in codes:
-            codes.append(code)
-    return tuple(codes)
-
-
-def _parse_status(value: object, field_name: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        code = value
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        # The Caddyfile adapter turns "5xx" into 5; accept both spellings in JSON.
-        if len(text) == 3 and text.endswith("xx") and text[0].isdigit():
-            code = int(text[0])
-        elif text.isdigit():
-            code = int(text)
-        else:
-            raise ValueError(f"{field_name}: invalid status code {value!r}")
-    else:
-        raise ValueError(f"{field_name}: invalid status code {value!r}")
-    if not (1 <= code <= 5 or 100 <= code <= 999):
-        raise ValueError(f"{field_name}: invalid status code {value!r}")
-    return code
-
-
 # -- passive ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class PassiveHealth:
-    """Parsed ``health_checks.passive``. Enabled (counts failures) when ``fail_duration_s > 0``."""
+    """Applies the model's ``health_checks.passive``; counts failures when ``fail_duration_s > 0``.
 
-    fail_duration_s: float = 0.0
-    max_fails: int = 1
-    unhealthy_request_count: int = 0
-    unhealthy_status: tuple[int, ...] = ()
-    unhealthy_latency_s: float = 0.0
+    The fields read per response are copied out of ``config`` (one attribute lookup each).
+    """
 
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> PassiveHealth | None:
-        """``None`` for a missing object; defaults as Caddy (``max_fails`` 1)."""
-        if cfg is None:
-            return None
-        fail_duration_s = duration_seconds(cfg.get("fail_duration"), "fail_duration")
-        max_fails = int(cfg.get("max_fails") or 1)
-        request_count = int(cfg.get("unhealthy_request_count") or 0)
-        latency_s = duration_seconds(cfg.get("unhealthy_latency"), "unhealthy_latency")
-        if fail_duration_s < 0 or latency_s < 0:
-            raise ValueError("health_checks.passive: durations must not be negative")
-        if max_fails < 1 or request_count < 0:
-            raise ValueError("health_checks.passive: max_fails must be >= 1")
-        return cls(
-            fail_duration_s=fail_duration_s,
-            max_fails=max_fails,
-            unhealthy_request_count=request_count,
-            unhealthy_status=parse_status_codes(
-                cfg.get("unhealthy_status"), "health_checks.passive.unhealthy_status"
-            ),
-            unhealthy_latency_s=latency_s,
-        )
+    __slots__ = ("config", "fail_duration_s", "unhealthy_latency_s", "unhealthy_status")
+
+    def __init__(self, config: PassiveHealthChecks | None = None) -> None:
+        self.config = config if config is not None else PassiveHealthChecks()
+        self.fail_duration_s = self.config.fail_duration_s
+        self.unhealthy_status = self.config.unhealthy_status
+        self.unhealthy_latency_s = self.config.unhealthy_latency_s
 
     @property
     def enabled(self) -> bool:
@@ -167,82 +123,6 @@ class PassiveHealth:
             return False
         upstream.record_failure(now, self.fail_duration_s)
         return True
-
-
-# -- active: config --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveHealthConfig:
-    """Parsed ``health_checks.active``. Enabled when ``uri``, ``path`` or ``port`` is set."""
-
-    uri: str = ""
-    upstream: str = ""
-    port: int = 0
-    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    method: str = "GET"
-    body: str = ""
-    follow_redirects: bool = False
-    interval_s: float = DEFAULT_INTERVAL_S
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    passes: int = 1
-    fails: int = 1
-    max_size: int = 0
-    expect_status: int = 0
-    expect_body: re.Pattern[bytes] | None = field(default=None, compare=False)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> ActiveHealthConfig | None:
-        """``None`` when the object is missing or not enabled (Caddy's ``IsEnabled``)."""
-        if not cfg:
-            return None
-        uri = str(cfg.get("uri") or "")
-        path = str(cfg.get("path") or "")  # deprecated in Caddy, still honoured
-        port = int(cfg.get("port") or 0)
-        if not (uri or path or port):
-            return None
-        if not 0 <= port < 65536:
-            raise ValueError(f"health_checks.active.port: invalid port {port}")
-        headers: list[tuple[str, tuple[str, ...]]] = []
-        for name, values in (cfg.get("headers") or {}).items():
-            vals = (values,) if isinstance(values, str) else tuple(str(v) for v in values)
-            headers.append((str(name), vals))
-        expect_body = None
-        if cfg.get("expect_body"):
-            try:
-                expect_body = re.compile(str(cfg["expect_body"]).encode())
-            except re.error as exc:
-                raise ValueError(f"expect_body: compiling regular expression: {exc}") from exc
-        interval_s = duration_seconds(cfg.get("interval"), "interval") or DEFAULT_INTERVAL_S
-        timeout_s = duration_seconds(cfg.get("timeout"), "timeout") or DEFAULT_TIMEOUT_S
-        if interval_s < 0 or timeout_s < 0:
-            raise ValueError("health_checks.active: durations must not be negative")
-        expect_status = 0
-        if cfg.get("expect_status"):
-            expect_status = _parse_status(cfg["expect_status"], "expect_status")
-        return cls(
-            uri=uri or path,
-            upstream=str(cfg.get("upstream") or ""),
-            port=port,
-            headers=tuple(headers),
-            method=str(cfg.get("method") or "GET").upper(),
-            body=str(cfg.get("body") or ""),
-            follow_redirects=bool(cfg.get("follow_redirects")),
-            interval_s=interval_s,
-            timeout_s=timeout_s,
-            passes=max(1, int(cfg.get("passes") or 1)),
-            fails=max(1, int(cfg.get("fails") or 1)),
-            max_size=max(0, int(cfg.get("max_size") or 0)),
-            expect_status=expect_status,
-            expect_body=expect_body,
-        )
-
-    @property
-    def target(self) -> str:
-        """Request-target of the probe (path and query); ``/`` when only a port is set."""
-        if not self.uri:
-            return "/"
-        return self.uri if self.uri.startswith("/") else "/" + self.uri
 
 
 # -- active: threshold logic (pure) ----------------------------------------------------------
@@ -465,7 +345,7 @@ class ActiveHealthChecker:
 
     def __init__(
         self,
-        config: ActiveHealthConfig,
+        config: ActiveHealthChecks,
         upstreams: Sequence[Upstream],
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -480,19 +360,6 @@ class ActiveHealthChecker:
         self.tls_except_ports = frozenset(int(p) for p in tls_except_ports)
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def from_config(
-        cls,
-        active_cfg: Mapping[str, Any] | None,
-        upstreams: Sequence[Upstream],
-        **kwargs: Any,
-    ) -> ActiveHealthChecker | None:
-        """``None`` when active checks are not enabled in ``active_cfg``."""
-        config = ActiveHealthConfig.from_config(active_cfg)
-        if config is None:
-            return None
-        return cls(config, upstreams, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -568,8 +435,11 @@ class ActiveHealthChecker:
         cfg = self.config
         if cfg.upstream:
             # An alternative health endpoint replaces the address; its port wins over `port`.
-            network, host, port = parse_dial(cfg.upstream)
-            return network, host, port, cfg.upstream
+            # The model parsed it; one with placeholders has no fixed address (host "").
+            addr = cfg.upstream_address
+            if addr is None:
+                return "tcp", "", 0, cfg.upstream
+            return addr.network, addr.host, addr.port, cfg.upstream
         network, host, port = upstream.network, upstream.host, upstream.port
         if cfg.port:
             network, port = "tcp", cfg.port

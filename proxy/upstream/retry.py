@@ -16,7 +16,8 @@ Caddy's rules (``tryAgain`` in its reverse proxy), followed here:
   matcher set matches (the engine supplies that test as a callable, since matchers are compiled
   elsewhere). Note Caddy retries only GET here, not every idempotent method.
 * The wait is ``try_interval``; it defaults to 250 ms when ``try_duration`` is set (to avoid
-  spinning the CPU against a dead local upstream) and to 0 otherwise.
+  spinning the CPU against a dead local upstream) and to 0 otherwise. The model
+  (``config.model.LoadBalancing``) has already applied that default.
 
 Elapsed time is passed in; nothing here reads a clock or sleeps.
 """
@@ -24,15 +25,12 @@ Elapsed time is passed in; nothing here reads a clock or sleeps.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from proxy.upstream.upstream import duration_seconds
+from config.model import DEFAULT_TRY_INTERVAL_S, LoadBalancing
 
 __all__ = ["DEFAULT_TRY_INTERVAL_S", "FailureKind", "RetryDecision", "RetryPolicy"]
-
-DEFAULT_TRY_INTERVAL_S = 0.25
 
 
 class FailureKind(enum.Enum):
@@ -56,7 +54,7 @@ class RetryDecision:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Parsed retry settings of ``load_balancing``; build with ``from_config``."""
+    """The retry settings of ``load_balancing``; build with ``from_config``."""
 
     try_duration_s: float = 0.0
     try_interval_s: float = 0.0
@@ -64,20 +62,13 @@ class RetryPolicy:
     has_retry_match: bool = False
 
     @classmethod
-    def from_config(cls, lb: Mapping[str, Any] | None) -> RetryPolicy:
-        lb = lb or {}
-        try_duration_s = duration_seconds(lb.get("try_duration"), "try_duration")
-        try_interval_s = duration_seconds(lb.get("try_interval"), "try_interval")
-        retries = int(lb.get("retries") or 0)
-        if try_duration_s < 0 or try_interval_s < 0 or retries < 0:
-            raise ValueError("load_balancing: try_duration, try_interval and retries must be >= 0")
-        if try_duration_s > 0 and try_interval_s == 0:
-            try_interval_s = DEFAULT_TRY_INTERVAL_S
+    def from_config(cls, lb: LoadBalancing) -> RetryPolicy:
+        """From the model's typed ``load_balancing`` (validated, defaults applied there)."""
         return cls(
-            try_duration_s=try_duration_s,
-            try_interval_s=try_interval_s,
-            retries=retries,
-            has_retry_match=bool(lb.get("retry_match")),
+            try_duration_s=lb.try_duration_s,
+            try_interval_s=lb.try_interval_s,
+            retries=lb.retries,
+            has_retry_match=bool(lb.retry_match),
         )
 
     @property

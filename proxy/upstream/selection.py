@@ -26,7 +26,7 @@ chosen for a key differs from Caddy's, while the stability property is the same.
 
 Interface for the engine::
 
-    policy = make_selection_policy(lb_cfg.get("selection_policy"))
+    policy = make_selection_policy(handler.load_balancing.selection_policy)
     upstream = policy.select(upstreams, request, now)   # None → no upstream available (503)
     cookie = policy.response_cookie(upstream, request)   # Set-Cookie value to add, or None
 
@@ -40,13 +40,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
-from config.model import SELECTION_POLICIES
+from config.model import SELECTION_POLICIES, SelectionPolicyConfig
 from proxy.request_view import RequestView
-from proxy.upstream.upstream import Upstream, duration_seconds
+from proxy.upstream.upstream import Upstream
 
 __all__ = [
     "POLICIES",
@@ -385,29 +384,27 @@ POLICIES = SELECTION_POLICIES
 
 
 def make_selection_policy(
-    cfg: Mapping[str, Any] | None, rng: random.Random | None = None
+    cfg: SelectionPolicyConfig | None, rng: random.Random | None = None
 ) -> SelectionPolicy:
-    """Build a policy from a ``selection_policy`` JSON object (``{"policy": "...", ...}``).
+    """Build a policy from the model's typed ``selection_policy`` (``None`` gives ``random``).
 
-    ``None`` or a missing ``policy`` gives ``random``. ``rng`` seeds the random choices (tests).
-    Raises ``ValueError`` for unknown policies or invalid fields, with Caddy's wording.
+    The model validated the fields (with their JSON paths); ``rng`` seeds random choices (tests).
     """
-    if not cfg:
+    if cfg is None:
         return RandomSelection(rng)
-    name = cfg.get("policy") or "random"
+    name = cfg.policy
 
     def fallback() -> SelectionPolicy | None:
-        raw = cfg.get("fallback")
-        return make_selection_policy(raw, rng) if raw else None
+        return make_selection_policy(cfg.fallback, rng) if cfg.fallback is not None else None
 
     if name == "random":
         return RandomSelection(rng)
     if name == "random_choose":
-        return RandomChoiceSelection(int(cfg.get("choose") or 2), rng)
+        return RandomChoiceSelection(cfg.choose, rng)
     if name == "round_robin":
         return RoundRobinSelection()
     if name == "weighted_round_robin":
-        return WeightedRoundRobinSelection([int(w) for w in cfg.get("weights") or []])
+        return WeightedRoundRobinSelection(cfg.weights)
     if name == "least_conn":
         return LeastConnSelection(rng)
     if name == "first":
@@ -419,14 +416,9 @@ def make_selection_policy(
     if name == "uri_hash":
         return URIHashSelection()
     if name == "query":
-        return QueryHashSelection(str(cfg.get("key") or ""), fallback())
+        return QueryHashSelection(cfg.key, fallback())
     if name == "header":
-        return HeaderHashSelection(str(cfg.get("field") or ""), fallback())
+        return HeaderHashSelection(cfg.field_name, fallback())
     if name == "cookie":
-        max_age_s = duration_seconds(cfg.get("max_age"), "max_age")
-        if max_age_s < 0:
-            raise ValueError("cookie max_age must be positive")
-        return CookieHashSelection(
-            str(cfg.get("name") or "lb"), str(cfg.get("secret") or ""), max_age_s, fallback()
-        )
+        return CookieHashSelection(cfg.cookie_name, cfg.secret, cfg.max_age_s, fallback())
     raise ValueError(f"unknown selection policy {name!r} (known: {', '.join(POLICIES)})")

@@ -21,84 +21,37 @@ any monotonic clock the caller chooses), so the decisions here are pure.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 from config.errors import ConfigError
-from config.model import parse_duration
+from config.model import DialAddress, PassiveHealthChecks, UpstreamConfig, parse_dial_address
 from proxy.upstream.shared_failures import SharedFailures, shared_failures
-
-if TYPE_CHECKING:
-    from proxy.upstream.health import PassiveHealth
 
 __all__ = [
     "HostRegistry",
     "HostState",
     "Upstream",
-    "duration_seconds",
-    "parse_dial",
-    "upstreams_from_handler",
+    "dial_address",
 ]
 
 DEFAULT_PORT: Final = 80
 
 
-def duration_seconds(value: object, field: str = "duration") -> float:
-    """A Caddy JSON duration in seconds (``None`` means 0); ValueError when it is malformed.
+def dial_address(dial: str, default_port: int = DEFAULT_PORT) -> DialAddress:
+    """The parsed address of a dial the model did not parse (dynamic upstreams, tests).
 
-    Same rules as the config model's (integer nanoseconds, or a Go duration string plus
-    Caddy's ``d``), which this delegates to.
-    """
-    if value is None:
-        return 0.0
-    try:
-        return parse_duration(value, field)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def parse_dial(dial: str) -> tuple[str, str, int]:
-    """Split a Caddy dial address into ``(network, host, port)``.
-
-    Accepts ``host:port``, ``[v6]:port``, ``host`` (port 80), an optional network prefix
-    (``tcp/``, ``tcp4/``, ``tcp6/``) and ``unix//path/to.sock`` (host is the socket path, port 0).
-    Addresses with placeholders (``{...}``) are dynamic; they come back as ``("tcp", "", 0)`` and
-    the engine resolves them per request.
+    The one parser is the model's (``parse_dial_address``); its ConfigError becomes a
+    ValueError here, since at run time a bad dynamic dial skips that upstream. A dial that still
+    holds placeholders has no fixed address: ``("tcp", "", 0)``.
     """
     if "{" in dial:
-        return "tcp", "", 0
-    network = "tcp"
-    rest = dial
-    slash = dial.find("/")
-    # A network prefix is the text before the first "/" when it names a network; a plain
-    # host:port never contains "/".
-    if slash > 0 and ":" not in dial[:slash]:
-        network, rest = dial[:slash].lower(), dial[slash + 1 :]
-    if network.startswith("unix"):
-        return network, rest, 0
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end < 0:
-            raise ValueError(f"invalid dial address {dial!r}: missing ']'")
-        host = rest[1:end]
-        tail = rest[end + 1 :]
-        if not tail:
-            return network, host, DEFAULT_PORT
-        if not tail.startswith(":"):
-            raise ValueError(f"invalid dial address {dial!r}")
-        port_text = tail[1:]
-    elif rest.count(":") == 1:
-        host, port_text = rest.split(":")
-    elif ":" in rest:
-        # Bare IPv6 literal without brackets and without port.
-        return network, rest, DEFAULT_PORT
-    else:
-        return network, rest, DEFAULT_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        # Port ranges ("8000-8003") are expanded by the adapter; an Upstream is one socket.
-        raise ValueError(f"invalid dial address {dial!r}: bad port {port_text!r}")
-    return network, host, int(port_text)
+        return DialAddress("tcp", "", 0)
+    try:
+        return parse_dial_address(dial, "dial", default_port)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class HostState:
@@ -188,12 +141,14 @@ class Upstream:
         self,
         dial: str,
         *,
+        address: DialAddress | None = None,
         max_requests: int = 0,
         max_fails: int | None = None,
         state: HostState | None = None,
     ) -> None:
         self.dial = dial
-        self.network, self.host, self.port = parse_dial(dial)
+        addr = address if address is not None else dial_address(dial)
+        self.network, self.host, self.port = addr.network, addr.host, addr.port
         self.max_requests = max_requests
         self.max_fails = max_fails
         self.state = state if state is not None else HostState()
@@ -205,30 +160,31 @@ class Upstream:
     @classmethod
     def from_config(
         cls,
-        cfg: Mapping[str, Any],
+        cfg: UpstreamConfig,
         *,
-        passive: PassiveHealth | None = None,
+        passive: PassiveHealthChecks | None = None,
         registry: HostRegistry | None = None,
     ) -> Upstream:
-        """Build from one ``upstreams`` JSON entry.
+        """Build from one typed ``upstreams`` entry of the model.
 
-        ``passive`` is the handler's parsed passive policy: it provides ``max_fails`` and, for
+        ``passive`` is the handler's passive policy: it provides ``max_fails`` and, for
         upstreams without their own ``max_requests``, ``unhealthy_request_count`` as the limit
         (Caddy treats the two as the same knob).
         """
-        dial = cfg.get("dial")
-        if not isinstance(dial, str) or not dial:
-            raise ValueError("upstream: dial address is required")
-        max_requests = int(cfg.get("max_requests") or 0)
-        if max_requests < 0:
-            raise ValueError(f"upstream {dial}: max_requests must not be negative")
+        max_requests = cfg.max_requests
         max_fails: int | None = None
         if passive is not None:
             max_fails = passive.max_fails
             if max_requests == 0:
                 max_requests = passive.unhealthy_request_count
-        state = registry.get(dial) if registry is not None else None
-        return cls(dial, max_requests=max_requests, max_fails=max_fails, state=state)
+        state = registry.get(cfg.dial) if registry is not None else None
+        return cls(
+            cfg.dial,
+            address=cfg.address,
+            max_requests=max_requests,
+            max_fails=max_fails,
+            state=state,
+        )
 
     def __repr__(self) -> str:
         return f"Upstream({self.dial!r})"
@@ -298,21 +254,3 @@ class Upstream:
     def available(self, now: float) -> bool:
         """May receive a request now: healthy and not full."""
         return self.healthy(now) and not self.full()
-
-
-def upstreams_from_handler(
-    handler_cfg: Mapping[str, Any], registry: HostRegistry | None = None
-) -> list[Upstream]:
-    """Build the ``Upstream`` list of a reverse_proxy handler JSON object.
-
-    Reads ``upstreams`` and ``health_checks.passive``; a convenience for the engine.
-    """
-    # Imported here because health.py imports this module (it flips Upstream state).
-    from proxy.upstream.health import PassiveHealth
-
-    health_checks = handler_cfg.get("health_checks") or {}
-    passive = PassiveHealth.from_config(health_checks.get("passive"))
-    return [
-        Upstream.from_config(u, passive=passive, registry=registry)
-        for u in handler_cfg.get("upstreams") or []
-    ]

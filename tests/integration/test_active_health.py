@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trustme
 
+from config.model import load_active_health
 from proxy.upstream.health import ActiveHealthChecker, http_probe
 from proxy.upstream.upstream import Upstream
 
@@ -94,9 +95,10 @@ async def origin() -> AsyncIterator[Origin]:
 
 
 def checker(cfg: dict[str, Any], *ups: Upstream, **kw: Any) -> ActiveHealthChecker:
-    c = ActiveHealthChecker.from_config(cfg, list(ups), **kw)
-    assert c is not None
-    return c
+    """The checker of a handler whose `health_checks.active` JSON is `cfg` (through the model)."""
+    active = load_active_health(cfg, "health_checks.active")
+    assert active is not None
+    return ActiveHealthChecker(active, list(ups), **kw)
 
 
 def free_port() -> int:

@@ -7,8 +7,6 @@ from typing import Any
 import pytest
 
 from config.adapt import adapt_caddyfile
-from config.adapt.global_options import parse_duration
-from config.adapt.server_options import parse_bytes
 from config.errors import ConfigError
 
 SECOND_NS = 1_000_000_000
@@ -23,41 +21,6 @@ def error(text: str) -> str:
     with pytest.raises(ConfigError) as info:
         adapt_caddyfile(text, "Caddyfile")
     return str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("10s", 10), ("1m30s", 90), ("2h", 7200), ("1d", 86400), ("1.5d", 129600), ("0", 0)],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds * SECOND_NS
-
-
-def test_parse_duration_sub_second_units() -> None:
-    assert parse_duration("250ms") == 250_000_000
-    assert parse_duration("1us") == 1_000
-    assert parse_duration("-1s") == -SECOND_NS
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("10", "missing unit"),
-        ("10x", 'unknown unit "x"'),
-        ("", "invalid duration"),
-        ("s", "invalid duration"),
-    ],
-)
-def test_parse_duration_errors(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        parse_duration(text)
-
-
-def test_parse_bytes() -> None:
-    assert parse_bytes("16KB") == 16_000
-    assert parse_bytes("16KiB") == 16_384
-    assert parse_bytes("1MB") == 1_000_000
-    assert parse_bytes("4096") == 4096
 
 
 def test_ports_and_durations_go_to_the_http_app() -> None:

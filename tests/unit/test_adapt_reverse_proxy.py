@@ -1,4 +1,4 @@
-"""The `reverse_proxy` directive → the `reverse_proxy` handler JSON, plus its value parsers."""
+"""The `reverse_proxy` directive → the `reverse_proxy` handler JSON (values: test_go_values)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 import config.adapt.reverse_proxy  # noqa: F401  (registers the directives)
 from config.adapt.helper import DIRECTIVES, Helper
-from config.adapt.reverse_proxy import parse_bytes, parse_duration
 from config.caddyfile.dispenser import Dispenser
 from config.caddyfile.lexer import tokenize
 from config.errors import ConfigError
@@ -29,55 +28,6 @@ def proxy(text: str, helper_out: list[Helper] | None = None) -> dict[str, Any]:
 
 def dials(text: str) -> list[str]:
     return [u["dial"] for u in proxy(text)["upstreams"]]
-
-
-# -- value parsers --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected_ns"),
-    [
-        ("0", 0),
-        ("5s", 5 * SECOND_NS),
-        ("1m30s", 90 * SECOND_NS),
-        ("1.5h", 5400 * SECOND_NS),
-        ("250ms", 250_000_000),
-        ("10us", 10_000),
-        ("1d", 86400 * SECOND_NS),
-        ("1.5d", 36 * 3600 * SECOND_NS),
-        ("-2s", -2 * SECOND_NS),
-    ],
-)
-def test_parse_duration(text: str, expected_ns: int) -> None:
-    assert parse_duration(text) == expected_ns
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("5", 'time: missing unit in duration "5"'),
-        ("5x", 'time: unknown unit "x" in duration "5x"'),
-        ("", 'time: invalid duration ""'),
-        ("s", 'time: invalid duration "s"'),
-    ],
-)
-def test_parse_duration_errors(text: str, message: str) -> None:
-    with pytest.raises(ValueError) as info:
-        parse_duration(text)
-    assert str(info.value) == message
-
-
-def test_parse_bytes_like_humanize() -> None:
-    assert parse_bytes("512") == 512
-    assert parse_bytes("1MB") == 1_000_000
-    assert parse_bytes("1MiB") == 1 << 20
-    assert parse_bytes("4k") == 4000
-    assert parse_bytes("1.5 KiB") == 1536
-    assert parse_bytes("1,000b") == 1000
-    with pytest.raises(ValueError, match="unhandled size name: parsecs"):
-        parse_bytes("3parsecs")
-    with pytest.raises(ValueError, match="invalid syntax"):
-        parse_bytes("MB")
 
 
 # -- upstreams -------------------------------------------------------------------------------------

@@ -40,3 +40,82 @@ def test_layering_check_sees_imports() -> None:
     # Guard against the check above passing vacuously (e.g. if the walk found no files).
     assert "config" in imported_top_levels(ROOT / "proxy" / "cli.py")
     assert len(list((ROOT / "config").rglob("*.py"))) >= 3
+
+
+def config_import_graph() -> dict[str, set[str]]:
+    """Each module of config/ → the config modules it imports, at the top or inside functions.
+
+    Imports inside functions count: deferring an import only hides a circle, it does not break
+    it (issue #14: the adapt modules imported each other to share Go value parsers).
+    """
+    modules: dict[str, Path] = {}
+    for path in sorted((ROOT / "config").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names]
+                deps.update(t for t in [node.module, *targets] if t in modules)
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names if alias.name in modules)
+        # A submodule's import of its own package (`from config.adapt.helper import` names
+        # config.adapt.helper, not config.adapt) is not an edge to the package.
+        graph[name] = deps - {name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for dep in sorted(graph[node]):
+            if dep not in index:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in on_stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_config_modules_import_no_circle() -> None:
+    graph = config_import_graph()
+    # The check sees the imports it is about (guards against passing vacuously).
+    assert "config.go_values" in graph["config.adapt.reverse_proxy"]
+    assert "config.adapt.tls_app" in graph["config.adapt.global_options"]
+    assert import_cycles(graph) == []
+
+
+def test_import_cycle_check_finds_a_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_go_values_is_a_leaf() -> None:
+    """config/go_values.py imports nothing from the project, so every layer may use it."""
+    project = {"config", "acme_client", "proxy"}
+    assert imported_top_levels(ROOT / "config" / "go_values.py") & project == set()

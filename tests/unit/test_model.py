@@ -10,8 +10,13 @@ import pytest
 from config.errors import ConfigError
 from config.model import (
     DEFAULT_IDLE_TIMEOUT_S,
+    ActiveHealthChecks,
+    DialAddress,
+    LoadBalancing,
     NetworkAddress,
+    PassiveHealthChecks,
     ReverseProxyHandler,
+    SelectionPolicyConfig,
     StaticResponseHandler,
     SubrouteHandler,
     load_model,
@@ -88,7 +93,8 @@ def test_seed_config_loads_typed() -> None:
     assert rp.transport.dial_timeout_s == 2.0
     assert rp.transport.keepalive_idle_s == 30.0
     assert rp.transport.max_idle_conns_per_host == 32
-    assert rp.try_duration_s == 5.0
+    assert rp.load_balancing.try_duration_s == 5.0
+    assert rp.load_balancing.try_interval_s == 0.25  # Caddy: 250 ms with try_duration
     assert srv.logs is not None
 
 
@@ -139,6 +145,26 @@ RP = ["apps", "http", "servers", "srv0", "routes", 0, "handle", 0, "routes", 0, 
             [*RP, "load_balancing", "selection_policy", "policy"],
             "fastest",
             "unknown module: http.reverse_proxy.selection_policies.fastest",
+        ),
+        (
+            [*RP, "load_balancing", "selection_policy"],
+            {"policy": "cookie", "fallback": {"policy": "query"}},
+            "handle[0].load_balancing.selection_policy.fallback.key: query key is required",
+        ),
+        (
+            [*RP, "load_balancing", "try_interval"],
+            "-1s",
+            "handle[0].load_balancing.try_interval: duration must not be negative",
+        ),
+        (
+            [*RP, "health_checks"],
+            {"passive": {"unhealthy_status": [500, "teapot"]}},
+            "handle[0].health_checks.passive.unhealthy_status[1]: invalid status code 'teapot'",
+        ),
+        (
+            [*RP, "health_checks"],
+            {"active": {"uri": "/h", "upstream": "h:1-3"}},
+            "handle[0].health_checks.active.upstream: upstream dial address must not be a port",
         ),
         (
             ["apps", "http", "servers", "srv0", "listen", 0],
@@ -227,3 +253,49 @@ def test_parse_duration(text: Any, seconds: float) -> None:
 )
 def test_parse_network_address(text: str, expected: NetworkAddress) -> None:
     assert parse_network_address(text, "x") == expected
+
+
+def test_upstream_facts_are_typed_once() -> None:
+    rp_json = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": "a:1"}, {"dial": "unix//run/b.sock", "max_requests": 4}],
+        "load_balancing": {
+            "selection_policy": {
+                "policy": "header",
+                "field": "X-Key",
+                "fallback": {"policy": "first"},
+            },
+            "retries": 2,
+            "retry_match": [{"method": ["PUT"]}],
+        },
+        "health_checks": {
+            "passive": {"fail_duration": "30s", "max_fails": 3, "unhealthy_status": ["5xx"]},
+            "active": {"uri": "/health", "interval": "10s"},
+        },
+    }
+    model = load_model(_with(RP, rp_json))
+    assert model.http is not None
+    sub = model.http.servers["srv0"].routes[0].handle[0]
+    assert isinstance(sub, SubrouteHandler)
+    handler = sub.routes[0].handle[0]
+    assert isinstance(handler, ReverseProxyHandler)
+    assert [u.address for u in handler.upstreams] == [
+        DialAddress("tcp", "a", 1),
+        DialAddress("unix", "/run/b.sock", 0),
+    ]
+    lb = handler.load_balancing
+    assert lb == LoadBalancing(
+        selection_policy=SelectionPolicyConfig(
+            policy="header", field_name="X-Key", fallback=SelectionPolicyConfig(policy="first")
+        ),
+        retries=2,
+        try_duration_s=0.0,
+        try_interval_s=0.0,  # Caddy's 250 ms default needs try_duration
+        retry_match=({"method": ["PUT"]},),
+    )
+    assert handler.health_checks.passive == PassiveHealthChecks(
+        fail_duration_s=30.0, max_fails=3, unhealthy_status=(5,)
+    )
+    active = handler.health_checks.active
+    assert isinstance(active, ActiveHealthChecks)
+    assert (active.target, active.interval_s, active.timeout_s) == ("/health", 10.0, 5.0)

@@ -131,7 +131,8 @@ WRONG_TYPES: list[tuple[dict[str, Any], str]] = [
     ),
     (
         with_tls({"automation": {"renew_interval": "soon"}}),
-        "apps.tls.automation.renew_interval: invalid duration 'soon'",
+        "apps.tls.automation.renew_interval: invalid duration 'soon': "
+        'time: invalid duration "soon"',
     ),
     (
         with_tls({"certificates": {"automate": "a.com"}}),

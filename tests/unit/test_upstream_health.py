@@ -2,77 +2,99 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
-from proxy.upstream.health import (
-    ActiveHealthConfig,
-    PassiveHealth,
-    apply_check_result,
-    parse_status_codes,
-    status_matches,
+from config.errors import ConfigError
+from config.model import (
+    DialAddress,
+    PassiveHealthChecks,
+    UpstreamConfig,
+    load_active_health,
+    load_model,
+    load_passive_health,
+    parse_dial_address,
 )
-from proxy.upstream.upstream import (
-    HostRegistry,
-    HostState,
-    Upstream,
-    duration_seconds,
-    parse_dial,
-    upstreams_from_handler,
-)
+from proxy.upstream.health import PassiveHealth, apply_check_result, status_matches
+from proxy.upstream.upstream import HostRegistry, HostState, Upstream, dial_address
 
 S = 1_000_000_000  # nanoseconds per second, as in Caddy JSON
+PASSIVE = "handle[0].health_checks.passive"
+ACTIVE = "handle[0].health_checks.active"
 
 
-# -- dial and durations ----------------------------------------------------------------------
+def upstream_config(dial: str, max_requests: int = 0) -> UpstreamConfig:
+    return UpstreamConfig(dial, max_requests, parse_dial_address(dial, "dial"))
+
+
+def passive(cfg: dict[str, Any]) -> PassiveHealth:
+    return PassiveHealth(load_passive_health(cfg, PASSIVE))
+
+
+# -- dial addresses (parsed once, by the model) ---------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("dial", "expected"),
     [
-        ("127.0.0.1:9001", ("tcp", "127.0.0.1", 9001)),
-        ("www:8080", ("tcp", "www", 8080)),
-        ("[::1]:443", ("tcp", "::1", 443)),
-        ("localhost", ("tcp", "localhost", 80)),
-        ("[::1]", ("tcp", "::1", 80)),
-        ("tcp6/[::1]:81", ("tcp6", "::1", 81)),
-        ("unix//run/app.sock", ("unix", "/run/app.sock", 0)),
-        ("{http.request.host}:80", ("tcp", "", 0)),
+        ("127.0.0.1:9001", DialAddress("tcp", "127.0.0.1", 9001)),
+        ("www:8080", DialAddress("tcp", "www", 8080)),
+        ("[::1]:443", DialAddress("tcp", "::1", 443)),
+        ("localhost", DialAddress("tcp", "localhost", 80)),
+        ("[::1]", DialAddress("tcp", "::1", 80)),
+        ("tcp6/[::1]:81", DialAddress("tcp6", "::1", 81)),
+        ("unix//run/app.sock", DialAddress("unix", "/run/app.sock", 0)),
     ],
 )
-def test_parse_dial(dial: str, expected: tuple[str, str, int]) -> None:
-    assert parse_dial(dial) == expected
+def test_parse_dial_address(dial: str, expected: DialAddress) -> None:
+    assert parse_dial_address(dial, "dial") == expected
+    assert dial_address(dial) == expected  # the runtime's entry point is the same parser
 
 
-@pytest.mark.parametrize("dial", ["host:0", "host:70000", "host:80-81", "[::1:80", "host:x"])
-def test_parse_dial_rejects(dial: str) -> None:
-    with pytest.raises(ValueError, match="invalid dial address"):
-        parse_dial(dial)
+def test_dial_address_default_port_and_placeholders() -> None:
+    assert parse_dial_address("backend", "dial", 443) == DialAddress("tcp", "backend", 443)
+    assert dial_address("{http.request.host}:80") == DialAddress("tcp", "", 0)
+    assert DialAddress("tcp", "::1", 80).hostport == "[::1]:80"
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"),
+    ("dial", "message"),
     [
-        (None, 0.0),
-        (30 * S, 30.0),
-        (250_000_000, 0.25),
-        ("250ms", 0.25),
-        ("1m30s", 90.0),
-        ("1.5h", 5400.0),
-        ("2d", 172800.0),
-        ("0", 0.0),
-        ("10us", 1e-5),
+        ("host:0", "port 0 cannot be dialled"),
+        ("host:70000", "port 70000 is out of range"),
+        ("host:80-81", "must not be a port range"),
+        ("[::1:80", "missing ']'"),
+        ("host:x", "invalid port 'x'"),
+        ("http://host:80", "must not contain a scheme"),
+        ("fd/3", "network 'fd' cannot be dialled"),
     ],
 )
-def test_duration_seconds(value: object, seconds: float) -> None:
-    assert duration_seconds(value) == pytest.approx(seconds)
+def test_parse_dial_address_rejects(dial: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^upstreams\[0\]\.dial: .*" + re.escape(message)):
+        parse_dial_address(dial, "upstreams[0].dial")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dial_address(dial)
 
 
-@pytest.mark.parametrize("value", ["", "10", "5 s", "1x", True, [1]])
-def test_duration_seconds_rejects(value: object) -> None:
-    with pytest.raises(ValueError, match=r"try_duration: (invalid duration|expected a duration)"):
-        duration_seconds(value, "try_duration")
+def test_model_parses_upstream_dials_once() -> None:
+    def handler(transport: dict[str, Any] | None = None) -> Any:
+        rp: dict[str, Any] = {
+            "handler": "reverse_proxy",
+            "upstreams": [{"dial": "app"}, {"dial": "{http.request.host}:81"}],
+        }
+        if transport is not None:
+            rp["transport"] = transport
+        server = {"listen": [":1"], "routes": [{"handle": [rp]}]}
+        model = load_model({"apps": {"http": {"servers": {"s": server}}}})
+        assert model.http is not None
+        return model.http.servers["s"].routes[0].handle[0]
+
+    plain = handler()
+    assert [u.address for u in plain.upstreams] == [DialAddress("tcp", "app", 80), None]
+    tls = handler({"protocol": "http", "tls": {}})
+    assert tls.upstreams[0].address == DialAddress("tcp", "app", 443)
 
 
 # -- upstream state --------------------------------------------------------------------------
@@ -129,8 +151,8 @@ def test_active_flag() -> None:
 
 def test_registry_shares_host_state_between_handlers_and_reloads() -> None:
     registry = HostRegistry()
-    a = Upstream.from_config({"dial": "www:80"}, registry=registry)
-    b = Upstream.from_config({"dial": "www:80"}, registry=registry)
+    a = Upstream.from_config(upstream_config("www:80"), registry=registry)
+    b = Upstream.from_config(upstream_config("www:80"), registry=registry)
     a.inc()
     a.record_failure(0.0, 30.0)
     assert b.num_requests == 1 and b.fails(1.0) == 1
@@ -141,29 +163,14 @@ def test_registry_shares_host_state_between_handlers_and_reloads() -> None:
     assert "www:80" not in registry and len(registry) == 0
 
 
-def test_upstream_from_config_validation_and_passive_defaults() -> None:
-    with pytest.raises(ValueError, match="dial address is required"):
-        Upstream.from_config({})
-    with pytest.raises(ValueError, match="max_requests"):
-        Upstream.from_config({"dial": "a:1", "max_requests": -1})
-    passive = PassiveHealth.from_config({"fail_duration": 30 * S, "unhealthy_request_count": 7})
-    own = Upstream.from_config({"dial": "a:1", "max_requests": 3}, passive=passive)
-    default = Upstream.from_config({"dial": "b:1"}, passive=passive)
+def test_upstream_from_config_takes_passive_defaults() -> None:
+    policy = load_passive_health({"fail_duration": 30 * S, "unhealthy_request_count": 7}, PASSIVE)
+    own = Upstream.from_config(upstream_config("a:1", 3), passive=policy)
+    default = Upstream.from_config(upstream_config("b:1"), passive=policy)
     assert own.max_requests == 3 and default.max_requests == 7
     assert default.max_fails == 1
-
-
-def test_upstreams_from_handler() -> None:
-    handler: dict[str, Any] = {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": "a:1"}, {"dial": "b:2", "max_requests": 5}],
-        "health_checks": {"passive": {"fail_duration": 10 * S, "max_fails": 3}},
-    }
-    ups = upstreams_from_handler(handler)
-    assert [u.dial for u in ups] == ["a:1", "b:2"]
-    assert [u.max_fails for u in ups] == [3, 3] and ups[1].max_requests == 5
-    bare = upstreams_from_handler({"upstreams": [{"dial": "a:1"}]})
-    assert bare[0].max_fails is None
+    bare = Upstream.from_config(upstream_config("a:1"))
+    assert bare.max_fails is None and (bare.host, bare.port) == ("a", 1)
 
 
 # -- status codes ----------------------------------------------------------------------------
@@ -175,35 +182,37 @@ def test_status_matches_classes() -> None:
     assert not status_matches(200, 5)
 
 
-def test_parse_status_codes() -> None:
-    assert parse_status_codes([500, "5xx", "503", 5, 4], "f") == (500, 5, 503, 4)
-    assert parse_status_codes(None, "f") == ()
-    for bad in ("abc", 42, 1000, True, "9xx "):
-        with pytest.raises(ValueError, match="invalid status code"):
-            parse_status_codes([bad], "unhealthy_status")
+@pytest.mark.parametrize("bad", ["abc", 42, 1000, True, "9xx "])
+def test_health_status_codes_are_checked_by_the_model(bad: object) -> None:
+    assert load_passive_health(
+        {"unhealthy_status": [500, "5xx", "503", 5, 4]}, PASSIVE
+    ).unhealthy_status == (500, 5, 503, 4)
+    with pytest.raises(ConfigError, match=re.escape(f"{PASSIVE}.unhealthy_status[0]: invalid")):
+        load_passive_health({"unhealthy_status": [bad]}, PASSIVE)
 
 
 # -- passive ---------------------------------------------------------------------------------
 
 
 def test_passive_defaults() -> None:
-    assert PassiveHealth.from_config(None) is None
-    p = PassiveHealth.from_config({})
-    assert p is not None and not p.enabled and p.max_fails == 1
-    assert p == PassiveHealth()
+    cfg = load_passive_health({}, PASSIVE)
+    assert cfg == PassiveHealthChecks() and cfg.max_fails == 1
+    assert not PassiveHealth(cfg).enabled
 
 
 def test_passive_records_status_and_latency_strikes() -> None:
-    p = PassiveHealth.from_config(
+    cfg = load_passive_health(
         {
             "fail_duration": 30 * S,
             "max_fails": 2,
             "unhealthy_status": ["5xx", 429],
             "unhealthy_latency": "2s",
-        }
+        },
+        PASSIVE,
     )
-    assert p is not None and p.enabled
-    up = Upstream.from_config({"dial": "a:1"}, passive=p)
+    p = PassiveHealth(cfg)
+    assert p.enabled
+    up = Upstream.from_config(upstream_config("a:1"), passive=cfg)
     assert p.record_response(up, 200, 0.1, now=0.0) == 0
     assert p.record_response(up, 503, 0.1, now=0.0) == 1
     assert up.healthy(0.0)
@@ -216,47 +225,55 @@ def test_passive_records_status_and_latency_strikes() -> None:
 
 
 def test_passive_errors_and_disabled_policy() -> None:
-    p = PassiveHealth.from_config({"fail_duration": "10s"})
-    assert p is not None
-    up = Upstream.from_config({"dial": "a:1"}, passive=p)
+    p = passive({"fail_duration": "10s"})
+    up = Upstream.from_config(upstream_config("a:1"), passive=p.config)
     assert p.record_error(up, now=5.0) is True
     assert not up.healthy(5.0) and up.healthy(15.0)
-    off = PassiveHealth.from_config({"unhealthy_status": [500]})
-    assert off is not None
-    up2 = Upstream.from_config({"dial": "b:1"}, passive=off)
+    off = passive({"unhealthy_status": [500]})
+    up2 = Upstream.from_config(upstream_config("b:1"), passive=off.config)
     assert off.record_error(up2, now=0.0) is False
     assert off.record_response(up2, 500, 0.0, now=0.0) == 0
     assert up2.healthy(0.0)
 
 
-def test_passive_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="max_fails"):
-        PassiveHealth.from_config({"max_fails": -2})
-    with pytest.raises(ValueError, match="invalid duration"):
-        PassiveHealth.from_config({"fail_duration": "soon"})
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"max_fails": -2}, ".max_fails: must be >= 1"),
+        ({"fail_duration": "soon"}, ".fail_duration: invalid duration 'soon'"),
+        ({"fail_duration": -1}, ".fail_duration: duration must not be negative"),
+        ({"unhealthy_request_count": -1}, ".unhealthy_request_count: must not be negative"),
+        ({"fail_duraton": "1s"}, ': json: unknown field "fail_duraton"'),
+    ],
+)
+def test_passive_rejects_bad_values_naming_the_path(cfg: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_passive_health(cfg, PASSIVE)
+    assert str(info.value).startswith(PASSIVE + message)
 
 
 # -- active config ---------------------------------------------------------------------------
 
 
 def test_active_config_defaults_and_enabling() -> None:
-    assert ActiveHealthConfig.from_config(None) is None
-    assert ActiveHealthConfig.from_config({"interval": 5 * S}) is None  # not enabled
-    cfg = ActiveHealthConfig.from_config({"uri": "/health?full=1"})
+    assert load_active_health(None, ACTIVE) is None
+    assert load_active_health({"interval": 5 * S}, ACTIVE) is None  # not enabled
+    cfg = load_active_health({"uri": "/health?full=1"}, ACTIVE)
     assert cfg is not None
     assert cfg.interval_s == 30.0 and cfg.timeout_s == 5.0
     assert cfg.passes == 1 and cfg.fails == 1 and cfg.method == "GET"
     assert cfg.target == "/health?full=1"
-    port_only = ActiveHealthConfig.from_config({"port": 8081})
+    port_only = load_active_health({"port": 8081}, ACTIVE)
     assert port_only is not None and port_only.target == "/" and port_only.port == 8081
-    legacy = ActiveHealthConfig.from_config({"path": "healthz"})
+    legacy = load_active_health({"path": "healthz"}, ACTIVE)
     assert legacy is not None and legacy.target == "/healthz"
 
 
 def test_active_config_fields() -> None:
-    cfg = ActiveHealthConfig.from_config(
+    cfg = load_active_health(
         {
             "uri": "/h",
+            "upstream": "health.internal:9000",
             "interval": "10s",
             "timeout": 2 * S,
             "passes": 3,
@@ -268,15 +285,32 @@ def test_active_config_fields() -> None:
             "body": "ping",
             "follow_redirects": True,
             "max_size": 1024,
-        }
+        },
+        ACTIVE,
     )
     assert cfg is not None
     assert (cfg.interval_s, cfg.timeout_s, cfg.passes, cfg.fails) == (10.0, 2.0, 3, 2)
     assert cfg.expect_status == 2 and cfg.method == "HEAD" and cfg.follow_redirects
     assert cfg.expect_body is not None and cfg.expect_body.search(b"all fine")
     assert dict(cfg.headers) == {"X-A": ("1", "2"), "Host": ("svc.internal",)}
-    with pytest.raises(ValueError, match="expect_body: compiling regular expression"):
-        ActiveHealthConfig.from_config({"uri": "/", "expect_body": "("})
+    assert cfg.upstream_address == DialAddress("tcp", "health.internal", 9000)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"uri": "/", "expect_body": "("}, ".expect_body: compiling regular expression"),
+        ({"uri": "/", "interval": "-1s"}, ".interval: duration must not be negative"),
+        ({"uri": "/", "upstream": "h:1-2"}, ".upstream: upstream dial address must not be a"),
+        ({"port": 70000}, ".port: invalid port 70000"),
+        ({"uri": "/", "expect_status": "abc"}, ".expect_status: invalid status code 'abc'"),
+        ({"uri": "/", "intervl": "1s"}, ': json: unknown field "intervl"'),
+    ],
+)
+def test_active_rejects_bad_values_naming_the_path(cfg: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_active_health(cfg, ACTIVE)
+    assert str(info.value).startswith(ACTIVE + message)
 
 
 # -- active thresholds -----------------------------------------------------------------------

@@ -6,12 +6,15 @@ import collections
 import hashlib
 import hmac
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from request_fakes import FakeRequest
 
+from config.errors import ConfigError
+from config.model import load_selection_policy
 from proxy.upstream.selection import (
     POLICIES,
     CookieHashSelection,
@@ -39,6 +42,14 @@ def pool(n: int = 3, **kwargs: Any) -> list[Upstream]:
     return [Upstream(f"10.0.0.{i + 1}:80", **kwargs) for i in range(n)]
 
 
+LB_POLICY = "handle[0].load_balancing.selection_policy"
+
+
+def make(cfg: dict[str, Any] | None, rng: random.Random | None = None) -> SelectionPolicy:
+    """The policy a `selection_policy` JSON object builds, through the model's loader."""
+    return make_selection_policy(load_selection_policy(cfg, LB_POLICY) if cfg else None, rng)
+
+
 def mark_down(upstream: Upstream) -> None:
     upstream.set_active_healthy(False)
 
@@ -47,9 +58,9 @@ def mark_down(upstream: Upstream) -> None:
 
 
 def test_default_policy_is_random() -> None:
-    assert isinstance(make_selection_policy(None), RandomSelection)
-    assert isinstance(make_selection_policy({}), RandomSelection)
-    assert isinstance(make_selection_policy({"policy": "random"}), RandomSelection)
+    assert isinstance(make(None), RandomSelection)
+    assert isinstance(make({}), RandomSelection)
+    assert isinstance(make({"policy": "random"}), RandomSelection)
 
 
 @pytest.mark.parametrize("name", POLICIES)
@@ -61,7 +72,7 @@ def test_every_policy_builds_and_selects_an_available_upstream(name: str) -> Non
         cfg["key"] = "k"
     if name == "header":
         cfg["field"] = "X-K"
-    policy = make_selection_policy(cfg, random.Random(1))
+    policy = make(cfg, random.Random(1))
     assert policy.name == name
     ups = pool(3)
     mark_down(ups[0])
@@ -77,7 +88,9 @@ def test_every_policy_builds_and_selects_an_available_upstream(name: str) -> Non
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        ({"policy": "nope"}, "unknown selection policy"),
+        ({"policy": "nope"}, "unknown module: http.reverse_proxy.selection_policies.nope"),
+        ({"policy": "cookie", "max_age": "-1s"}, "duration must not be negative"),
+        ({"policy": "first", "key": "k"}, 'json: unknown field "key"'),
         ({"policy": "random_choose", "choose": 1}, "choose must be at least 2"),
         ({"policy": "weighted_round_robin", "weights": [0, 0]}, "positive weight"),
         ({"policy": "weighted_round_robin", "weights": [2, -1]}, "cannot be negative"),
@@ -87,8 +100,10 @@ def test_every_policy_builds_and_selects_an_available_upstream(name: str) -> Non
     ],
 )
 def test_invalid_configs(cfg: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        make_selection_policy(cfg)
+    with pytest.raises(
+        ConfigError, match=r"^" + re.escape(LB_POLICY) + r"(\.\w+|\[\d+\])*: .*" + message
+    ):
+        make(cfg)
 
 
 # -- availability ----------------------------------------------------------------------------
@@ -117,7 +132,7 @@ def test_full_and_failing_upstreams_are_skipped() -> None:
 
 
 def test_random_is_roughly_uniform_over_available() -> None:
-    policy = make_selection_policy({"policy": "random"}, random.Random(7))
+    policy = make({"policy": "random"}, random.Random(7))
     ups = pool(4)
     mark_down(ups[3])
     counts = collections.Counter(policy.select(ups, Req(), NOW) for _ in range(3000))
@@ -138,7 +153,7 @@ def test_round_robin_cycles_in_order_and_skips_unavailable() -> None:
 
 
 def test_weighted_round_robin_shares() -> None:
-    policy = make_selection_policy({"policy": "weighted_round_robin", "weights": [3, 1, 0]})
+    policy = make({"policy": "weighted_round_robin", "weights": [3, 1, 0]})
     ups = pool(3)
     picks = [policy.select(ups, Req(), NOW) for _ in range(40)]
     counts = collections.Counter(picks)
@@ -148,13 +163,13 @@ def test_weighted_round_robin_shares() -> None:
 
 
 def test_weighted_round_robin_upstreams_without_weight_are_never_chosen() -> None:
-    policy = make_selection_policy({"policy": "weighted_round_robin", "weights": [2]})
+    policy = make({"policy": "weighted_round_robin", "weights": [2]})
     ups = pool(3)
     assert {policy.select(ups, Req(), NOW) for _ in range(10)} == {ups[0]}
 
 
 def test_least_conn_picks_fewest_requests_and_breaks_ties_randomly() -> None:
-    policy = make_selection_policy({"policy": "least_conn"}, random.Random(3))
+    policy = make({"policy": "least_conn"}, random.Random(3))
     ups = pool(3)
     for _ in range(3):
         ups[0].inc()
@@ -166,12 +181,12 @@ def test_least_conn_picks_fewest_requests_and_breaks_ties_randomly() -> None:
 
 
 def test_random_choose_prefers_least_loaded_of_the_sample() -> None:
-    policy = make_selection_policy({"policy": "random_choose", "choose": 3}, random.Random(5))
+    policy = make({"policy": "random_choose", "choose": 3}, random.Random(5))
     ups = pool(3)
     ups[0].inc()
     ups[2].inc()
     assert all(policy.select(ups, Req(), NOW) is ups[1] for _ in range(20))
-    two = make_selection_policy({"policy": "random_choose"}, random.Random(5))
+    two = make({"policy": "random_choose"}, random.Random(5))
     ups4 = pool(4)
     for u in ups4[1:]:
         u.inc()
@@ -210,8 +225,8 @@ def test_rendezvous_hashing_moves_only_keys_of_the_removed_upstream() -> None:
 
 def test_ip_hash_uses_remote_ip_and_client_ip_hash_uses_client_ip() -> None:
     ups = pool(8)
-    ip_policy = make_selection_policy({"policy": "ip_hash"})
-    cip_policy = make_selection_policy({"policy": "client_ip_hash"})
+    ip_policy = make({"policy": "ip_hash"})
+    cip_policy = make({"policy": "client_ip_hash"})
     spread = {ip_policy.select(ups, Req(remote_ip=f"192.0.2.{i}"), NOW) for i in range(60)}
     assert len(spread) > 4
     req = Req(remote_ip="192.0.2.7", client_ip="203.0.113.9")
@@ -224,7 +239,7 @@ def test_ip_hash_uses_remote_ip_and_client_ip_hash_uses_client_ip() -> None:
 
 def test_uri_hash_uses_request_target_as_received() -> None:
     ups = pool(8)
-    policy = make_selection_policy({"policy": "uri_hash"})
+    policy = make({"policy": "uri_hash"})
     req = Req(uri="/a%20b?x=1", path="/a b")
     assert policy.select(ups, req, NOW) is host_by_hashing(ups, "/a%20b?x=1", NOW)
     assert len({policy.select(ups, Req(uri=f"/p{i}"), NOW) for i in range(60)}) > 4
@@ -232,9 +247,7 @@ def test_uri_hash_uses_request_target_as_received() -> None:
 
 def test_query_hash_joins_all_values_and_falls_back() -> None:
     ups = pool(8)
-    policy = make_selection_policy(
-        {"policy": "query", "key": "user", "fallback": {"policy": "first"}}
-    )
+    policy = make({"policy": "query", "key": "user", "fallback": {"policy": "first"}})
     req = Req(query="user=alice&x=1&user=bob")
     assert policy.select(ups, req, NOW) is host_by_hashing(ups, "alice,bob", NOW)
     assert policy.select(ups, Req(query="user=a%20b"), NOW) is host_by_hashing(ups, "a b", NOW)
@@ -244,14 +257,12 @@ def test_query_hash_joins_all_values_and_falls_back() -> None:
 
 def test_header_hash_uses_field_host_and_fallback() -> None:
     ups = pool(8)
-    policy = make_selection_policy(
-        {"policy": "header", "field": "X-User", "fallback": {"policy": "first"}}
-    )
+    policy = make({"policy": "header", "field": "X-User", "fallback": {"policy": "first"}})
     assert policy.select(ups, Req(headers=[("x-user", "u1")]), NOW) is host_by_hashing(
         ups, "u1", NOW
     )
     assert policy.select(ups, Req(), NOW) is ups[0]
-    host_policy = make_selection_policy({"policy": "header", "field": "Host"})
+    host_policy = make({"policy": "header", "field": "Host"})
     assert host_policy.select(ups, Req(host="a.example"), NOW) is host_by_hashing(
         ups, "a.example", NOW
     )
@@ -267,7 +278,7 @@ def test_cookie_hash_is_hmac_sha256_of_dial() -> None:
 
 def test_cookie_without_cookie_uses_fallback_and_sets_cookie() -> None:
     ups = pool(3)
-    policy = make_selection_policy(
+    policy = make(
         {"policy": "cookie", "name": "sticky", "secret": "k", "fallback": {"policy": "first"}}
     )
     req = Req()
@@ -280,7 +291,7 @@ def test_cookie_without_cookie_uses_fallback_and_sets_cookie() -> None:
 
 def test_cookie_sticks_to_its_upstream_and_sets_nothing() -> None:
     ups = pool(3)
-    policy = make_selection_policy({"policy": "cookie", "fallback": {"policy": "first"}})
+    policy = make({"policy": "cookie", "fallback": {"policy": "first"}})
     value = cookie_hash("", ups[2].dial)
     req = Req(headers=[("Cookie", f"a=1; lb={value}; b=2")])
     for _ in range(5):
@@ -296,7 +307,7 @@ def test_cookie_sticks_to_its_upstream_and_sets_nothing() -> None:
 
 def test_cookie_forged_or_non_ascii_value_falls_back() -> None:
     ups = pool(2)
-    policy = make_selection_policy({"policy": "cookie", "fallback": {"policy": "first"}})
+    policy = make({"policy": "cookie", "fallback": {"policy": "first"}})
     for bad in ("lb=deadbeef", "lb=ünïcode", 'lb=""'):
         req = Req(headers=[("Cookie", bad)])
         assert policy.select(ups, req, NOW) is ups[0]
@@ -305,7 +316,7 @@ def test_cookie_forged_or_non_ascii_value_falls_back() -> None:
 
 def test_cookie_secure_and_max_age() -> None:
     ups = pool(1)
-    policy = make_selection_policy({"policy": "cookie", "max_age": 3_600_000_000_000})
+    policy = make({"policy": "cookie", "max_age": 3_600_000_000_000})
     assert isinstance(policy, CookieHashSelection) and policy.max_age_s == 3600
     value = cookie_hash("", ups[0].dial)
     https = Req(scheme="https")
@@ -321,12 +332,12 @@ def test_cookie_secure_and_max_age() -> None:
 
 
 def test_cookie_max_age_string_duration() -> None:
-    policy = make_selection_policy({"policy": "cookie", "max_age": "1h30m"})
+    policy = make({"policy": "cookie", "max_age": "1h30m"})
     assert isinstance(policy, CookieHashSelection) and policy.max_age_s == 5400
 
 
 def test_non_cookie_policies_set_no_cookie() -> None:
     ups = pool(2)
-    policy: SelectionPolicy = make_selection_policy({"policy": "round_robin"})
+    policy: SelectionPolicy = make({"policy": "round_robin"})
     chosen = policy.select(ups, Req(), NOW)
     assert chosen is not None and policy.response_cookie(chosen, Req()) is None

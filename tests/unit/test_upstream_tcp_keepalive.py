@@ -97,7 +97,8 @@ def test_a_bad_probe_interval_names_its_path() -> None:
     with pytest.raises(ConfigError) as info:
         proxy_config({"probe_interval": "often"})
     assert str(info.value) == (
-        f"{HANDLER}.transport.keep_alive.probe_interval: invalid duration 'often'"
+        f"{HANDLER}.transport.keep_alive.probe_interval: invalid duration 'often': "
+        'time: invalid duration "often"'
     )
 
 
