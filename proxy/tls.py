@@ -222,7 +222,8 @@ class ConnectionPolicy:
         if alpn_raw is None:
             alpn: tuple[str, ...] = default_alpn
         else:
-            # Offering a protocol we cannot speak (h2, h3 for now) would break the connection.
+            # Offering a protocol we cannot speak (h3; h2 on a server without h2) would break
+            # the connection.
             alpn = tuple(a for a in _strings(alpn_raw, f"{where}.alpn") if a in supported_alpn)
         if obj.get("client_authentication"):
             # Never served without it: dropping a client-certificate requirement would open
