@@ -793,8 +793,8 @@ class Server:
     trusted_proxies_strict: bool = False
     logs: ServerLogs | None = None
     keepalive_interval_s: float | None = None
-    # The server's `protocols` as configured (checked by _check_server_protocols). Unset serves
-    # HTTP/1.1 only for now (Caddy: h1 h2 h3); HTTP/2 over TLS is served when h2 is listed.
+    # The server's `protocols` as configured (checked by _check_server_protocols); what is
+    # served is `served_protocols(protocols)`: unset is h1 h2 (Caddy: h1 h2 h3, no HTTP/3 here).
     protocols: tuple[str, ...] = ()
 
 
@@ -1669,16 +1669,27 @@ def _check_upstream_versions(versions: tuple[str, ...], where: str) -> None:
         )
 
 
+# What a server with `protocols` unset serves: Caddy's default ["h1", "h2", "h3"] (current
+# Caddy and 2.6.2, caddyhttp.Server.Protocols) without h3, which is not implemented (so no
+# Alt-Svc is ever sent). h2c is not in it: Caddy serves h2c only when the list names it.
+DEFAULT_SERVER_PROTOCOLS: tuple[str, ...] = ("h1", "h2")
+
+
+def served_protocols(protocols: tuple[str, ...]) -> tuple[str, ...]:
+    """The protocols a server with this (checked) `protocols` list serves."""
+    return protocols or DEFAULT_SERVER_PROTOCOLS
+
+
 def _check_server_protocols(protocols: tuple[str, ...], where: str) -> None:
     """The server's `protocols`: the engine serves HTTP/1.x, HTTP/2 over TLS (ALPN h2) when the
     list names h2, and HTTP/2 over plain HTTP with prior knowledge when it names h2c (issue
     #13).
 
-    Unset is Caddy's default ["h1", "h2", "h3"] and stays accepted (deviation, for now: clients
-    get HTTP/1.1; the TLS listener offers only http/1.1 by ALPN). An explicit list is the file
-    saying which protocols must be served, so one naming h3 is refused rather than served as
-    something else, and one without h1 is refused too (an h2-only server, which Caddy allows,
-    is not implemented).
+    Unset is Caddy's default ["h1", "h2", "h3"] and stays accepted: it serves h1 and h2 (TLS
+    listeners offer ["h2", "http/1.1"] by ALPN), not h3 (`served_protocols`). An explicit list
+    is the file saying which protocols must be served, so one naming h3 is refused rather than
+    served as something else, and one without h1 is refused too (an h2-only server, which Caddy
+    allows, is not implemented).
     """
     for i, p in enumerate(protocols):
         if p not in ("h1", "h2", "h2c", "h3"):

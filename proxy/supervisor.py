@@ -928,18 +928,21 @@ def startup_lines(
     the managed certificate names, the local root's trust state, the admin address, the worker
     count and the build. Pure: computed from the config the workers were given."""
     from config.auto_https import plan_automatic_https
-    from config.model import load_model
+    from config.model import load_model, served_protocols
 
     plan = plan_automatic_https(config, loaded_names=[], env=os.environ)
     model = load_model(plan.config)
     lines: list[str] = []
     for name, server in model.http.servers.items() if model.http else ():
         tls = name in plan.https_servers or bool(server.tls_connection_policies)
-        # What is served, not what the config lists: the engine speaks HTTP/1.1 only (HTTP/2
-        # and HTTP/3 are not implemented yet; `protocols` is a known unhonoured field).
+        # What is served, not what the config lists: h2 over TLS (ALPN), h2c on plain HTTP,
+        # each when served_protocols has it (unset: h1 h2); never h3 (not implemented).
+        served = served_protocols(server.protocols)
+        protos = " ".join(p for p in served if p == "h1" or p == ("h2" if tls else "h2c"))
         for addr in server.listen:
             lines.append(
-                f"listener {_address_text(addr)} ({name}): h1, {'TLS' if tls else 'plain HTTP'}"
+                f"listener {_address_text(addr)} ({name}): {protos}, "
+                f"{'TLS' if tls else 'plain HTTP'}"
             )
     if plan.managed:
         lines.append("managed certificates: " + ", ".join(plan.managed_names))

@@ -86,15 +86,16 @@ from acme_client.certificates import (
 )
 from acme_client.tls_alpn import ACME_TLS_1, ChallengeCertificate
 from config.errors import ConfigError
-from config.model import parse_duration
+from config.model import parse_duration, served_protocols
 from proxy import libssl
 
 log = logging.getLogger("pyproxy.tls")
 
-DEFAULT_ALPN = ("http/1.1",)  # Caddy offers h2 too; here only when the server lists h2
+# A server that serves HTTP/1.1 only (`protocols h1`), and a policy built without a server.
+DEFAULT_ALPN = ("http/1.1",)
 SUPPORTED_ALPN = frozenset({"http/1.1"})
-# A server whose `protocols` list h2: offered in Caddy's order (h2 first, RFC 7301 §3.2 lets
-# the server prefer), and what a policy's explicit `alpn` may name.
+# A server that serves h2 (`protocols` unset or listing h2): offered in Caddy's order (h2
+# first, RFC 7301 §3.2 lets the server prefer), and what a policy's explicit `alpn` may name.
 H2_ALPN = ("h2", "http/1.1")
 H2_SUPPORTED_ALPN = frozenset(H2_ALPN)
 
@@ -221,7 +222,8 @@ class ConnectionPolicy:
         if alpn_raw is None:
             alpn: tuple[str, ...] = default_alpn
         else:
-            # Offering a protocol we cannot speak (h2, h3 for now) would break the connection.
+            # Offering a protocol we cannot speak (h3; h2 on a server without h2) would break
+            # the connection.
             alpn = tuple(a for a in _strings(alpn_raw, f"{where}.alpn") if a in supported_alpn)
         if obj.get("client_authentication"):
             # Never served without it: dropping a client-certificate requirement would open
@@ -1228,8 +1230,9 @@ def selector_for_server(
     if not isinstance(policies, list):
         raise TLSConfigError(f"apps.http.servers.{name}.tls_connection_policies: expected a list")
     # Caddy fills a policy's empty ALPN from the server's protocols (h2 -> "h2", h1 ->
-    # "http/1.1"); pyproxy offers h2 only when `protocols` names it (unset: HTTP/1.1 for now).
-    h2 = "h2" in (server.get("protocols") or ())
+    # "http/1.1"); unset protocols serve h1 and h2 (config.model.served_protocols), so h2 is
+    # offered unless an explicit list leaves it out.
+    h2 = "h2" in served_protocols(tuple(server.get("protocols") or ()))
     return SNISelector(
         store,
         policies,

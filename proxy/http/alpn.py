@@ -1,6 +1,7 @@
 """Choosing the HTTP protocol of a TLS connection from its ALPN result (RFC 7301).
 
-A server whose `protocols` list h2 offers ["h2", "http/1.1"] (proxy/tls.py). The listener's
+A server whose `protocols` are unset (Caddy's default, less h3) or list h2 offers ["h2",
+"http/1.1"] (proxy/tls.py). The listener's
 protocol factory then makes an `ALPNDispatch`, which waits for the handshake (asyncio calls
 `connection_made` once it is done), reads the negotiated protocol and hands the transport to an
 `HTTP2Connection` for "h2", an `HTTP1Connection` otherwise (http/1.1, or a client that sent no

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from config.model import Server
+from config.model import Server, served_protocols
 from proxy.handlers import BuildContext, build_handler
 from proxy.http.exchange import Exchange, HandlerError
 from proxy.http.server import HTTP1Connection
@@ -46,10 +46,12 @@ class ServerRuntime:
         self.loop = ctx.loop
         self.timeouts = server.timeouts
         self.max_header_bytes = server.max_header_bytes
-        self.serve_h2 = "h2" in server.protocols  # over TLS, chosen by ALPN
-        self.serve_h2c = "h2c" in server.protocols  # over plain HTTP, with prior knowledge
+        protocols = served_protocols(server.protocols)  # unset: h1 h2
+        self.serve_h2 = "h2" in protocols  # over TLS, chosen by ALPN
+        self.serve_h2c = "h2c" in protocols  # over plain HTTP, with prior knowledge
         self.accepting = True
-        # HTTP1Connection and, on servers that list h2, HTTP2Connection (proxy/http/h2server.py).
+        # HTTP1Connection and, on servers that serve h2 or h2c, HTTP2Connection
+        # (proxy/http/h2server.py).
         self.connections: set[Any] = set()
         # After a reload: the runtime serving the same listeners under the new config. A
         # connection moves there when it is between requests (see HTTP1Connection.adopt).

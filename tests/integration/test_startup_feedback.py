@@ -85,7 +85,7 @@ def test_startup_lines_appear_once_with_two_workers(
     # Server names are the adapter's business; the address, protocols and TLS are the facts.
     assert listeners == {
         f"listener 127.0.0.1:{plain_port}: h1, plain HTTP",
-        f"listener 127.0.0.1:{https_port}: h1, TLS",
+        f"listener 127.0.0.1:{https_port}: h1 h2, TLS",
         f"listener 127.0.0.1:{http_port}: h1, plain HTTP",  # the HTTP->HTTPS redirects
     }, lines
     expected = [

@@ -1,8 +1,9 @@
 """Which ALPN protocols a server's TLS listener offers (RFC 7301), from its `protocols`.
 
 Caddy fills a connection policy's empty `alpn` from the server's protocols (h2 -> "h2",
-h1 -> "http/1.1") and keeps an explicit list. pyproxy offers h2 only when `protocols` names it
-(unset stays HTTP/1.1 for now), and never a protocol it cannot serve.
+h1 -> "http/1.1") and keeps an explicit list. Unset `protocols` serve h1 and h2 (Caddy's
+default h1 h2 h3 without h3), so h2 is offered unless an explicit list leaves it out; never a
+protocol pyproxy cannot serve.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def offered(server: dict[str, Any]) -> list[tuple[str, ...]]:
 @pytest.mark.parametrize(
     ("protocols", "alpn"),
     [
-        (None, ("http/1.1",)),
+        (None, ("h2", "http/1.1")),
         (["h1"], ("http/1.1",)),
+        (["h1", "h2c"], ("http/1.1",)),  # h2c is plain HTTP only
         (["h1", "h2"], ("h2", "http/1.1")),
     ],
 )
@@ -42,5 +44,7 @@ def test_explicit_policy_alpn_is_kept_within_what_is_served() -> None:
     policies = [{"match": {"sni": ["a.test"]}, "alpn": ["http/1.1"]}, {"alpn": ["h2", "h3"]}]
     with_h2 = {"protocols": ["h1", "h2"], "tls_connection_policies": policies}
     assert offered(with_h2) == [("http/1.1",), ("h2",)]  # h3 is never offered
-    without = {"tls_connection_policies": policies}
-    assert offered(without) == [("http/1.1",), ()]  # no h2 unless the server lists it
+    unset = {"tls_connection_policies": policies}
+    assert offered(unset) == [("http/1.1",), ("h2",)]  # unset serves h2 too
+    without = {"protocols": ["h1"], "tls_connection_policies": policies}
+    assert offered(without) == [("http/1.1",), ()]  # no h2 when the list leaves it out

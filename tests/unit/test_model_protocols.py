@@ -15,7 +15,7 @@ import pytest
 
 from config.adapt import adapt_caddyfile
 from config.errors import ConfigError
-from config.model import load_model
+from config.model import load_model, served_protocols
 
 SRV = "apps.http.servers.s"
 TRANSPORT = f"{SRV}.routes[0].handle[0].transport"
@@ -112,3 +112,21 @@ def test_servers_protocols_global_option_with_h3_is_refused_by_path() -> None:
     with pytest.raises(ConfigError) as err:
         load_model(config)
     assert ".protocols: h3 not supported by pyproxy" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("protocols", "served"),
+    [
+        (None, ("h1", "h2")),  # Caddy's default h1 h2 h3, without h3 (not implemented)
+        (["h1"], ("h1",)),
+        (["h1", "h2c"], ("h1", "h2c")),  # h2c only when listed, as in Caddy
+        (["h1", "h2", "h2c"], ("h1", "h2", "h2c")),
+    ],
+)
+def test_served_protocols_default_to_h1_h2(
+    protocols: list[str] | None, served: tuple[str, ...]
+) -> None:
+    fields = {} if protocols is None else {"protocols": protocols}
+    model = load_model(with_server(**fields))
+    assert model.http is not None
+    assert served_protocols(model.http.servers["s"].protocols) == served
