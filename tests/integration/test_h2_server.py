@@ -455,7 +455,7 @@ def test_http11_clients_and_servers_without_h2_keep_http11(
     h2_proxy: Callable[..., ProxyProcess],
 ) -> None:
     with_h2 = h2_proxy('\trespond "{http.request.proto}"\n')
-    without = h2_proxy('\trespond "{http.request.proto}"\n', protocols="")
+    without = h2_proxy('\trespond "{http.request.proto}"\n', protocols="h1")
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -472,7 +472,7 @@ def test_http11_clients_and_servers_without_h2_keep_http11(
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"HTTP/1.1")
     client = H2Client(without.port)
     client.close()
-    assert client.alpn == "http/1.1"  # unset protocols: h2 not offered (for now)
+    assert client.alpn == "http/1.1"  # protocols h1: h2 not offered
 
 
 def test_post_body_larger_than_the_windows_streams_to_the_origin(

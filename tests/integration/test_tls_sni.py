@@ -362,10 +362,11 @@ async def test_protocol_min_tls13_refuses_tls12(
     assert (await handshake(srv.port, client_context(ca), "a.example.test"))[1] == "TLSv1.3"
 
 
-async def test_alpn_offers_http11_only(
+async def test_alpn_offers_http11_only_to_a_selector_of_an_http11_server(
     ca: trustme.CA, store: CertificateStore, start_server: StartServer
 ) -> None:
-    # even when the policy lists h2, it is not offered until the engine speaks it
+    # a selector built without the server's protocols (SNISelector's defaults) is an HTTP/1.1
+    # server's: a policy listing h2 cannot make it offer a protocol the server does not serve
     selector = SNISelector(store, [{"alpn": ["h2", "http/1.1"]}])
     srv = await start_server(selector.server_context())
     ctx = client_context(ca)
