@@ -70,6 +70,82 @@ _CONNECTION_SPECIFIC: Final = frozenset(
 _NAME_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 
 
+# RFC 7541 Appendix A: the static table's names (first index of each) and :status entries.
+_STATIC_NAME_INDEX: Final = {
+    name: i + 1
+    for i, name in reversed(
+        list(
+            enumerate(
+                b":authority :method :method :path :path :scheme :scheme :status :status :status "
+                b":status :status :status :status accept-charset accept-encoding accept-language "
+                b"accept-ranges accept access-control-allow-origin age allow authorization "
+                b"cache-control content-disposition content-encoding content-language "
+                b"content-length content-location content-range content-type cookie date etag "
+                b"expect expires from host if-match if-modified-since if-none-match if-range "
+                b"if-unmodified-since last-modified link location max-forwards proxy-authenticate "
+                b"proxy-authorization range referer refresh retry-after server set-cookie "
+                b"strict-transport-security transfer-encoding user-agent vary via "
+                b"www-authenticate".split()
+            )
+        )
+    )
+}
+_STATUS_INDEXED: Final = {
+    b"200": b"\x88",
+    b"204": b"\x89",
+    b"206": b"\x8a",
+    b"304": b"\x8b",
+    b"400": b"\x8c",
+    b"404": b"\x8d",
+    b"500": b"\x8e",
+}
+_name_prefixes: dict[bytes, bytes] = {}  # field name -> its encoded name part (bounded)
+
+
+def hpack_integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """RFC 7541 §5.1: `value` with an N-bit prefix, `first` holding the representation's
+    pattern bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal_block(headers: Headers) -> bytes:
+    """A header block that leaves the dynamic table alone: :status from the static table when
+    it is there, every other field a literal without indexing (RFC 7541 §6.2.2), its name a
+    static-table index where one exists, no Huffman coding. What nginx sends for responses;
+    each field costs a dict lookup and a join instead of an encoder's table search, for some
+    bytes more on the wire than indexing would take (names must be lowercase, §8.2.1)."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        if name == b":status":
+            indexed = _STATUS_INDEXED.get(value)
+            if indexed is not None:
+                parts.append(indexed)
+                continue
+        prefix = _name_prefixes.get(name)
+        if prefix is None:
+            index = _STATIC_NAME_INDEX.get(name, 0)
+            if index:
+                prefix = hpack_integer(index, 4, 0)
+            else:
+                prefix = b"\x00" + hpack_integer(len(name), 7, 0) + name
+            if len(_name_prefixes) < 1024:
+                _name_prefixes[name] = prefix
+        parts.append(prefix)
+        n = len(value)
+        parts.append(bytes((n,)) if n < 127 else hpack_integer(n, 7, 0))
+        parts.append(value)
+    return b"".join(parts)
+
+
 def check_request(headers: Headers) -> tuple[str, int]:
     """(why the request is malformed or "", its Content-Length or -1 when absent, -2 when
     present but not one non-negative integer: left to the server, which answers 400).
@@ -212,6 +288,10 @@ class H2ServerConnection:
         self.peer_initial_window = DEFAULT_WINDOW
         self.max_frame_size = F.DEFAULT_MAX_FRAME_SIZE  # the peer's: what we may send
         self.peer_header_table_size = 4096
+        # Set when the peer's SETTINGS_HEADER_TABLE_SIZE changed ours: the next header block
+        # must start with the dynamic table size update (RFC 7541 §4.2), which the encoder
+        # writes; the dynamic-table-free blocks of `literal_block` wait until it has.
+        self._table_update_pending = False
         self.send_window = DEFAULT_WINDOW  # the connection's, for what we send
         self.recv_window = DEFAULT_WINDOW  # the connection's, for what the peer sends
         self._conn_unacked = 0
@@ -262,7 +342,11 @@ class H2ServerConnection:
         st = self.streams.get(sid)
         if st is None or st.local_closed:
             return
-        block = self.encoder.encode(headers)
+        if self._table_update_pending:
+            self._table_update_pending = False
+            block = self.encoder.encode(headers)
+        else:
+            block = literal_block(headers)
         self.out.append(F.headers_frames(sid, block, end_stream, self.max_frame_size))
         if end_stream:
             self._local_end(st)
@@ -684,6 +768,7 @@ class H2ServerConnection:
                 if value != self.peer_header_table_size:
                     self.peer_header_table_size = value
                     self.encoder.set_max_table_size(min(value, 4096))
+                    self._table_update_pending = True
             elif ident == F.SETTINGS_ENABLE_PUSH:
                 if value > 1:
                     self._connection_error(F.PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1", events)

@@ -75,7 +75,7 @@ GOAWAY_LINGER_S: Final = 1.0  # Go's goAwayTimeout
 # RFC 9113 §8.2.2: connection-specific fields never appear in HTTP/2; an HTTP/1.1 response's
 # framing and hop-by-hop fields are dropped (Go's http2 server does the same).
 _CONNECTION_SPECIFIC: Final = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 
 _CANONICAL: dict[bytes, str] = {}
@@ -161,34 +161,34 @@ class H2Stream:
     def write_head(
         self, ex: Exchange, status: int, headers: list[tuple[str, str]], length: int | None
     ) -> None:
-        self._prepare_head(
-            status, [(k.lower(), v) for k, v in headers], length, ex.req.method == "HEAD"
-        )
+        fields = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self._prepare_head(status, fields, length, ex.req.method == "HEAD")
 
     def write_head_raw(
         self, ex: Exchange, status: int, block: bytes, length: int | None, has_date: bool
     ) -> None:
         # The proxy's fast path serialized an HTTP/1.1 head (status line first): read it back.
-        fields: list[tuple[str, str]] = []
-        for line in block.decode("latin-1").split("\r\n")[1:]:
+        fields: list[tuple[bytes, bytes]] = []
+        for line in block.split(b"\r\n")[1:]:
             if line:
-                name, _sep, value = line.partition(":")
+                name, _sep, value = line.partition(b":")
                 fields.append((name.lower(), value.strip()))
         self._prepare_head(status, fields, length, ex.req.method == "HEAD")
 
     def _prepare_head(
-        self, status: int, fields: list[tuple[str, str]], length: int | None, head_req: bool
+        self, status: int, fields: list[tuple[bytes, bytes]], length: int | None, head_req: bool
     ) -> None:
         if self.reset:
             return
         out = [(b":status", str(status).encode())]
         has_date = False
-        for name, value in fields:
-            if name in _CONNECTION_SPECIFIC or name == "content-length":
+        for field in fields:
+            name = field[0]
+            if name in _CONNECTION_SPECIFIC or name == b"content-length":
                 continue
-            if name == "date":
+            if name == b"date":
                 has_date = True
-            out.append((name.encode("latin-1"), value.encode("latin-1")))
+            out.append(field)
         if not has_date:
             out.append((b"date", http_date().encode()))
         bodiless = status < 200 or status in (204, 304)
@@ -223,9 +223,9 @@ class H2Stream:
         for line in block.split("\r\n"):
             if line:
                 name, _sep, value = line.partition(":")
-                lname = name.lower()
+                lname = name.lower().encode("latin-1")
                 if lname not in _CONNECTION_SPECIFIC:
-                    out.append((lname.encode("latin-1"), value.strip().encode("latin-1")))
+                    out.append((lname, value.strip().encode("latin-1")))
         self.conn.h2.send_headers(self.sid, out)
         self.conn.send_soon()
 

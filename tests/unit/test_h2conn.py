@@ -563,3 +563,52 @@ def test_priority_on_an_idle_stream_is_accepted() -> None:
     assert bad == [] and c.server.error == -1
     (rst,) = c.read()
     assert isinstance(rst, RstStreamFrame) and rst.error_code == F.FRAME_SIZE_ERROR
+
+
+# ---- response heads: literals that leave the dynamic table alone ------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b":status", b"200")],
+        [(b":status", b"418"), (b"server", b"Caddy")],
+        [(b":status", b"304"), (b"etag", b'"x"'), (b"x-custom-name", b"v" * 300)],
+        [(b":status", b"500"), (b"www-authenticate", b""), (b"set-cookie", b"a=1")],
+    ],
+    ids=["indexed-status", "literal-status", "long-value", "last-static-name"],
+)
+def test_literal_block_decodes_and_adds_nothing_to_the_table(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    decoder = hpack.Decoder()
+    assert [tuple(h) for h in decoder.decode(C.literal_block(headers), raw=True)] == headers
+    assert len(decoder.header_table.dynamic_entries) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "prefix", "encoded"),
+    [(10, 5, b"\x0a"), (1337, 5, b"\x1f\x9a\x0a"), (42, 8, b"\x2a"), (15, 4, b"\x0f\x00")],
+)
+def test_hpack_integer_is_rfc_7541_section_5_1(value: int, prefix: int, encoded: bytes) -> None:
+    assert C.hpack_integer(value, prefix, 0) == encoded  # Appendix C.1 examples
+
+
+def test_a_smaller_peer_table_is_signalled_in_the_next_block() -> None:
+    c = Client()
+    c.request(1, end=False)
+    c.request(3, end=False)
+    c.frames(SettingsFrame(0, settings={SettingsFrame.HEADER_TABLE_SIZE: 0}))
+    c.read()
+    c.server.send_headers(1, [(b":status", b"200")])
+    c.server.send_headers(3, [(b":status", b"200")])
+    first, second = c.read()
+    assert isinstance(first, HeadersFrame) and isinstance(second, HeadersFrame)
+    assert first.data[:1] == b"\x20"  # RFC 7541 §6.3: dynamic table size update to 0
+    assert second.data == b"\x88"
+    decoder = hpack.Decoder()
+    decoder.max_allowed_table_size = 0
+    assert list(decoder.decode(first.data + second.data, raw=True)) == [
+        (b":status", b"200"),
+        (b":status", b"200"),
+    ]
