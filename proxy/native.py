@@ -36,6 +36,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "proxy.http.h2server",
     "proxy.http.h2conn",
     "proxy.http.h2frames",
+    "proxy.http.h2limits",
     "proxy.http.wire",
     "proxy.http.request",
     "proxy.http.exchange",

@@ -79,6 +79,8 @@ _CONNECTION_SPECIFIC: Final = frozenset(
 )
 
 _CANONICAL: dict[bytes, str] = {}
+# An HTTP/1.1 response head line -> its HTTP/2 field: upstream heads repeat most of their lines.
+_head_lines: dict[bytes, tuple[bytes, bytes]] = {}
 
 
 def canonical_name(name: bytes) -> str:
@@ -169,10 +171,17 @@ class H2Stream:
     ) -> None:
         # The proxy's fast path serialized an HTTP/1.1 head (status line first): read it back.
         fields: list[tuple[bytes, bytes]] = []
+        cache = _head_lines
         for line in block.split(b"\r\n")[1:]:
             if line:
-                name, _sep, value = line.partition(b":")
-                fields.append((name.lower(), value.strip()))
+                field = cache.get(line)
+                if field is None:
+                    name, _sep, value = line.partition(b":")
+                    field = (name.lower(), value.strip())
+                    if len(cache) >= 4096:
+                        cache.clear()  # bounded: a Date line changes every second
+                    cache[line] = field
+                fields.append(field)
         self._prepare_head(status, fields, length, ex.req.method == "HEAD")
 
     def _prepare_head(
