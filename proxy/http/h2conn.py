@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import Final
 
 from proxy.http import h2frames as F
+from proxy.http import h2limits
 from proxy.http.hpack import Decoder, Encoder, HeaderListTooLarge, HPACKError
 
 Headers = list[tuple[bytes, bytes]]
@@ -58,9 +59,6 @@ DEFAULT_WINDOW: Final = 65535  # §6.9.2: every window's initial size
 # RST_STREAM, STREAM_CLOSED otherwise) from a stream id that was skipped (§5.1.1). Bounded:
 # older ones count as skipped.
 CLOSED_MEMORY: Final = 1024
-# A header block still open (HEADERS without END_HEADERS, then CONTINUATION) may grow to this
-# many times the header list size we accept (CVE-2024-27316; Go's bound, proxy/http/h2limits.py).
-HEADER_BLOCK_FACTOR: Final = 2
 
 # §8.2.2: connection-specific fields are malformed in HTTP/2.
 _CONNECTION_SPECIFIC: Final = frozenset(
@@ -627,7 +625,7 @@ class H2ServerConnection:
             )
 
     def _check_block_size(self, events: list[Event]) -> bool:
-        if self._block_size > HEADER_BLOCK_FACTOR * self.max_header_list_size:
+        if h2limits.header_block_too_large(self._block_size, self.max_header_list_size):
             # CVE-2024-27316: refuse to buffer more of a block that cannot decode to a header
             # list we accept (Go answers PROTOCOL_ERROR).
             self._block_parts = []
@@ -664,7 +662,11 @@ class H2ServerConnection:
                 self._connection_error(F.PROTOCOL_ERROR, "stream id went down", events)
             elif not closed:
                 self._connection_error(F.STREAM_CLOSED, "HEADERS on a closed stream", events)
-            # else: we reset it; ignored (§5.1).
+            elif not end_stream or check_trailers(headers):
+                # We reset it, so what the client had in flight is ignored (§5.1), but a
+                # second HEADERS that is no valid trailers is malformed whatever our reset
+                # did (§8.1): the error trailers on an open stream get (Go does the same).
+                self._connection_error(F.PROTOCOL_ERROR, "malformed trailers", events)
             return
         self.highest_inbound_stream_id = sid
         if self_dependent:

@@ -612,3 +612,27 @@ def test_a_smaller_peer_table_is_signalled_in_the_next_block() -> None:
         (b":status", b"200"),
         (b":status", b"200"),
     ]
+
+
+def test_a_second_headers_without_end_stream_is_malformed_even_after_our_reset() -> None:
+    """A stream answered early and reset (RST_STREAM NO_ERROR, §8.1), then the client's
+    in-flight frames: DATA and trailers are ignored (§5.1), but a HEADERS without END_STREAM
+    after the request's can never be valid (§8.1): a connection error PROTOCOL_ERROR whether
+    or not our reset got there first (h2spec 8.1 raced on this)."""
+    c = Client()
+    c.request(1, POST, end=False)
+    c.server.send_headers(1, [(b":status", b"200")], end_stream=True)
+    c.server.reset_stream(1, F.NO_ERROR)
+    ok = c.frames(
+        DataFrame(1, b"test"),
+        HeadersFrame(1, c.block([("x-t", "1")]), flags=["END_HEADERS", "END_STREAM"]),
+    )
+    assert ok == []
+    c = Client()
+    c.request(1, POST, end=False)
+    c.server.send_headers(1, [(b":status", b"200")], end_stream=True)
+    c.server.reset_stream(1, F.NO_ERROR)
+    bad = c.frames(
+        DataFrame(1, b"test"), HeadersFrame(1, c.block([("x-t", "1")]), flags=["END_HEADERS"])
+    )
+    assert bad[-1][:3] == (C.EV_ERROR, 0, F.PROTOCOL_ERROR)
