@@ -12,7 +12,8 @@ offers an exchange (write_head / write_body / response_done / abort_exchange, ba
 flow control) and turns it into frames:
 
 - the response head becomes HEADERS (sent with the first body bytes, or with END_STREAM when
-  there is no body), the body DATA frames cut to the peer's flow-control windows and
+  there is no body; encoded as HPACK literals that leave the dynamic table alone, as nginx
+  does, see `h2conn.literal_block`), the body DATA frames cut to the peer's flow-control windows and
   SETTINGS_MAX_FRAME_SIZE. What the window does not admit waits in a per-stream buffer; past
   `STREAM_BUFFER_BYTES` the producer (a proxy call: its upstream read) is paused, as the
   HTTP/1.1 path pauses it on transport backpressure, and resumed by WINDOW_UPDATE;
