@@ -33,6 +33,10 @@ from types import ModuleType
 # builtin exceptions (mypyc cannot compile those) live in modules that are not listed here.
 NATIVE_MODULES: tuple[str, ...] = (
     "proxy.http.server",
+    "proxy.http.h2server",
+    "proxy.http.h2conn",
+    "proxy.http.h2frames",
+    "proxy.http.h2limits",
     "proxy.http.wire",
     "proxy.http.request",
     "proxy.http.exchange",

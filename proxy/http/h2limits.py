@@ -18,10 +18,10 @@ The thresholds are Go's x/net/http2 server's (server.go), which Caddy runs:
 * **CONTINUATION flood** (CVE-2024-27316 / Go's CVE-2023-45288). Go stops reading a header
   block whose encoded fragments exceed twice the header list size it still accepts: a
   connection error (PROTOCOL_ERROR). Here the bound is on the block's encoded bytes, 2 x
-  SETTINGS_MAX_HEADER_LIST_SIZE (h2 also caps a block at 64 CONTINUATION frames).
+  SETTINGS_MAX_HEADER_LIST_SIZE, checked as each CONTINUATION arrives (proxy/http/h2conn.py).
 
 Nothing here reads a clock or touches a socket; `HTTP2Connection` (proxy/http/h2server.py)
-feeds the events and acts on the decisions.
+and `H2ServerConnection` (proxy/http/h2conn.py) feed the events and act on the decisions.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """HTTP/2 server side (RFC 9113): one `HTTP2Connection` (asyncio.Protocol) per TLS client that
 chose `h2` by ALPN, or plain-HTTP client that opened with the HTTP/2 preface on a server whose
-`protocols` list h2c (proxy/http/alpn.py), on top of python-hyper's `h2` state machine
-(framing, HPACK, SETTINGS, PING, header validation of RFC 9113 §8.2/§8.3).
+`protocols` list h2c (proxy/http/alpn.py), on top of pyproxy's own connection state machine
+(proxy/http/h2conn.py: framing, stream states, flow control, SETTINGS, PING, header validation
+of RFC 9113 §8.2/§8.3; HPACK in proxy/http/hpack.py). It hands over each received burst as
+one list of compact events and takes what we send in one write per burst.
 
 Every stream becomes the same `Request` / `Exchange` pair an HTTP/1.1 request does, answered by
 `runtime.dispatch`: handlers, matchers, placeholders, logs and metrics see one request model.
@@ -10,7 +12,8 @@ offers an exchange (write_head / write_body / response_done / abort_exchange, ba
 flow control) and turns it into frames:
 
 - the response head becomes HEADERS (sent with the first body bytes, or with END_STREAM when
-  there is no body), the body DATA frames cut to the peer's flow-control windows and
+  there is no body; encoded as HPACK literals that leave the dynamic table alone, as nginx
+  does, see `h2conn.literal_block`), the body DATA frames cut to the peer's flow-control windows and
   SETTINGS_MAX_FRAME_SIZE. What the window does not admit waits in a per-stream buffer; past
   `STREAM_BUFFER_BYTES` the producer (a proxy call: its upstream read) is paused, as the
   HTTP/1.1 path pauses it on transport backpressure, and resumed by WINDOW_UPDATE;
@@ -27,8 +30,9 @@ Floods (RFC 9113 §10.5) are held to Go's budgets, kept in proxy/http/h2limits.p
 (handler slots, reset streams holding theirs until their work winds down, and a queue of 4 x 250
 streams beyond which GOAWAY(ENHANCE_YOUR_CALM)); 10000 SETTINGS/PING acknowledgements queued for
 a client that does not read; a header block still open past 2 x the header list size
-(PROTOCOL_ERROR; h2 also stops at 64 CONTINUATION frames). HPACK bombs meet h2's decoder, bound by
-the SETTINGS_MAX_HEADER_LIST_SIZE we announce and a 4096-byte dynamic table. A stream whose
+(PROTOCOL_ERROR). HPACK bombs meet a decoder bound by the SETTINGS_MAX_HEADER_LIST_SIZE we
+announce (a longer list is a connection error ENHANCE_YOUR_CALM, as h2 answered; Go answers 431
+after decoding in full) and a 4096-byte dynamic table. A stream whose
 window the client keeps closed longer than `timeouts.write` is reset (INTERNAL_ERROR) and its
 upstream released; Go's WriteTimeout is a deadline on the whole response instead, counted from
 the request (deviation: here only time spent blocked by a closed window counts).
@@ -50,16 +54,8 @@ import time
 from collections import deque
 from typing import Any, Final
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from h2.frame_buffer import FrameBuffer
-from hyperframe.frame import Frame, GoAwayFrame
-
-from proxy.http import h2limits
+from proxy.http import h2conn, h2limits
+from proxy.http import h2frames as F
 from proxy.http.exchange import Exchange, http_date
 from proxy.http.request import Request
 from proxy.http.target import BadRequestTarget
@@ -80,10 +76,12 @@ GOAWAY_LINGER_S: Final = 1.0  # Go's goAwayTimeout
 # RFC 9113 §8.2.2: connection-specific fields never appear in HTTP/2; an HTTP/1.1 response's
 # framing and hop-by-hop fields are dropped (Go's http2 server does the same).
 _CONNECTION_SPECIFIC: Final = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 
 _CANONICAL: dict[bytes, str] = {}
+# An HTTP/1.1 response head line -> its HTTP/2 field: upstream heads repeat most of their lines.
+_head_lines: dict[bytes, tuple[bytes, bytes]] = {}
 
 
 def canonical_name(name: bytes) -> str:
@@ -166,34 +164,41 @@ class H2Stream:
     def write_head(
         self, ex: Exchange, status: int, headers: list[tuple[str, str]], length: int | None
     ) -> None:
-        self._prepare_head(
-            status, [(k.lower(), v) for k, v in headers], length, ex.req.method == "HEAD"
-        )
+        fields = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self._prepare_head(status, fields, length, ex.req.method == "HEAD")
 
     def write_head_raw(
         self, ex: Exchange, status: int, block: bytes, length: int | None, has_date: bool
     ) -> None:
         # The proxy's fast path serialized an HTTP/1.1 head (status line first): read it back.
-        fields: list[tuple[str, str]] = []
-        for line in block.decode("latin-1").split("\r\n")[1:]:
+        fields: list[tuple[bytes, bytes]] = []
+        cache = _head_lines
+        for line in block.split(b"\r\n")[1:]:
             if line:
-                name, _sep, value = line.partition(":")
-                fields.append((name.lower(), value.strip()))
+                field = cache.get(line)
+                if field is None:
+                    name, _sep, value = line.partition(b":")
+                    field = (name.lower(), value.strip())
+                    if len(cache) >= 4096:
+                        cache.clear()  # bounded: a Date line changes every second
+                    cache[line] = field
+                fields.append(field)
         self._prepare_head(status, fields, length, ex.req.method == "HEAD")
 
     def _prepare_head(
-        self, status: int, fields: list[tuple[str, str]], length: int | None, head_req: bool
+        self, status: int, fields: list[tuple[bytes, bytes]], length: int | None, head_req: bool
     ) -> None:
         if self.reset:
             return
         out = [(b":status", str(status).encode())]
         has_date = False
-        for name, value in fields:
-            if name in _CONNECTION_SPECIFIC or name == "content-length":
+        for field in fields:
+            name = field[0]
+            if name in _CONNECTION_SPECIFIC or name == b"content-length":
                 continue
-            if name == "date":
+            if name == b"date":
                 has_date = True
-            out.append((name.encode("latin-1"), value.encode("latin-1")))
+            out.append(field)
         if not has_date:
             out.append((b"date", http_date().encode()))
         bodiless = status < 200 or status in (204, 304)
@@ -206,7 +211,7 @@ class H2Stream:
         head, self._head = self._head, None
         if head is None:
             return
-        self.conn.h2.send_headers(self.sid, head, end_stream=end)
+        self.conn.h2.send_headers(self.sid, head, end)
         if end:
             self.sent_end = True
 
@@ -228,9 +233,9 @@ class H2Stream:
         for line in block.split("\r\n"):
             if line:
                 name, _sep, value = line.partition(":")
-                lname = name.lower()
+                lname = name.lower().encode("latin-1")
                 if lname not in _CONNECTION_SPECIFIC:
-                    out.append((lname.encode("latin-1"), value.strip().encode("latin-1")))
+                    out.append((lname, value.strip().encode("latin-1")))
         self.conn.h2.send_headers(self.sid, out)
         self.conn.send_soon()
 
@@ -259,7 +264,7 @@ class H2Stream:
         if self._head is not None:
             self._send_head(not out and self.ending)
         while out:
-            room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            room = min(h2c.window(sid), h2c.max_frame_size)
             if room <= 0:
                 # The window is closed: a clock runs until WINDOW_UPDATE lets data out again.
                 if not self.stalled_since:
@@ -271,7 +276,7 @@ class H2Stream:
                 out.popleft()
                 # The last frame of a complete response carries END_STREAM.
                 last = self.ending and not out
-                h2c.send_data(sid, chunk.tobytes(), end_stream=last)
+                h2c.send_data(sid, chunk.tobytes(), last)
                 self._out_bytes -= len(chunk)
                 if last:
                     self.sent_end = True
@@ -315,21 +320,21 @@ class H2Stream:
     def abort_exchange(self, ex: Exchange) -> None:
         """A handler error after the head, or Caddy's `abort`: reset the stream."""
         self.runtime.log_exchange(ex)
-        self.cancel(ErrorCodes.INTERNAL_ERROR)
+        self.cancel(F.INTERNAL_ERROR)
 
     def close(self) -> None:
-        self.cancel(ErrorCodes.CANCEL)
+        self.cancel(F.CANCEL)
 
-    def cancel(self, code: ErrorCodes) -> None:
+    def cancel(self, code: int) -> None:
         if self.reset:
             return
         self.reset = True
         self._out.clear()
         self._out_bytes = 0
         self._head = None
-        if not self.sent_end or not (self.req is None or self.req.body_done):
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.conn.h2.reset_stream(self.sid, code)
+        if self.conn.h2.stream_open(self.sid):
+            # Not ended both ways yet (our END_STREAM, or the client's request body).
+            self.conn.h2.reset_stream(self.sid, code)
         self.take_body()
         self.conn.stream_finished(self)
         self.conn.send_soon()
@@ -356,7 +361,7 @@ class H2Stream:
         passes) and release what serves it (the proxy call drops its upstream connection)."""
         ex = self.ex
         log.debug("h2 stream %d: window closed longer than the write timeout", self.sid)
-        self.cancel(ErrorCodes.INTERNAL_ERROR)
+        self.cancel(F.INTERNAL_ERROR)
         if ex is not None and not ex.done:
             cb = ex.on_client_gone
             if cb is not None:
@@ -367,7 +372,7 @@ class H2Stream:
 
     def start_tunnel(self, tunnel: Any) -> None:
         # Unreachable: no HTTP/2 request is an Upgrade (RFC 9113 §8.6), req.upgrade is False.
-        self.cancel(ErrorCodes.INTERNAL_ERROR)
+        self.cancel(F.INTERNAL_ERROR)
 
     # -- request body ------------------------------------------------------------------------
 
@@ -378,7 +383,7 @@ class H2Stream:
         req.feed_body(data)
         if req.body_sink is not None and not self.body_paused:
             if flow_len:
-                self.conn.h2.acknowledge_received_data(flow_len, self.sid)
+                self.conn.h2.ack_data(self.sid, flow_len)
         else:
             self._unacked += flow_len
 
@@ -387,8 +392,7 @@ class H2Stream:
         the data is consumed)."""
         n, self._unacked = self._unacked, 0
         if n:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.conn.h2.acknowledge_received_data(n, self.sid)
+            self.conn.h2.ack_data(self.sid, n)
             self.conn.send_soon()
 
     def body_wanted(self, req: Request) -> None:
@@ -413,17 +417,6 @@ class HTTP2Connection(asyncio.Protocol):
         self.runtime = runtime
         self.scheme = scheme
         self.transport: Any = None
-        self.h2 = h2.connection.H2Connection(
-            config=h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=True,
-                normalize_inbound_headers=True,
-                # Fields are lowercased and connection-specific ones dropped by H2Stream.
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
         self.streams: dict[int, H2Stream] = {}
         self._answered_early: set[int] = set()  # answered, the request body still open
         self._retiring: list[_RetiringStreams] = []
@@ -465,20 +458,13 @@ class HTTP2Connection(asyncio.Protocol):
                 "server_name": getattr(sslobj, "pyproxy_sni", None) or "",
                 "resumed": bool(sslobj.session_reused),
             }
-        h2c = self.h2
-        h2c.incoming_buffer = _BoundedFrameBuffer(self.runtime.max_header_bytes + HEADER_LIST_SLACK)
-        h2c.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_RECV_WINDOW,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: (
-                    self.runtime.max_header_bytes + HEADER_LIST_SLACK
-                ),
-            },
+        self.h2 = h2c = h2conn.H2ServerConnection(
+            MAX_CONCURRENT_STREAMS,
+            STREAM_RECV_WINDOW,
+            CONN_RECV_WINDOW,
+            self.runtime.max_header_bytes + HEADER_LIST_SLACK,
         )
-        h2c.initiate_connection()
-        h2c.increment_flow_control_window(CONN_RECV_WINDOW - 65535)
+        h2c.initiate()
         self._set_deadline(self.runtime.timeouts.idle_s)
         self.send_now()
 
@@ -511,25 +497,25 @@ class HTTP2Connection(asyncio.Protocol):
             return
         owned = self.begin_batch()
         try:
-            try:
-                events = self.h2.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                # h2 has queued the GOAWAY with the error code (RFC 9113 §5.4.1).
-                log.debug("h2 connection error from %s: %s", self.remote_ip, exc)
+            h2c = self.h2
+            events = h2c.receive(data)
+            if h2c.error >= 0:
+                # A connection error: the GOAWAY with its code is queued (RFC 9113 §5.4.1);
+                # what came before it in this read is abandoned with the connection.
+                log.debug("h2 connection error from %s: %s", self.remote_ip, events[-1][3].decode())
                 self._batch = None
                 self._goaway_sent_close()
                 return
-            for event in events:
+            for kind, sid, arg, payload, headers in events:
                 if self.closed:
                     break  # a flood budget ended the connection
                 try:
-                    self._on_event(event)
+                    self._on_event(kind, sid, arg, payload, headers)
                 except Exception:
                     # A bug here must not leave the connection half-served: end it (RFC 9113
                     # §5.4.1 INTERNAL_ERROR), the way an HTTP/1.1 read error answers 500.
                     log.exception("internal error serving an HTTP/2 connection")
-                    with contextlib.suppress(h2.exceptions.ProtocolError):
-                        self.h2.close_connection(ErrorCodes.INTERNAL_ERROR)
+                    h2c.goaway(F.INTERNAL_ERROR)
                     self._batch = None
                     self._goaway_sent_close()
                     return
@@ -537,56 +523,54 @@ class HTTP2Connection(asyncio.Protocol):
             if owned:
                 self.end_batch()
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            sid = event.stream_id
+    def _on_event(
+        self, kind: int, sid: int, arg: int, payload: bytes, headers: h2conn.Headers | None
+    ) -> None:
+        if kind == h2conn.EV_DATA:
             stream = self.streams.get(sid)
-            flow_len = event.flow_controlled_length or 0
             if stream is not None:
-                stream.on_data(event.data or b"", flow_len)
+                stream.on_data(payload, arg)
                 return
-            if flow_len:
-                # A stream we answered (or reset) already: its data still used window.
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self.h2.acknowledge_received_data(flow_len, sid)
+            # A stream we answered (or reset) already: its data still used window.
+            self.h2.ack_data(sid, arg)
             if sid in self._answered_early:
                 self._answered_early.discard(sid)
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id or 0)
+                self.h2.reset_stream(sid, F.NO_ERROR)
+        elif kind == h2conn.EV_REQUEST:
+            assert headers is not None
+            self._request(sid, headers, arg != 0)
+        elif kind == h2conn.EV_END:
+            stream = self.streams.get(sid)
             if stream is not None and stream.req is not None:
                 stream.req.end_body()
-            self._answered_early.discard(event.stream_id or 0)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                stream = self.streams.get(event.stream_id)
+            self._answered_early.discard(sid)
+        elif kind == h2conn.EV_WINDOW:
+            if sid:
+                stream = self.streams.get(sid)
                 if stream is not None:
                     stream.pump()
             else:
                 self._pump_all()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
+        elif kind == h2conn.EV_SETTINGS:
             self._pump_all()
-            self._control_frame_queued()  # h2 acknowledges it
-        elif isinstance(event, h2.events.PingReceived):
-            self._control_frame_queued()  # h2 answers it
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.get(event.stream_id or 0)
+            self._control_frame_queued()  # its acknowledgement is queued
+        elif kind == h2conn.EV_PING:
+            self._control_frame_queued()  # its acknowledgement is queued
+        elif kind == h2conn.EV_RESET:
+            # The client's RST_STREAM, or a stream error we found (e.g. a body longer than
+            # its Content-Length): the exchange ends like on a closed HTTP/1.1 connection.
+            stream = self.streams.get(sid)
             if stream is not None:
                 stream.peer_reset()
-            self._answered_early.discard(event.stream_id or 0)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client's GOAWAY. h2 takes no frame after it, in either direction, so the
-            # streams still open are abandoned like on a closed connection (their proxy calls
-            # drop the upstream request).
+            self._answered_early.discard(sid)
+        elif kind == h2conn.EV_GOAWAY:
+            # The client's GOAWAY: it takes no more from us, so the streams still open are
+            # abandoned like on a closed connection (their proxy calls drop the upstream
+            # request).
             self.closed = True
             for stream in list(self.streams.values()):
                 stream.peer_reset()
             self.close()
-        # Request trailers (TrailersReceived) are not forwarded; PING, PRIORITY and SETTINGS
-        # acknowledgements need nothing beyond what h2 does.
 
     def _pump_all(self) -> None:
         for stream in list(self.streams.values()):
@@ -595,11 +579,10 @@ class HTTP2Connection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _request(self, event: h2.events.RequestReceived) -> None:
-        sid = event.stream_id or 0
+    def _request(self, sid: int, headers: h2conn.Headers, ended: bool) -> None:
         if self._goaway_last is not None and sid > self._goaway_last:
             # After our GOAWAY (RFC 9113 §6.8): not processed, the client may retry it.
-            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.h2.reset_stream(sid, F.REFUSED_STREAM)
             return
         if self.runtime.successor is not None:
             # A reload replaced this server: new streams are served by the new config.
@@ -612,14 +595,10 @@ class HTTP2Connection(asyncio.Protocol):
         host_field = ""
         fields: list[tuple[str, str]] = []
         cookies: list[str] = []
-        size = 0
         length: int | None = None
         bad_length = False
         expect = False
-        for name, value in event.headers or ():
-            n = bytes(name)
-            v = bytes(value)
-            size += len(n) + len(v) + 32  # RFC 9113 §6.5.2 counts each field this way
+        for n, v in headers:
             if n[:1] == b":":
                 if n == b":method":
                     method = v.decode("latin-1")
@@ -657,7 +636,6 @@ class HTTP2Connection(asyncio.Protocol):
             req.vars["tls"] = self._tls
         if rt.access_log is not None:
             req.start_time = time.monotonic()
-        ended = event.stream_ended is not None
         req.content_length = length
         # No Content-Length and DATA to come: a body of unknown length (sent upstream chunked,
         # like Go's transport does for ContentLength -1).
@@ -665,11 +643,6 @@ class HTTP2Connection(asyncio.Protocol):
         req.expect_continue = expect and not ended
         ex = Exchange(stream, req, rt)
         stream.ex = ex
-        if size > rt.max_header_bytes + HEADER_LIST_SLACK:
-            # What Go's server answers (h2's decoder already enforces the advertised size
-            # once our SETTINGS are acknowledged, as a connection error).
-            ex.respond(431, None)
-            return
         if bad_length:
             ex.respond(400, None)
             return
@@ -687,10 +660,9 @@ class HTTP2Connection(asyncio.Protocol):
     def _run(self, stream: H2Stream) -> None:
         ex = stream.ex
         assert ex is not None
-        state = self.h2.streams.get(stream.sid)
-        if state is None or state.closed:
-            # Reset by the client in the same read (h2 has already closed it; its StreamReset
-            # event follows): nothing to serve, but the slot stays taken until then.
+        if not self.h2.stream_open(stream.sid):
+            # Reset by the client in the same read (closed already; its EV_RESET follows):
+            # nothing to serve, but the slot stays taken until then.
             return
         try:
             stream.runtime.dispatch(ex)
@@ -728,7 +700,7 @@ class HTTP2Connection(asyncio.Protocol):
             self._run(stream)
 
     def _control_frame_queued(self) -> None:
-        """h2 queued an acknowledgement (PING, SETTINGS): counted while the client does not
+        """An acknowledgement (PING, SETTINGS) was queued: counted while the client does not
         read what we write (Go's queuedControlFrames)."""
         if self.write_paused and self.budget.control_frames_queued(1).close:
             self._calm_down("too_many_control_frames")
@@ -740,8 +712,7 @@ class HTTP2Connection(asyncio.Protocol):
         log.warning(
             "h2 connection from %s closed: %s (GOAWAY ENHANCE_YOUR_CALM)", self.remote_ip, reason
         )
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.h2.goaway(F.ENHANCE_YOUR_CALM)
         self._unstarted.clear()
         if self.write_paused:
             # The client does not read: nothing more reaches it; free what it holds now.
@@ -774,9 +745,9 @@ class HTTP2Connection(asyncio.Protocol):
         if not stream.reset and req is not None and not req.body_done:
             # Answered before the client finished its request: if it goes on sending DATA it
             # is asked to stop then (RST_STREAM NO_ERROR, RFC 9113 §8.1). Not at once: until
-            # then h2 still checks what it sends on the stream (e.g. HEADERS that are no
-            # trailers are a PROTOCOL_ERROR, §8.1). Bounded: these streams are open in h2 and
-            # count against SETTINGS_MAX_CONCURRENT_STREAMS.
+            # then h2conn still checks what it sends on the stream (e.g. HEADERS that are no
+            # trailers are a PROTOCOL_ERROR, §8.1). Bounded: these streams are open in h2conn
+            # and count against SETTINGS_MAX_CONCURRENT_STREAMS.
             self._answered_early.add(stream.sid)
         if self.streams or self.closed:
             return
@@ -805,7 +776,7 @@ class HTTP2Connection(asyncio.Protocol):
         self.send_now()
 
     def send_soon(self) -> None:
-        """Write what h2 queued, unless a batch collects this event's writes."""
+        """Write what h2conn queued, unless a batch collects this event's writes."""
         if self._batch is None:
             self.send_now()
 
@@ -847,8 +818,7 @@ class HTTP2Connection(asyncio.Protocol):
         """GOAWAY(NO_ERROR) and close: nothing is in flight."""
         if self.closed:
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(ErrorCodes.NO_ERROR)
+        self.h2.goaway(F.NO_ERROR)
         self._goaway_sent_close()
 
     def _goaway_sent_close(self) -> None:
@@ -871,12 +841,9 @@ class HTTP2Connection(asyncio.Protocol):
             return
         if self._goaway_last is None:
             self._goaway_last = last = self.h2.highest_inbound_stream_id
-            # Written beside h2's state machine, which takes no frame after its own GOAWAY:
-            # the open streams must still be answered.
+            # Not final: the open streams must still be answered and their frames read.
+            self.h2.goaway(F.NO_ERROR, last, final=False)
             self.send_now()
-            frame = GoAwayFrame(stream_id=0, last_stream_id=last, error_code=ErrorCodes.NO_ERROR)
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(frame.serialize())
 
     def close(self) -> None:
         self.closed = True
@@ -916,25 +883,6 @@ class HTTP2Connection(asyncio.Protocol):
                 tracker.runtime.connections.discard(tracker)
 
 
-class _BoundedFrameBuffer(FrameBuffer):
-    """h2's frame reader, with Go's bound on a header block still open (CVE-2024-27316):
-    HEADERS + CONTINUATION frames whose encoded bytes exceed twice the header list size we
-    accept are a connection error (PROTOCOL_ERROR, as Go answers), before h2 buffers more."""
-
-    def __init__(self, max_header_list_size: int) -> None:
-        super().__init__(server=True)
-        self.max_header_list_size = max_header_list_size
-
-    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
-        out = super()._update_header_buffer(f)
-        pending = self._headers_buffer
-        if pending and h2limits.header_block_too_large(
-            sum(len(x.data) for x in pending), self.max_header_list_size
-        ):
-            raise h2.exceptions.ProtocolError("header block larger than the header list limit")
-        return out
-
-
 class _RetiringStreams:
     """What a replaced runtime keeps of an HTTP/2 connection that moved on: its streams still
     open there. Looks like a connection to `ServerRuntime.retire`."""
@@ -966,7 +914,7 @@ class _RetiringStreams:
         """The grace period is over: reset the streams still open under the old config."""
         self.runtime.connections.discard(self)
         for stream in self._streams():
-            stream.cancel(ErrorCodes.CANCEL)
+            stream.cancel(F.CANCEL)
         self.conn.send_now()
 
     def adopt(self, runtime: Any) -> None:
