@@ -72,6 +72,7 @@ from acme_client.storage import (
     Storage,
     default_storage_root,
     site_cert_key,
+    site_meta_key,
 )
 from acme_client.tls_alpn import ChallengeCertificate, challenge_certificate, find_tls_alpn01
 from acme_client.zerossl_api import zerossl_config_from_caddy
@@ -793,10 +794,15 @@ class CertRuntime:
         # Storage-neutral change detection (file system or Redis): the certificate's modified
         # time and size. A storage that cannot be read now (Redis down) counts as "unchanged":
         # what is in service keeps serving and the next poll looks again.
+        # The metadata is part of it: the manager stores key, certificate, then metadata
+        # (certmagic's order), so a poll between the last two sees an incomplete resource, and
+        # only the metadata's arrival tells the next poll to look again.
         host = normalize_host(name)
         try:
             return tuple(
-                _stored_key_signature(self.storage, site_cert_key(k, host)) for k in issuer_keys
+                _stored_key_signature(self.storage, key)
+                for k in issuer_keys
+                for key in (site_cert_key(k, host), site_meta_key(k, host))
             )
         except OSError as exc:
             _warn_storage_unavailable(self.storage, exc)

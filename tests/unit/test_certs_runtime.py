@@ -22,7 +22,14 @@ from tlskit import memory_handshake
 
 from acme_client.http01 import Http01Challenge, publish_http01
 from acme_client.local_ca import LocalCA
-from acme_client.storage import CertificateResource, FileStorage, save_certificate_resource
+from acme_client.storage import (
+    CertificateResource,
+    FileStorage,
+    save_certificate_resource,
+    site_cert_key,
+    site_meta_key,
+    site_private_key_key,
+)
 from config.errors import ConfigError
 from proxy import libssl, trust_cli
 from proxy.certs import (
@@ -276,6 +283,44 @@ async def test_stored_acme_certificates_served_and_polled(tmp_path: Path) -> Non
     assert statuses["a.example.com"].issuer == ACME_ISSUER_KEY
     assert statuses["a.example.com"].state == "valid"
     assert statuses["a.example.com"].next_renewal is not None
+
+
+async def test_a_poll_during_a_store_picks_the_certificate_up_once_it_is_complete(
+    tmp_path: Path,
+) -> None:
+    # The node's manager stores key, certificate, then metadata (certmagic's order). A worker
+    # polling between the certificate and the metadata finds an incomplete resource; the poll
+    # after the metadata lands must serve the certificate (it used to remember the certificate
+    # file's signature and never look again: the name stayed without a certificate).
+    ca = trustme.CA()
+    storage = FileStorage(tmp_path / "data")
+    name = "a.example.com"
+
+    def resource() -> CertificateResource:
+        leaf = ca.issue_cert(name)
+        return CertificateResource(
+            sans=[name],
+            certificate_pem=b"".join(b.bytes() for b in leaf.cert_chain_pems),
+            private_key_pem=leaf.private_key_pem.bytes(),
+            issuer_key=ACME_ISSUER_KEY,
+        )
+
+    runtime = CertRuntime(
+        prepare_certificates(https_config(tmp_path / "data", [name], tls=ACME_TLS))
+    )
+    await runtime.start()  # nothing stored yet: the first order is under way
+    try:
+        assert runtime.store.get(name) is None
+        issued = resource()
+        storage.store(site_private_key_key(ACME_ISSUER_KEY, name), issued.private_key_pem)
+        storage.store(site_cert_key(ACME_ISSUER_KEY, name), issued.certificate_pem)
+        await runtime.refresh_from_storage()  # mid-store: no metadata yet
+        storage.store(site_meta_key(ACME_ISSUER_KEY, name), issued.metadata_json())
+        await runtime.refresh_from_storage()
+        served = runtime.store.get(name)
+        assert served is not None and served.certificate_pem == issued.certificate_pem
+    finally:
+        await runtime.stop()
 
 
 def test_answer_http01_from_storage(tmp_path: Path) -> None:
