@@ -11,7 +11,9 @@ ALPN: Go's server serves HTTP/1.1 then too). The transport is re-pointed at the 
 On a plain-HTTP listener of a server whose `protocols` list h2c, `PrefaceSniff` does the same
 from the first bytes: HTTP/2 with prior knowledge (RFC 9113 §3.3) when they are the client
 connection preface, HTTP/1.1 otherwise (the `Upgrade: h2c` dance of RFC 7540 §3.2, dropped by
-RFC 9113, is not offered; Go's h2c handler accepts it, Caddy's server too).
+RFC 9113, is not offered; Go's h2c handler accepts it, Caddy's server too). A first line that
+is neither the preface nor an HTTP request line is an invalid preface and closes the connection
+(`first_line_verdict`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,35 @@ class ALPNDispatch(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+# What the first line of a plain connection on an h2c listener says (`first_line_verdict`).
+WAIT: Final = 0  # no line end yet: read on
+HTTP1: Final = 1  # an HTTP/1.x request line, or too long to tell: HTTP/1.1 answers it
+NOT_HTTP: Final = 2  # neither the preface nor an HTTP request line
+
+# How much of a first line is read before HTTP/1.1 takes over (its own limits then apply).
+FIRST_LINE_SNIFF_BYTES: Final = 8192
+
+
+def first_line_verdict(buf: bytes) -> int:
+    """Tell an invalid HTTP/2 connection preface from an HTTP/1.1 request, on a listener that
+    speaks both. RFC 9113 §3.4: an invalid preface is a connection error (PROTOCOL_ERROR; the
+    GOAWAY may be omitted). On a shared listener any bytes that are not the preface could be
+    HTTP/1.1, so only a first line whose last token is no `HTTP/` version (RFC 9112 §3: method
+    SP target SP HTTP-version) is taken as a broken preface and closed; every request line
+    that names an HTTP version (even a bad one) gets HTTP/1.1's answer, as without h2c.
+    Go's net/http answers 400 here instead (h2spec http2/3.5, which Caddy fails)."""
+    if len(buf) >= FIRST_LINE_SNIFF_BYTES:
+        return HTTP1
+    # An empty first line is no request line either: HTTP/1.1 here refuses one too (400;
+    # RFC 9112 §2.2 lets a server skip it, Go does not).
+    end = buf.find(b"\n")
+    if end < 0:
+        return WAIT
+    line = buf[:end].rstrip(b"\r")
+    version = line.rsplit(b" ", 1)[-1] if b" " in line else b""
+    return HTTP1 if version.startswith(b"HTTP/") else NOT_HTTP
+
+
 class PrefaceSniff(asyncio.Protocol):
     """A plain-HTTP connection until its first bytes tell HTTP/2 (the preface) from HTTP/1.1.
     Until then it sits in the runtime's connections like an idle HTTP/1.1 connection: the idle
@@ -106,6 +137,19 @@ class PrefaceSniff(asyncio.Protocol):
         if len(buf) < len(PREFACE) and PREFACE.startswith(buf):
             self._buf = buf  # could still be the preface
             return
+        if not buf.startswith(PREFACE):
+            verdict = first_line_verdict(buf)
+            if verdict == WAIT:
+                if not self._buf:
+                    # The head has begun: HTTP/1.1's header deadline, not the idle one.
+                    limit = self.runtime.timeouts.read_header_s
+                    if limit:
+                        self._deadline = self.runtime.now + limit
+                self._buf = buf
+                return
+            if verdict == NOT_HTTP:
+                self.close()
+                return
         self._buf = b""
         self.runtime.connections.discard(self)
         inner: asyncio.Protocol
