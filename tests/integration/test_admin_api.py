@@ -19,15 +19,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.model import load_model
-from proxy.admin import (
-    AdminServer,
-    ReloadError,
-    build_admin_app,
-    config_access,
-    index_ids,
-    start_admin_server,
-    strip_meta_fields,
-)
+from proxy.admin.api import build_admin_app
+from proxy.admin.config_paths import config_access, index_ids, strip_meta_fields
+from proxy.admin.controller import ReloadError
+from proxy.admin.server import AdminServer, start_admin_server
 from proxy.metrics import ProxyMetrics, render_snapshots
 
 ADMIN_LOCAL = {"listen": "127.0.0.1:0"}
