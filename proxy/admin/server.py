@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
-import stat
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +17,7 @@ from proxy.admin.api import AdminState, admin_state, build_admin_app
 from proxy.admin.autosave import autosave_path
 from proxy.admin.controller import AdminController
 from proxy.admin.origins import AccessPolicy, AdminAddress, admin_settings, parse_admin_listen
+from proxy.listen import bind_tcp, bind_unix
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("pyproxy.admin")
@@ -30,70 +29,23 @@ ADMIN_SHUTDOWN_TIMEOUT_S = 10.0
 REPLACE_DELAY_S = 0.1
 
 
-def _bind_admin_sockets(addr: AdminAddress) -> list[socket.socket]:
-    """Bound, listening sockets for the admin address. `localhost` gets 127.0.0.1 and, when the
-    host has IPv6, ::1 on the same port (clients resolve localhost either way); an empty host
-    gets one dual-stack socket."""
+def bind_admin_sockets(addr: AdminAddress) -> list[socket.socket]:
+    """Bound, listening sockets for the admin address, through proxy.listen's binder (raises
+    its ListenError, which names the address).
+
+    `localhost` gets 127.0.0.1 and, when the host has IPv6, ::1 on the same port: clients
+    resolve localhost either way (Go's net.Listen would take 127.0.0.1 alone). A unix socket
+    replaces only a stale socket file, never one a live server still answers on.
+    """
     if addr.is_unix:
-        return [_bind_unix(addr.host)]
-    if addr.host == "localhost":
-        first = _bind_tcp("127.0.0.1", addr.port)
-        socks = [first]
-        if addr.network != "tcp4":
-            with contextlib.suppress(OSError):
-                socks.append(_bind_tcp("::1", first.getsockname()[1]))
-        return socks
-    if addr.host == "" and addr.network != "tcp4":
-        try:
-            return [_bind_tcp("::", addr.port, dual_stack=True)]
-        except OSError:
-            pass
-    host = addr.host or "0.0.0.0"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(addr.network, 0)
-        info = socket.getaddrinfo(host, addr.port, family, socket.SOCK_STREAM)
-        host = str(info[0][4][0])
-    return [_bind_tcp(host, addr.port)]
-
-
-def _bind_tcp(host: str, port: int, dual_stack: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _bind_unix(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            # Remove a stale socket file, but never one a live server still answers on.
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except ConnectionRefusedError:
-                os.unlink(path)
-            finally:
-                probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+        return [bind_unix(addr.host, take_over=False)]
+    if addr.host != "localhost":
+        return bind_tcp(addr.network, addr.host, addr.port)
+    socks = bind_tcp("tcp4", "127.0.0.1", addr.port)
+    if addr.network != "tcp4":
+        with contextlib.suppress(OSError):
+            socks += bind_tcp("tcp6", "::1", int(socks[0].getsockname()[1]))
+    return socks
 
 
 class AdminServer:
@@ -162,7 +114,7 @@ class AdminServer:
             self._state.policy = AccessPolicy.for_listener(bound, enforce_origin, origins)
             self._settings = settings
             return
-        socks = _bind_admin_sockets(addr)
+        socks = bind_admin_sockets(addr)
         try:
             bound = AdminAddress(
                 addr.network,
