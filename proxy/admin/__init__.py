@@ -20,12 +20,11 @@ from __future__ import annotations
 from proxy.admin.api import build_admin_app
 from proxy.admin.autosave import app_config_dir, autosave_path
 from proxy.admin.config_paths import config_access, index_ids, strip_meta_fields
-from proxy.admin.controller import AdminController, ReloadError
+from proxy.admin.controller import ReloadError
 from proxy.admin.origins import default_admin_listen, parse_admin_listen
 from proxy.admin.server import AdminServer, start_admin_server
 
 __all__ = [
-    "AdminController",
     "AdminServer",
     "ReloadError",
     "app_config_dir",

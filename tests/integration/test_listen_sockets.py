@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_admin_api import FakeEngine, make_config
 
 from proxy.admin.origins import parse_admin_listen
-from proxy.admin.server import bind_admin_sockets
+from proxy.admin.server import bind_admin_sockets, start_admin_server
 from proxy.listen import ListenError, bind_tcp, bind_unix
 
 
@@ -128,3 +129,14 @@ def test_site_unix_socket_takes_over_the_path(tmp_path: Path) -> None:
             second.close()
     finally:
         first.close()
+
+
+async def test_admin_endpoint_on_a_busy_port_names_the_address(
+    opened: list[socket.socket],
+) -> None:
+    opened += bind_tcp("tcp4", "127.0.0.1", 0)
+    port = opened[0].getsockname()[1]
+    with pytest.raises(ListenError, match=rf"^\[Errno \d+\] listening on 127.0.0.1:{port}: "):
+        await start_admin_server(
+            FakeEngine(make_config()), {"listen": f"127.0.0.1:{port}"}, persist=False
+        )
