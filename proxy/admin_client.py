@@ -144,7 +144,7 @@ def determine_admin_address(address: str | None, config: Mapping[str, Any] | Non
         admin = config.get("admin")
         if isinstance(admin, Mapping) and admin.get("listen"):
             return str(admin["listen"])
-    from proxy.admin import default_admin_listen
+    from proxy.admin.origins import default_admin_listen
 
     return default_admin_listen()
 
@@ -196,7 +196,7 @@ def admin_request(
 ) -> tuple[int, bytes]:
     """Send one request to the admin API at `address`; return (status, body) for a 2xx/3xx
     answer, raise AdminRequestError with Caddy's wording otherwise."""
-    from proxy.admin import parse_admin_listen
+    from proxy.admin.origins import parse_admin_listen
 
     try:
         addr = parse_admin_listen(address)
@@ -243,7 +243,7 @@ _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "ar
 def environment_text(environ: Mapping[str, str] | None = None) -> str:
     """What `caddy environ` prints, with the Python runtime in place of Go's."""
     from acme_client.storage import default_storage_root
-    from proxy.admin import app_config_dir, autosave_path
+    from proxy.admin.autosave import app_config_dir, autosave_path
 
     env = os.environ if environ is None else environ
     try:

@@ -4,9 +4,13 @@
   OS allows it (like Go's net.Listen("tcp", ":PORT")), otherwise an IPv4 and an IPv6 socket.
 - an explicit address opens one socket; `[::]` is made V6ONLY when `0.0.0.0` on the same port
   is also requested, so the two can coexist.
-- `unix/PATH` opens a Unix socket. With several workers every socket has SO_REUSEPORT and each
-  worker gets its own set, so the kernel spreads connections across workers.
+- `unix/PATH` opens a Unix socket (`bind_unix`). With several workers every socket has
+  SO_REUSEPORT and each worker gets its own set, so the kernel spreads connections across
+  workers.
 A port that can't be bound raises ListenError naming the address, before anything is served.
+
+`bind_tcp` and `bind_unix` are the one socket binder of the process: the site listeners
+(`open_listeners`) and the admin endpoint (proxy.admin.server) both bind through them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import ipaddress
 import math
 import os
 import socket
-from collections.abc import Iterable
+import stat
+from collections.abc import Collection, Iterable
 
 from config.model import NetworkAddress
 
@@ -94,6 +99,94 @@ def _bind_any(port: int, reuse_port: bool) -> list[socket.socket]:
     return [_tcp_socket(socket.AF_INET, "0.0.0.0", port, reuse_port, None)]
 
 
+def bind_tcp(
+    network: str,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    v4_any_ports: Collection[int] = (),
+) -> list[socket.socket]:
+    """Listening sockets for one `network/host:port` (network tcp, tcp4 or tcp6, as in Caddy's
+    addresses). Raises ListenError naming the address.
+
+    - no host: tcp4 listens on 0.0.0.0, tcp6 on [::] only (V6ONLY, like Go's "tcp6"), tcp on
+      both, with one dual-stack socket where the OS allows it;
+    - `[::]` is dual-stack, unless `port` is in `v4_any_ports` (0.0.0.0 on that port is opened
+      too), then V6ONLY so the two can coexist;
+    - a host name listens on its first address of the network's family (Go's net.Listen).
+    """
+    try:
+        if not host:
+            if network == "tcp4":
+                return [_tcp_socket(socket.AF_INET, "0.0.0.0", port, reuse_port, None)]
+            if network == "tcp6":
+                return [_tcp_socket(socket.AF_INET6, "::", port, reuse_port, True)]
+            return _bind_any(port, reuse_port)
+        bind_host = host
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(network, 0)
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+            ip = ipaddress.ip_address(str(infos[0][4][0]))
+            bind_host = str(ip)
+        if ip.version == 6:
+            v6only = None
+            if ip.is_unspecified:
+                v6only = port in v4_any_ports
+            return [_tcp_socket(socket.AF_INET6, bind_host, port, reuse_port, v6only)]
+        return [_tcp_socket(socket.AF_INET, bind_host, port, reuse_port, None)]
+    except OSError as exc:
+        raise ListenError(
+            exc.errno or 0, f"listening on {_fmt(host, port)}: {exc.strerror or exc}"
+        ) from exc
+
+
+def bind_unix(path: str, *, take_over: bool) -> socket.socket:
+    """A listening Unix socket at `path`. Raises ListenError naming the address.
+
+    An existing file at `path` is removed first when `take_over` is true (site listeners: the
+    process that binds now owns the path, as a restarted Caddy does). With `take_over` false
+    (the admin endpoint) only a stale socket is removed, one no server answers on, so a second
+    instance cannot steal a live admin socket: it gets "Address already in use" instead.
+    """
+    try:
+        if take_over:
+            if os.path.exists(path):
+                os.unlink(path)
+        else:
+            _remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise ListenError(exc.errno or 0, f"listening on unix/{path}: {exc.strerror}") from exc
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        # Not a socket: binding fails with EADDRINUSE and names the path; never delete a file.
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    finally:
+        probe.close()
+
+
 def open_listeners(
     addrs: Iterable[NetworkAddress],
     reuse_port: bool = False,
@@ -110,56 +203,20 @@ def open_listeners(
     try:
         for addr in addrs:
             if addr.is_unix:
-                path = addr.host
-                if os.path.exists(path):
-                    os.unlink(path)
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    s.bind(path)
-                    s.listen(BACKLOG)
-                    s.setblocking(False)
-                except OSError as exc:
-                    s.close()
-                    raise ListenError(
-                        exc.errno, f"listening on unix/{path}: {exc.strerror}"
-                    ) from exc
-                socks.append(s)
+                socks.append(bind_unix(addr.host, take_over=True))
                 continue
             for port in addr.ports():
                 key = (addr.network, addr.host, port)
                 if key in seen:
                     continue
                 seen.add(key)
-                host = addr.host
-                try:
-                    if not host:
-                        if addr.network == "tcp4":
-                            socks.append(
-                                _tcp_socket(socket.AF_INET, "0.0.0.0", port, reuse_port, None)
-                            )
-                        elif addr.network == "tcp6":
-                            socks.append(_tcp_socket(socket.AF_INET6, "::", port, reuse_port, True))
-                        else:
-                            socks += _bind_any(port, reuse_port)
-                        continue
-                    try:
-                        ip = ipaddress.ip_address(host.split("%", 1)[0])
-                    except ValueError:
-                        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                        ip = ipaddress.ip_address(str(infos[0][4][0]))
-                        host = str(ip)
-                    if ip.version == 6:
-                        v6only = True if (ip.is_unspecified and port in v4_any_ports) else None
-                        if ip.is_unspecified and v6only is None:
-                            v6only = False
-                        socks.append(_tcp_socket(socket.AF_INET6, host, port, reuse_port, v6only))
-                    else:
-                        socks.append(_tcp_socket(socket.AF_INET, host, port, reuse_port, None))
-                except OSError as exc:
-                    raise ListenError(
-                        exc.errno or 0,
-                        f"listening on {_fmt(addr.host, port)}: {exc.strerror or exc}",
-                    ) from exc
+                socks += bind_tcp(
+                    addr.network,
+                    addr.host,
+                    port,
+                    reuse_port=reuse_port,
+                    v4_any_ports=v4_any_ports,
+                )
     except BaseException:
         for s in socks:
             s.close()

@@ -52,7 +52,9 @@ from typing import Any
 from config.errors import ConfigError
 from config.model import Config
 from proxy import native
-from proxy.admin import AdminServer, ReloadError, start_admin_server, strip_meta_fields
+from proxy.admin.config_paths import strip_meta_fields
+from proxy.admin.controller import ReloadError
+from proxy.admin.server import AdminServer, start_admin_server
 from proxy.certs import CertSetup
 from proxy.control import (
     MAX_FDS_PER_MESSAGE,

@@ -23,7 +23,7 @@ from test_acme_engine import https_get, wait_for_certificate
 from test_acme_renewal_engine import admin_get, certs_cli
 from test_admin_api import ADMIN_LOCAL, FakeEngine, make_config
 
-from proxy.admin import start_admin_server
+from proxy.admin.server import start_admin_server
 from proxy.supervisor import merge_certificate_status
 
 GOOD = "good.example.com"

@@ -19,15 +19,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.model import load_model
-from proxy.admin import (
-    AdminServer,
-    ReloadError,
-    build_admin_app,
-    config_access,
-    index_ids,
-    start_admin_server,
-    strip_meta_fields,
-)
+from proxy.admin.api import build_admin_app
+from proxy.admin.config_paths import strip_meta_fields
+from proxy.admin.controller import ReloadError
+from proxy.admin.server import AdminServer, start_admin_server
 from proxy.metrics import ProxyMetrics, render_snapshots
 
 ADMIN_LOCAL = {"listen": "127.0.0.1:0"}
@@ -602,21 +597,4 @@ async def test_build_admin_app_with_an_aiohttp_runner(client: aiohttp.ClientSess
         await runner.cleanup()
 
 
-# --- the pure parts ---------------------------------------------------------------------------
-
-
-def test_config_access_semantics() -> None:
-    root: dict[str, Any] = {"config": {"a": [1, 2], "o": {"k": "v"}}}
-    assert config_access(root, "GET", "/config/a/1") == 2
-    config_access(root, "PUT", "/config/new/deep", 5)  # PUT creates intermediate objects
-    assert root["config"]["new"] == {"deep": 5}
-    config_access(root, "POST", "/config/a/0", 3)  # POST to an index appends (like Caddy)
-    assert root["config"]["a"] == [1, 2, 3]
-    config_access(root, "DELETE", "/config/o/k")
-    assert root["config"]["o"] == {}
-    assert index_ids({"x": [{"@id": 7}, {"@id": "s", "y": {"@id": 1.5}}]}) == {
-        "7": "/config/x/0",
-        "s": "/config/x/1",
-        "1.5": "/config/x/1/y",
-    }
-    assert strip_meta_fields({"@id": "a", "b": [{"@id": 1, "c": 2}]}) == {"b": [{"c": 2}]}
+# The pure parts (config paths, origins, autosave) are tested in tests/unit/test_admin_pure.py.

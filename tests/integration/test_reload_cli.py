@@ -16,7 +16,7 @@ import pytest
 from test_admin_api import FakeEngine, make_config
 
 from config.adapt import adapt_caddyfile
-from proxy.admin import AdminServer, start_admin_server
+from proxy.admin.server import AdminServer, start_admin_server
 from proxy.admin_client import determine_admin_address, environment_text
 
 ROOT = Path(__file__).resolve().parents[2]

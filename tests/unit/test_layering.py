@@ -119,3 +119,38 @@ def test_go_values_is_a_leaf() -> None:
     """config/go_values.py imports nothing from the project, so every layer may use it."""
     project = {"config", "acme_client", "proxy"}
     assert imported_top_levels(ROOT / "config" / "go_values.py") & project == set()
+
+
+# proxy/admin/ (issue #14): the decisions (config paths, the listen address and origin policy,
+# the autosave) are pure, so they are testable without a server; only api.py (aiohttp) and
+# server.py (the listener) touch the network.
+ADMIN_PURE_MODULES = ("config_paths", "origins", "autosave", "errors", "controller")
+FORBIDDEN_IN_ADMIN_PURE = {"aiohttp", "asyncio", "socket", "ssl", "uvloop"}
+ADMIN_IMPURE_MODULES = {"proxy.admin.api", "proxy.admin.server", "proxy.admin"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Full dotted names of every absolute import in `path` (`from a.b import c` gives a.b)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", ADMIN_PURE_MODULES)
+def test_admin_decisions_are_pure(module: str) -> None:
+    path = ROOT / "proxy" / "admin" / f"{module}.py"
+    assert imported_top_levels(path) & FORBIDDEN_IN_ADMIN_PURE == set()
+    # A pure module may use its pure siblings, never the server side (nor the package, whose
+    # __init__ imports the server side).
+    assert imported_modules(path) & ADMIN_IMPURE_MODULES == set()
+
+
+def test_admin_purity_check_sees_imports() -> None:
+    admin = ROOT / "proxy" / "admin"
+    assert "aiohttp" in imported_top_levels(admin / "api.py")
+    assert "proxy.admin.api" in imported_modules(admin / "server.py")
