@@ -21,7 +21,7 @@ from typing import Any, Final, NoReturn, Protocol
 
 import httptools
 
-from proxy.http.wire import HOP_BY_HOP_FIELDS, PLAIN_CONNECTION_TOKENS
+from proxy.http.fields import HOP_BY_HOP_FIELDS, PLAIN_CONNECTION_TOKENS
 
 # Go's http.Transport default for MaxResponseHeaderBytes (Caddy's max_response_header_size).
 MAX_RESPONSE_HEAD_BYTES: Final = 10 << 20

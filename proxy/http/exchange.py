@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from proxy.http.fields import SERVER_FIELD
 from proxy.http.request import Request
 
 
@@ -72,7 +73,7 @@ class Exchange:
         self.runtime = runtime
         self.status = 0
         # Caddy sets `Server: Caddy` before any handler runs, so `header -Server` removes it.
-        self.resp_headers: list[tuple[str, str]] = [("Server", "Caddy")]
+        self.resp_headers: list[tuple[str, str]] = [SERVER_FIELD]
         self.resp_length: int | None = None
         self.head_hooks: list[HeadHook] | None = None
         self.body_filter: BodyFilter | None = None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from proxy.http.fields import HOP_BY_HOP_FIELDS, X_FORWARDED_FIELDS
 from proxy.http.wire_errors import RequestError
 
 # Go's http.DefaultMaxHeaderBytes (Caddy's default max_header_size) and the 4096 bytes of slack
@@ -67,27 +68,6 @@ _PRINTABLE_ASCII: Final = re.compile(rb"[\x20-\x7e]*")
 SERVER_FIELDS: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"expect", b"connection", b"upgrade"}
 )
-# Caddy's hopHeaders (reverseproxy.go), lowercase: removed from what the proxy forwards both
-# ways. The one list for the server, the upstream client and the reverse proxy.
-HOP_BY_HOP_FIELDS: Final = frozenset(
-    {
-        b"alt-svc",
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-X_FORWARDED_FIELDS: Final = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-)
-# Connection tokens that name no other field (RFC 9110 §7.6.1).
-PLAIN_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 # Hop-by-hop (but Transfer-Encoding, which the server decodes) and X-Forwarded-*: their presence
 # sends the proxy to its slow path (`RequestHead.odd`).
 PROXY_FIELDS: Final = (HOP_BY_HOP_FIELDS - {b"transfer-encoding"}) | X_FORWARDED_FIELDS
