@@ -8,7 +8,6 @@ body arrives later, chunk by chunk; a handler that wants it attaches a `BodySink
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from proxy.http.target import parse_request_target
@@ -228,5 +227,3 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
-
-HeaderHook = Callable[[Any], None]

@@ -145,19 +145,6 @@ class ServerRuntime:
         if self._sweeper is not None:
             self._sweeper.cancel()
 
-    async def shutdown(self, grace_s: float | None) -> None:
-        """Stop accepting, let in-flight requests finish (up to `grace_s`), then close."""
-        self.accepting = False
-        for conn in list(self.connections):
-            conn.shutdown()
-        deadline = self.loop.time() + (grace_s if grace_s else 1e9)
-        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            conn.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-
     # -- requests ----------------------------------------------------------------------------
 
     def dispatch(self, ex: Exchange) -> None:
