@@ -5,6 +5,8 @@ Middleware-style handlers (headers with deferred ops, encode) register *head hoo
 innermost-first when the head is sent, like Caddy's wrapped ResponseWriters, and may install a
 *body filter* (compression). Framing (Content-Length, chunked, close-delimited) is decided by the
 connection, per RFC 9112 §6.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

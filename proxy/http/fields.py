@@ -1,12 +1,13 @@
 """HTTP field and status facts shared by the HTTP/1.1 and HTTP/2 servers, the upstream client
 and the reverse proxy: which fields are hop-by-hop, what a status line reads, which statuses
 carry no body, how a response is framed, how a configured status (class) matches.
-Compiled with mypyc (proxy/native.py).
 
 proxy/http/wire.py holds the request side (parsing and framing a request head); this module
 holds the rules both directions and both protocols share, each a constant or a pure function,
 tested from tables in tests/unit/test_wire_fields.py. The encodings stay with their protocol:
 the HTTP/1.1 server writes bytes, the HTTP/2 server a field list, from the same decisions.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ is a stream error PROTOCOL_ERROR, malformed trailers and a HEADERS after the req
 no trailers are connection errors. Frames on a stream we reset are ignored (§5.1 "closed");
 DATA or HEADERS on a stream closed otherwise are a connection error STREAM_CLOSED.
 
-Compiled by mypyc (proxy/native.py).
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ Lifecycle: a graceful stop sends GOAWAY naming the last stream taken (RFC 9113 Â
 newer streams and closes once the open ones are answered. A reload keeps the connection: the
 streams it opens afterwards are served by the new config (like HTTP/1.1 keepalive connections).
 The idle timeout closes a connection without streams with GOAWAY(NO_ERROR).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

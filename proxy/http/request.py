@@ -3,6 +3,8 @@
 A `Request` is created by the HTTP/1.1 server protocol when a request head is complete. Its
 body arrives later, chunk by chunk; a handler that wants it attaches a `BodySink` with
 `attach_body()`. Until then chunks are queued (bounded by the server pausing reads).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Owns what every connection of that server shares: compiled routes and error routes, limits and
 timeouts, trusted proxies / client IP resolution, access logging, the set of live connections
 with the timeout sweeper, and graceful shutdown.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

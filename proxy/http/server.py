@@ -13,6 +13,8 @@ Two rules keep a malformed byte from reaching an origin as something else:
   request's body is a body (llhttp used to hand it over as upgrade data, which let a client
   smuggle a request in it), and bytes after an Upgrade request wait for the response: a 101
   makes them tunnel data, anything else closes the connection.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

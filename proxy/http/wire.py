@@ -1,5 +1,5 @@
 """HTTP/1.1 request wire rules (RFC 9112), as pure functions: what a request head may look like,
-and where its body ends. Compiled with mypyc (proxy/native.py NATIVE_MODULES).
+and where its body ends.
 
 Every framing decision the server makes is here, so that it can be read in one place and tested
 from tables (tests/unit/test_wire.py, tests/unit/test_hostile_requests.py). The rules follow Go's
@@ -23,6 +23,8 @@ the deviation is named at the rule:
 
 The whole head is at most `max_header_bytes` + 4096 bytes, like Go's server (its bufio slop),
 and a larger one is 431 whatever part of it is long (Go has no 414).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
