@@ -111,6 +111,11 @@ def bodiless_status(status: int) -> bool:
 
 # -- response framing --------------------------------------------------------------------------
 
+# The protocol a response goes out on (`response_framing`).
+HTTP_10: Final = 10
+HTTP_11: Final = 11
+HTTP_2: Final = 20
+
 # How the body of a response is delimited (`ResponseFraming.delimit`).
 NO_BODY: Final = 0  # HEAD, 1xx, 204, 304: no body bytes follow the head
 BY_LENGTH: Final = 1  # Content-Length (HTTP/2: END_STREAM after that many bytes)
@@ -144,7 +149,7 @@ def response_framing(
     status: int, length: int | None, head_request: bool, protocol: int
 ) -> ResponseFraming:
     """Frame a response of `status` whose body is `length` bytes (None: not known yet) to a
-    request over `protocol` (11: HTTP/1.1, 10: HTTP/1.0, 20: HTTP/2), the way Go's server does.
+    request over `protocol` (HTTP_11, HTTP_10 or HTTP_2), the way Go's server does.
 
     - 1xx, 204, 304: no body and no Content-Length (RFC 9110 §8.6: a server must not send one
       in 1xx/204; for 304 Go does not either);
@@ -159,9 +164,9 @@ def response_framing(
         return ResponseFraming(length if length else None, NO_BODY)
     if length is not None:
         return ResponseFraming(length, BY_LENGTH)
-    if protocol == 11:
+    if protocol == HTTP_11:
         return ResponseFraming(None, BY_CHUNKS)
-    if protocol == 10:
+    if protocol == HTTP_10:
         return ResponseFraming(None, BY_CLOSE)
     return ResponseFraming(None, BY_STREAM_END)
 

@@ -61,6 +61,7 @@ from proxy.http import h2frames as F
 from proxy.http.exchange import Exchange, http_date
 from proxy.http.fields import (
     H2_CONNECTION_SPECIFIC_FIELDS,
+    HTTP_2,
     NO_BODY,
     h2_response_fields,
     response_framing,
@@ -192,7 +193,7 @@ class H2Stream:
     ) -> None:
         if self.reset:
             return
-        framing = response_framing(status, length, head_req, 20)
+        framing = response_framing(status, length, head_req, HTTP_2)
         out = [(b":status", str(status).encode())]
         out += h2_response_fields(fields, http_date().encode(), framing.content_length)
         self.no_body = framing.delimit == NO_BODY

@@ -33,6 +33,8 @@ from proxy.http.fields import (
     BY_CHUNKS,
     BY_CLOSE,
     CONTINUE_HEAD,
+    HTTP_10,
+    HTTP_11,
     reason_phrase,
     response_framing,
     status_line,
@@ -499,7 +501,7 @@ class HTTP1Connection(asyncio.Protocol):
             req.keep_alive and not self._close_after and (rt.accepting or rt.successor is not None)
         )
         framing = response_framing(
-            status, length, req.method == "HEAD", 11 if req.proto == "HTTP/1.1" else 10
+            status, length, req.method == "HEAD", HTTP_11 if req.proto == "HTTP/1.1" else HTTP_10
         )
         if framing.content_length is not None:
             tail += f"Content-Length: {framing.content_length}\r\n"

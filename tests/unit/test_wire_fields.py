@@ -89,7 +89,7 @@ def test_bodiless_status(status: int, expected: bool) -> None:
     assert F.bodiless_status(status) is expected
 
 
-H11, H10, H2 = 11, 10, 20
+H11, H10, H2 = F.HTTP_11, F.HTTP_10, F.HTTP_2
 
 
 @pytest.mark.parametrize(
