@@ -14,6 +14,8 @@ with unknown placeholders kept (Caddy's ReplaceKnown), and CR/LF in produced val
 spaces, as Go's header writer does, so a request value can never inject a header line.
 
 Pure: no sockets, no asyncio.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

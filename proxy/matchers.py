@@ -27,6 +27,7 @@ from typing import Any
 
 # Caddy's `private_ranges` shorthand (internal.PrivateRangesCIDR), re-exported.
 from config.go_values import PRIVATE_RANGES
+from proxy.http.fields import status_code_matches
 from proxy.http.target import clean_path, unescape_path
 from proxy.placeholders import (
     ResponseHeaderSource,
@@ -921,13 +922,6 @@ def compile_matcher_sets(match_json: list[dict[str, Any]] | None) -> Matcher:
 # --------------------------------------------------------------------------------------------
 # Response matcher
 # --------------------------------------------------------------------------------------------
-
-
-def status_code_matches(actual: int, configured: int) -> bool:
-    """Caddy's rule: exact code, or a class when configured < 100 (5 matches 500-599)."""
-    if actual == configured:
-        return True
-    return configured < 100 and configured * 100 <= actual < (configured + 1) * 100
 
 
 def compile_response_matcher(spec: Mapping[str, Any] | None) -> ResponseMatcher:

@@ -1,13 +1,16 @@
 """Optional compiled build of the hot path: the same Python source, compiled by mypyc.
 
 The request path (HTTP server, upstream client, routing, reverse_proxy, pools) is plain typed
-Python. `python -m proxy.native_build` compiles those modules with mypyc into `proxy/_native/`
-together with a manifest of the source hashes they were built from. At import time
-(`proxy/__init__.py`) `install()` puts a finder in front of the normal import system that loads
-the compiled module instead of the .py file, but only when every compiled module's source is
-byte-identical to what was built (an edited file makes the whole compiled group stale: its
-modules call each other directly, so mixing old and new code is never allowed) and the build is
-for this interpreter. Anything else, or `PYPROXY_NATIVE=0`, runs the interpreted source.
+Python. The modules to compile say so in their docstring, with the COMPILED_MARKER line;
+`python -m proxy.native_build` finds them by that line (`compiled_modules()`), compiles them
+with mypyc into `proxy/_native/` and writes a manifest of the modules and the source hashes
+they were built from. At import time (`proxy/__init__.py`) `install()` puts a finder in front
+of the normal import system that loads the compiled modules the manifest lists instead of their
+.py files, but only when every one's source is byte-identical to what was built (an edited file,
+its marker removed included, makes the whole compiled group stale: its modules call each other
+directly, so mixing old and new code is never allowed) and the build is for this interpreter.
+Anything else, or `PYPROXY_NATIVE=0`, runs the interpreted source. A module newly marked runs
+interpreted until the next build (compiled modules may call interpreted ones).
 
 Why mypyc rather than a C extension: the code stays one Python source that runs anywhere; the
 compiled build only removes interpreter overhead (attribute access, calls), roughly halving the
@@ -28,36 +31,49 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-
-# The modules compiled together, in the order a request meets them. Exceptions that subclass
-# builtin exceptions (mypyc cannot compile those) live in modules that are not listed here.
-NATIVE_MODULES: tuple[str, ...] = (
-    "proxy.http.server",
-    "proxy.http.h2server",
-    "proxy.http.h2conn",
-    "proxy.http.h2frames",
-    "proxy.http.h2limits",
-    "proxy.http.wire",
-    "proxy.http.request",
-    "proxy.http.exchange",
-    "proxy.http.runtime",
-    "proxy.http.client",
-    "proxy.route",
-    "proxy.handlers.subroute",
-    "proxy.handlers.reverse_proxy",
-    "proxy.upstream.pool",
-    "proxy.upstream.upstream",
-    "proxy.upstream.selection",
-    "proxy.header_ops",
-    "proxy.http.hpack",
-    "proxy.http.hpack_tables",
-)
+from typing import Final
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 NATIVE_DIR = PACKAGE_DIR / "_native"
 MANIFEST = NATIVE_DIR / "manifest.json"
 ENV_SWITCH = "PYPROXY_NATIVE"
 REBUILD = "rebuild: python -m proxy.native_build"
+# The line a module's docstring carries, on its own, when the module is compiled. mypyc
+# compiles the typed Python these modules are written in, exception subclasses included
+# (proxy/http/hpack.py has them); what it cannot take is dynamic: monkeypatching, attributes
+# added at run time, class-level aliases of methods.
+COMPILED_MARKER: Final = "Compiled with mypyc (proxy/native.py)."
+
+
+def compiled_modules(package_dir: Path | None = None) -> tuple[str, ...]:
+    """The modules of the package whose docstring has the COMPILED_MARKER line, by name.
+
+    Read by the build (proxy/native_build.py) and the tests, never at start: the manifest of a
+    build lists what it compiled, and `install()` goes by that list alone (scanning the ~60
+    sources takes about 2 ms warm, more from a cold disk, on every process start).
+    """
+    root = package_dir if package_dir is not None else PACKAGE_DIR
+    found: list[str] = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0].startswith("_native"):
+            continue
+        if _docstring_has_marker(path.read_text(encoding="utf-8")):
+            parts = (root.name, *rel.with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found.append(".".join(parts))
+    return tuple(sorted(found))
+
+
+def _docstring_has_marker(text: str) -> bool:
+    """The module docstring (a leading triple-quoted string) has the marker as a line."""
+    if not text.startswith('"""'):
+        return False
+    end = text.find('"""', 3)
+    if end < 0:
+        return False
+    return any(line.strip() == COMPILED_MARKER for line in text[3:end].splitlines())
 
 
 def source_path(module: str, package_parent: Path | None = None) -> Path:
@@ -158,8 +174,8 @@ def install() -> NativeStatus:
     global STATUS
     if any(isinstance(f, _NativeFinder) for f in sys.meta_path):
         return STATUS
-    already = [m for m in NATIVE_MODULES if m in sys.modules]
     STATUS = check_manifest()
+    already = [m for m in STATUS.modules if m in sys.modules]
     if STATUS.active and already:
         # Too late for these (imported before proxy/__init__ ran): never mix the two builds.
         STATUS = NativeStatus(reason=f"{already[0]} was imported before proxy/__init__")

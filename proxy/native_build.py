@@ -26,8 +26,8 @@ from pathlib import Path
 from proxy.native import (
     MANIFEST,
     NATIVE_DIR,
-    NATIVE_MODULES,
     PACKAGE_DIR,
+    compiled_modules,
     ext_suffix,
     source_digest,
     source_path,
@@ -48,7 +48,8 @@ def _cwd(path: Path) -> Iterator[None]:
 
 
 def build(jobs: int | None = None, quiet: bool = False) -> dict[str, object]:
-    """Compile NATIVE_MODULES; returns the manifest written. Raises on any failure."""
+    """Compile the modules marked compiled (native.compiled_modules); returns the manifest
+    written, which lists them. Raises on any failure."""
     try:
         from mypyc.build import mypycify
         from setuptools import Distribution
@@ -56,10 +57,11 @@ def build(jobs: int | None = None, quiet: bool = False) -> dict[str, object]:
         raise RuntimeError(f"mypyc is not installed ({exc}); pip install mypy") from exc
 
     package_parent = PACKAGE_DIR.parent
-    rel_paths = [
-        str(source_path(m, package_parent).relative_to(package_parent)) for m in NATIVE_MODULES
-    ]
-    digests = {m: source_digest(source_path(m, package_parent)) for m in NATIVE_MODULES}
+    names = compiled_modules()
+    if not names:
+        raise RuntimeError(f"no module of {PACKAGE_DIR} is marked compiled")
+    rel_paths = [str(source_path(m, package_parent).relative_to(package_parent)) for m in names]
+    digests = {m: source_digest(source_path(m, package_parent)) for m in names}
     with tempfile.TemporaryDirectory(prefix="pyproxy-native-") as tmp_name:
         tmp = Path(tmp_name)
         # Compile a copy of the project's packages: in an installed package's site-packages,
@@ -98,7 +100,7 @@ def build(jobs: int | None = None, quiet: bool = False) -> dict[str, object]:
             rel = so.relative_to(tmp / "lib")
             name = ".".join(rel.parts)[: -len(suffix)]
             modules[name] = {"file": str(rel), "source_sha256": digests.get(name)}
-        missing = [m for m in NATIVE_MODULES if m not in modules]
+        missing = [m for m in names if m not in modules]
         if missing:
             raise RuntimeError(f"mypyc produced no extension for {', '.join(missing)}")
         manifest: dict[str, object] = {

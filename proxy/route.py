@@ -5,6 +5,8 @@ A route runs when any of its matcher sets matches (sets OR-ed, matchers in a set
 chain. `terminal` stops evaluating later routes of the same list; among routes sharing a
 `group`, only the first matching one runs (Caddy's RouteList.Compile). A list that falls through
 returns False, so a `subroute` continues with the handlers after it, as in Caddy.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 
 from config.model import EncodeHandler
 from proxy.http.exchange import Exchange
+from proxy.http.fields import bodiless_status, status_in
 
 zstandard: Any
 try:
@@ -174,11 +175,9 @@ class Encode:
 
     def _on_head(self, ex: Exchange, *, name: str) -> None:
         status = ex.status
-        if status < 200 or status in (204, 304):
+        if bodiless_status(status):
             return
-        if self.status_codes and not any(
-            status == c or (c < 10 and status // 100 == c) for c in self.status_codes
-        ):
+        if self.status_codes and not status_in(status, self.status_codes):
             return
         hdrs = ex.resp_headers
         ctype = ""

@@ -14,6 +14,7 @@ from typing import Any
 
 from config.model import HeadersHandler
 from proxy.http.exchange import Exchange
+from proxy.http.fields import status_in
 from proxy.http.request import Request
 
 HeaderList = list[tuple[str, str]]
@@ -107,9 +108,7 @@ class Headers:
 def _response_matches(require: Mapping[str, Any], ex: Exchange) -> bool:
     """Caddy's ResponseMatcher: status codes (2 = any 2xx) and header presence/values."""
     codes = require.get("status_code") or []
-    if codes and not any(
-        ex.status == c or (c < 10 and ex.status // 100 == c) for c in map(int, codes)
-    ):
+    if codes and not status_in(ex.status, [int(c) for c in codes]):
         return False
     for name, values in (require.get("headers") or {}).items():
         have = [v for k, v in ex.resp_headers if k.lower() == name.lower()]

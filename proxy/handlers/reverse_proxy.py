@@ -22,6 +22,8 @@ What it does, following Caddy's reverseproxy module:
   (transport.compression false) turns it off;
 - errors: dial failure/reset/bad response → 502, timeouts → 504, no upstream → 503;
   a client that goes away is logged as 499.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -40,10 +42,17 @@ from proxy.handlers.headers import compile_ops
 from proxy.handlers.rewrite import Rewrite
 from proxy.http.client import UpstreamConnection, upgrade_refusal
 from proxy.http.exchange import Exchange, HandlerError
+from proxy.http.fields import (
+    HOP_BY_HOP_FIELDS,
+    HOP_BY_HOP_NAMES,
+    PLAIN_CONNECTION_NAMES,
+    SERVER_FIELD,
+    SERVER_FIELD_LINE,
+    X_FORWARDED_NAMES,
+    status_line_bytes,
+)
 from proxy.http.request import Request
-from proxy.http.server import status_line
 from proxy.http.target import ascii_query
-from proxy.http.wire import HOP_BY_HOP_FIELDS
 from proxy.placeholders import compile_template
 from proxy.route import compile_match
 from proxy.tls import CURVES as TLS_CURVES
@@ -65,25 +74,16 @@ _GUNZIP_CHUNK: Final = 64 * 1024
 _GUNZIP_BUDGET: Final = 1024 * 1024
 _base_response_cookie = SelectionPolicy.response_cookie
 
-# Caddy's hopHeaders (proxy.http.wire), as text for the header lists the slow paths build.
-HOP_BY_HOP: Final = frozenset([h.decode() for h in HOP_BY_HOP_FIELDS])
 # Content-Length is not hop-by-hop, but the framing of our response is ours to write.
 HOP_BY_HOP_B: Final = HOP_BY_HOP_FIELDS | {b"content-length"}
-
-
-def _STATUS_LINE_B(status: int) -> bytes:
-    line = _STATUS_LINES_B.get(status)
-    if line is None:
-        line = _STATUS_LINES_B[status] = status_line(status).encode("latin-1")
-    return line
-
-
-_STATUS_LINES_B: Final[dict[int, bytes]] = {}
-_DEFAULT_RESP_HEADERS: Final = [("Server", "Caddy")]
-_XF: Final = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
-_PLAIN_CONN_STR: Final = frozenset({"keep-alive", "close", "upgrade", ""})
+# The fields an Exchange starts with (proxy/http/exchange.py): the fast path writes them as is.
+_DEFAULT_RESP_HEADERS: Final = [SERVER_FIELD]
+# Connection tokens that name no field (proxy.http.fields), as text; "" from a stray comma.
+_PLAIN_CONN_STR: Final = PLAIN_CONNECTION_NAMES | {""}
 # Request fields the head builder must look at (all others are copied as they are).
-_SPECIAL_REQUEST_FIELDS: Final = HOP_BY_HOP | _XF | {"host", "expect", "content-length"}
+_SPECIAL_REQUEST_FIELDS: Final = (
+    HOP_BY_HOP_NAMES | X_FORWARDED_NAMES | {"host", "expect", "content-length"}
+)
 # RFC 9110 §9.2.2: retrying these cannot change the outcome.
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Keep a copy of up to this much request body so a failed attempt can be replayed.
@@ -686,13 +686,13 @@ class ProxyCall:
         for k, v in headers:
             lk = k.lower()
             if lk in _SPECIAL_REQUEST_FIELDS:
-                if lk in HOP_BY_HOP:
+                if lk in HOP_BY_HOP_NAMES:
                     if lk == "connection":
                         conn_value = f"{conn_value},{v}" if conn_value else v
                     elif lk == "te" and v.strip().lower() == "trailers":
                         parts.append(f"{k}: {v}\r\n")  # Caddy keeps `Te: trailers`
                     continue
-                if lk in _XF:
+                if lk in X_FORWARDED_NAMES:
                     if trusted:
                         if lk == "x-forwarded-for":
                             prior_xff = f"{prior_xff}, {v}" if prior_xff else v
@@ -928,12 +928,12 @@ class ProxyCall:
             self.req.vars["http.reverse_proxy.status_code"] = status
             pre = ex.resp_headers
             if pre == _DEFAULT_RESP_HEADERS:
-                pre_b = b"Server: Caddy\r\n"
+                pre_b = SERVER_FIELD_LINE
             else:  # fields set before proxying (e.g. a non-deferred `header` handler)
                 pre_b = "".join(f"{k}: {v}\r\n" for k, v in pre).encode("latin-1")
             ex.send_head_raw(
                 status,
-                _STATUS_LINE_B(status) + pre_b + b"".join(conn.lines),
+                status_line_bytes(status) + pre_b + b"".join(conn.lines),
                 length,
                 conn.has_date,
             )

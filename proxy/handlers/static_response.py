@@ -13,6 +13,7 @@ import json
 
 from config.model import StaticResponseHandler
 from proxy.http.exchange import Exchange, HandlerError
+from proxy.http.fields import status_line_bytes
 from proxy.placeholders import compile_template
 
 
@@ -89,7 +90,7 @@ class StaticResponse:
         if status == 103:
             # Early Hints: an informational response, then the chain continues (Caddy).
             lines = "".join(f"{k}: {v}\r\n" for k, v in hdrs if k != "Server")
-            ex.conn.write(f"HTTP/1.1 103 Early Hints\r\n{lines}\r\n".encode("latin-1"))
+            ex.conn.write(status_line_bytes(103) + f"{lines}\r\n".encode("latin-1"))
             return False
         ex.respond(status, None, body)
         return True

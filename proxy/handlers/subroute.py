@@ -1,6 +1,8 @@
 """`subroute` handler: a nested route list; falling through continues the parent chain.
 
 Its own `errors` routes, when present, handle errors raised inside it (Caddy's Subroute).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ end (a body on a 204/304 or HEAD response, more body than Content-Length, a seco
 closes the connection instead. Bytes arriving while the connection is idle close it too (Go's
 transport: persistConn.readLoop, "Unsolicited response received on idle HTTP channel"). So a
 broken upstream response can never become (part of) the answer to another request.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Final, NoReturn, Protocol
 
 import httptools
 
-from proxy.http.wire import HOP_BY_HOP_FIELDS, PLAIN_CONNECTION_TOKENS
+from proxy.http.fields import HOP_BY_HOP_FIELDS, PLAIN_CONNECTION_TOKENS
 
 # Go's http.Transport default for MaxResponseHeaderBytes (Caddy's max_response_header_size).
 MAX_RESPONSE_HEAD_BYTES: Final = 10 << 20

@@ -5,6 +5,8 @@ Middleware-style handlers (headers with deferred ops, encode) register *head hoo
 innermost-first when the head is sent, like Caddy's wrapped ResponseWriters, and may install a
 *body filter* (compression). Framing (Content-Length, chunked, close-delimited) is decided by the
 connection, per RFC 9112 §6.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from proxy.http.fields import SERVER_FIELD
 from proxy.http.request import Request
 
 
@@ -72,7 +75,7 @@ class Exchange:
         self.runtime = runtime
         self.status = 0
         # Caddy sets `Server: Caddy` before any handler runs, so `header -Server` removes it.
-        self.resp_headers: list[tuple[str, str]] = [("Server", "Caddy")]
+        self.resp_headers: list[tuple[str, str]] = [SERVER_FIELD]
         self.resp_length: int | None = None
         self.head_hooks: list[HeadHook] | None = None
         self.body_filter: BodyFilter | None = None

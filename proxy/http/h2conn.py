@@ -30,7 +30,7 @@ is a stream error PROTOCOL_ERROR, malformed trailers and a HEADERS after the req
 no trailers are connection errors. Frames on a stream we reset are ignored (§5.1 "closed");
 DATA or HEADERS on a stream closed otherwise are a connection error STREAM_CLOSED.
 
-Compiled by mypyc (proxy/native.py).
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Final
 
 from proxy.http import h2frames as F
 from proxy.http import h2limits
+from proxy.http.fields import H2_CONNECTION_SPECIFIC_FIELDS
 from proxy.http.hpack import Decoder, Encoder, HeaderListTooLarge, HPACKError
 
 Headers = list[tuple[bytes, bytes]]
@@ -60,10 +61,6 @@ DEFAULT_WINDOW: Final = 65535  # §6.9.2: every window's initial size
 # older ones count as skipped.
 CLOSED_MEMORY: Final = 1024
 
-# §8.2.2: connection-specific fields are malformed in HTTP/2.
-_CONNECTION_SPECIFIC: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 # RFC 9110 §5.6.2 tchar, lowercase only (§8.2.1: uppercase names are malformed).
 _NAME_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -189,7 +186,7 @@ def check_request(headers: Headers) -> tuple[str, int]:
             return "invalid field value", -1
         if value and (value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
             return "field value with surrounding whitespace", -1
-        if name in _CONNECTION_SPECIFIC:
+        if name in H2_CONNECTION_SPECIFIC_FIELDS:  # §8.2.2: malformed in HTTP/2
             return "connection-specific field", -1
         if name == b"te":
             if value.lower() != b"trailers":

@@ -3,8 +3,10 @@ received bytes into complete frames (with the SETTINGS_MAX_FRAME_SIZE check of Â
 builders for the frames a server sends.
 
 Frames are plain tuples and ints, not objects: a received frame is `(type, flags, stream_id,
-payload)`; a built frame is its wire bytes. proxy/http/h2conn.py gives them meaning. Compiled
-by mypyc (proxy/native.py): nothing here is dynamic.
+payload)`; a built frame is its wire bytes. proxy/http/h2conn.py gives them meaning. Nothing
+here is dynamic, for the compiler.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

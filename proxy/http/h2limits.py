@@ -22,6 +22,8 @@ The thresholds are Go's x/net/http2 server's (server.go), which Caddy runs:
 
 Nothing here reads a clock or touches a socket; `HTTP2Connection` (proxy/http/h2server.py)
 and `H2ServerConnection` (proxy/http/h2conn.py) feed the events and act on the decisions.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ Lifecycle: a graceful stop sends GOAWAY naming the last stream taken (RFC 9113 ย
 newer streams and closes once the open ones are answered. A reload keeps the connection: the
 streams it opens afterwards are served by the new config (like HTTP/1.1 keepalive connections).
 The idle timeout closes a connection without streams with GOAWAY(NO_ERROR).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ from typing import Any, Final
 from proxy.http import h2conn, h2limits
 from proxy.http import h2frames as F
 from proxy.http.exchange import Exchange, http_date
+from proxy.http.fields import (
+    H2_CONNECTION_SPECIFIC_FIELDS,
+    HTTP_2,
+    NO_BODY,
+    h2_response_fields,
+    response_framing,
+)
 from proxy.http.request import Request
 from proxy.http.target import BadRequestTarget
 from proxy.listen import set_tcp_keepalive
@@ -72,12 +81,6 @@ HEADER_LIST_SLACK: Final = 320  # maxHeaderListSize(): MaxHeaderBytes + 10 field
 # paused (one upstream read may overshoot it; the buffer stays bounded by that).
 STREAM_BUFFER_BYTES: Final = 64 * 1024
 GOAWAY_LINGER_S: Final = 1.0  # Go's goAwayTimeout
-
-# RFC 9113 ยง8.2.2: connection-specific fields never appear in HTTP/2; an HTTP/1.1 response's
-# framing and hop-by-hop fields are dropped (Go's http2 server does the same).
-_CONNECTION_SPECIFIC: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 
 _CANONICAL: dict[bytes, str] = {}
 # An HTTP/1.1 response head line -> its HTTP/2 field: upstream heads repeat most of their lines.
@@ -190,21 +193,10 @@ class H2Stream:
     ) -> None:
         if self.reset:
             return
+        framing = response_framing(status, length, head_req, HTTP_2)
         out = [(b":status", str(status).encode())]
-        has_date = False
-        for field in fields:
-            name = field[0]
-            if name in _CONNECTION_SPECIFIC or name == b"content-length":
-                continue
-            if name == b"date":
-                has_date = True
-            out.append(field)
-        if not has_date:
-            out.append((b"date", http_date().encode()))
-        bodiless = status < 200 or status in (204, 304)
-        if length is not None and not bodiless and (not head_req or length):
-            out.append((b"content-length", str(length).encode()))
-        self.no_body = head_req or bodiless
+        out += h2_response_fields(fields, http_date().encode(), framing.content_length)
+        self.no_body = framing.delimit == NO_BODY
         self._head = out
 
     def _send_head(self, end: bool) -> None:
@@ -234,7 +226,7 @@ class H2Stream:
             if line:
                 name, _sep, value = line.partition(":")
                 lname = name.lower().encode("latin-1")
-                if lname not in _CONNECTION_SPECIFIC:
+                if lname not in H2_CONNECTION_SPECIFIC_FIELDS:
                     out.append((lname, value.strip().encode("latin-1")))
         self.conn.h2.send_headers(self.sid, out)
         self.conn.send_soon()

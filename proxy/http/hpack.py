@@ -40,6 +40,8 @@ Encoder (`Encoder.encode`, one call per field block, in the order the blocks are
 The decoder caches nothing: after the first block of a connection, a repeated head is mostly
 one-octet indexes, already cheaper to decode than a cache key would be to hash.
 Names are encoded as given: the caller sends lowercase names (RFC 9113 §8.2.1).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

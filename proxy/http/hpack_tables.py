@@ -2,6 +2,8 @@
 
 Data only; proxy/http/hpack.py builds its lookup structures from these once, at import. Compiled
 with mypyc together with hpack.py (proxy/native.py).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

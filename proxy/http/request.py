@@ -3,12 +3,13 @@
 A `Request` is created by the HTTP/1.1 server protocol when a request head is complete. Its
 body arrives later, chunk by chunk; a handler that wants it attaches a `BodySink` with
 `attach_body()`. Until then chunks are queued (bounded by the server pausing reads).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from proxy.http.target import parse_request_target
@@ -228,5 +229,3 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
-
-HeaderHook = Callable[[Any], None]

@@ -3,6 +3,8 @@
 Owns what every connection of that server shares: compiled routes and error routes, limits and
 timeouts, trusted proxies / client IP resolution, access logging, the set of live connections
 with the timeout sweeper, and graceful shutdown.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -142,19 +144,6 @@ class ServerRuntime:
         for conn in list(self.connections):
             if conn.tunnel is None or succ is None:
                 conn.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-
-    async def shutdown(self, grace_s: float | None) -> None:
-        """Stop accepting, let in-flight requests finish (up to `grace_s`), then close."""
-        self.accepting = False
-        for conn in list(self.connections):
-            conn.shutdown()
-        deadline = self.loop.time() + (grace_s if grace_s else 1e9)
-        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            conn.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
 

@@ -13,6 +13,8 @@ Two rules keep a malformed byte from reaching an origin as something else:
   request's body is a body (llhttp used to hand it over as upgrade data, which let a client
   smuggle a request in it), and bytes after an Upgrade request wait for the response: a 101
   makes them tunnel data, anything else closes the connection.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,17 @@ from typing import Any, Final
 import httptools
 
 from proxy.http.exchange import Exchange, http_date
+from proxy.http.fields import (
+    BY_CHUNKS,
+    BY_CLOSE,
+    CONTINUE_HEAD,
+    HTTP_10,
+    HTTP_11,
+    reason_phrase,
+    response_framing,
+    status_line,
+)
 from proxy.http.request import Request
-from proxy.http.status_text import GO_STATUS_TEXT
 from proxy.http.wire import (
     CHUNKED,
     HEAD_SLACK_BYTES,
@@ -40,10 +51,6 @@ from proxy.http.wire_errors import RequestError
 from proxy.listen import set_tcp_keepalive
 
 log = logging.getLogger("pyproxy.http")
-
-_REASONS: Final = dict(GO_STATUS_TEXT)  # Caddy's status lines are Go's
-_REASONS[499] = "Client Closed Request"
-_STATUS_LINES: Final = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
 
 # Reading a body that nobody wants: Go's server discards up to 256 KiB to keep the connection
 # alive, and closes it beyond that (net/http maxPostHandlerReadBytes).
@@ -59,19 +66,12 @@ MAX_QUEUED_BODY_BYTES: Final = 256 * 1024
 LINGER_S: Final = 1.0
 
 
-def status_line(status: int) -> str:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = f"HTTP/1.1 {status} {_REASONS.get(status, 'status code ' + str(status))}\r\n"
-    return line
-
-
 def error_response(status: int, detail: str = "") -> bytes:
     """The answer to a request the server refuses, shaped like Go's server's: the reason phrase
     (and its detail, e.g. "malformed Host header") in the status line and as a plain-text body,
     then close. Go writes no Content-Length; we add one so TLS clients, which get no half-close,
     need not wait for the close."""
-    phrase = _REASONS.get(status, "")
+    phrase = reason_phrase(status)
     if detail:
         phrase = f"{phrase}: {detail}"
     # Go's body for a 501 (an unsupported Transfer-Encoding) is its own text.
@@ -422,7 +422,7 @@ class HTTP1Connection(asyncio.Protocol):
         """A handler attached a body sink: send 100 Continue if the client waits for it."""
         if req.expect_continue and not req.body_done:
             req.expect_continue = False
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.write(CONTINUE_HEAD)
             self.flush()
         self._resume_reading(PAUSE_BODY)
 
@@ -500,19 +500,15 @@ class HTTP1Connection(asyncio.Protocol):
         keep = (
             req.keep_alive and not self._close_after and (rt.accepting or rt.successor is not None)
         )
-        if status == 101:
-            pass
-        elif status < 200 or status in (204, 304):
-            pass  # RFC 9110 §6.4.1: no content
-        elif length is not None:
-            if req.method != "HEAD" or length:
-                tail += f"Content-Length: {length}\r\n"
-        elif req.method == "HEAD":
-            pass
-        elif req.proto == "HTTP/1.1":
+        framing = response_framing(
+            status, length, req.method == "HEAD", HTTP_11 if req.proto == "HTTP/1.1" else HTTP_10
+        )
+        if framing.content_length is not None:
+            tail += f"Content-Length: {framing.content_length}\r\n"
+        if framing.delimit == BY_CHUNKS:
             tail += "Transfer-Encoding: chunked\r\n"
             self._chunked_out = True
-        else:
+        elif framing.delimit == BY_CLOSE:
             keep = False  # HTTP/1.0: the body ends when the connection closes (RFC 9112 §6.3)
         if req.upgrade and status != 101:
             # What followed the Upgrade request was held unparsed (it may already be the new

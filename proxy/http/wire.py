@@ -1,5 +1,5 @@
 """HTTP/1.1 request wire rules (RFC 9112), as pure functions: what a request head may look like,
-and where its body ends. Compiled with mypyc (proxy/native.py NATIVE_MODULES).
+and where its body ends.
 
 Every framing decision the server makes is here, so that it can be read in one place and tested
 from tables (tests/unit/test_wire.py, tests/unit/test_hostile_requests.py). The rules follow Go's
@@ -23,6 +23,8 @@ the deviation is named at the rule:
 
 The whole head is at most `max_header_bytes` + 4096 bytes, like Go's server (its bufio slop),
 and a larger one is 431 whatever part of it is long (Go has no 414).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from proxy.http.fields import HOP_BY_HOP_FIELDS, X_FORWARDED_FIELDS
 from proxy.http.wire_errors import RequestError
 
 # Go's http.DefaultMaxHeaderBytes (Caddy's default max_header_size) and the 4096 bytes of slack
@@ -67,27 +70,6 @@ _PRINTABLE_ASCII: Final = re.compile(rb"[\x20-\x7e]*")
 SERVER_FIELDS: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"expect", b"connection", b"upgrade"}
 )
-# Caddy's hopHeaders (reverseproxy.go), lowercase: removed from what the proxy forwards both
-# ways. The one list for the server, the upstream client and the reverse proxy.
-HOP_BY_HOP_FIELDS: Final = frozenset(
-    {
-        b"alt-svc",
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-X_FORWARDED_FIELDS: Final = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-)
-# Connection tokens that name no other field (RFC 9110 §7.6.1).
-PLAIN_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 # Hop-by-hop (but Transfer-Encoding, which the server decodes) and X-Forwarded-*: their presence
 # sends the proxy to its slow path (`RequestHead.odd`).
 PROXY_FIELDS: Final = (HOP_BY_HOP_FIELDS - {b"transfer-encoding"}) | X_FORWARDED_FIELDS

@@ -39,6 +39,7 @@ from config.model import (
     ActiveHealthChecks,
     PassiveHealthChecks,
 )
+from proxy.http.fields import bodiless_status, status_code_matches
 from proxy.upstream.upstream import Upstream
 
 __all__ = [
@@ -67,11 +68,8 @@ TARGET_UPSTREAM_PLACEHOLDER = "http.reverse_proxy.active.target_upstream"
 # -- status codes ----------------------------------------------------------------------------
 
 
-def status_matches(actual: int, configured: int) -> bool:
-    """Caddy's status-class rule: ``5`` matches 500-599, ``404`` matches only 404."""
-    if actual == configured:
-        return True
-    return 0 < configured < 100 and configured * 100 <= actual < (configured + 1) * 100
+# Caddy's status-class rule (``5`` matches 500-599, ``404`` only 404): one home, proxy.http.fields.
+status_matches = status_code_matches
 
 
 # -- passive ---------------------------------------------------------------------------------
@@ -178,7 +176,7 @@ class ProbeResponse:
 
 def _no_body(method: str, status: int) -> bool:
     # RFC 9112 §6.3: HEAD responses and 1xx/204/304 never carry a body.
-    return method == "HEAD" or status < 200 or status in (204, 304)
+    return method == "HEAD" or bodiless_status(status)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:

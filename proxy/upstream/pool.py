@@ -5,6 +5,8 @@ are reused most-recently-idle first (LIFO: the warmest socket, the least likely 
 closed by the upstream's own idle timer), at most `max_idle` are kept, and a sweeper closes
 those idle longer than `idle_timeout` (Caddy: 2 min, 32 per host). Dialing resolves names
 through the shared re-resolving `Resolver` so a service whose IP changes keeps working.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ Interface for the engine::
 ``now`` is the clock used for passive-health expiry (the same clock given to health.py).
 ``response_cookie`` returns a value only for the ``cookie`` policy, and only when the request did
 not already carry the cookie for that upstream (Caddy sets it when it picks a new upstream).
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

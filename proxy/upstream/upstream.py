@@ -16,6 +16,8 @@ Availability follows Caddy: an upstream is *healthy* unless the active checker m
 it has ``max_fails`` or more unexpired passive failures; it is *available* when healthy and not
 *full* (``max_requests`` in-flight requests or more). Time is always passed in (``now``, seconds on
 any monotonic clock the caller chooses), so the decisions here are pure.
+
+Compiled with mypyc (proxy/native.py).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -103,9 +104,46 @@ def test_malformed_manifest_is_ignored(tmp_path: Path, text: str) -> None:
     assert status.reason
 
 
-def test_native_modules_all_exist() -> None:
-    for name in native.NATIVE_MODULES:
+def _docstring_lines(path: Path) -> list[str]:
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")), clean=True)
+    return [line.strip() for line in (doc or "").splitlines()]
+
+
+def test_compiled_modules_are_exactly_the_marked_ones() -> None:
+    # The quick scan of native.compiled_modules agrees with Python's own reading of every
+    # module docstring of the package.
+    package = ROOT / "proxy"
+    marked = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package)
+        if rel.parts[0].startswith("_native"):
+            continue
+        if native.COMPILED_MARKER in _docstring_lines(path):
+            marked.append(".".join(("proxy", *rel.with_suffix("").parts)))
+    compiled = native.compiled_modules()
+    assert compiled == tuple(sorted(marked))
+    assert "proxy.http.server" in compiled and "proxy.http.fields" in compiled
+    for name in compiled:
         assert native.source_path(name).is_file(), name
+
+
+def test_compiled_modules_reads_only_the_docstring_line(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    files = {
+        "a.py": f'"""A module.\n\n{native.COMPILED_MARKER}\n"""\n',
+        "sub/__init__.py": f'"""Sub.\n{native.COMPILED_MARKER}\n"""\n',
+        "sub/b.py": f'"""B.\n\n    {native.COMPILED_MARKER}\n"""\nx = 1\n',
+        # Not marked: in a sentence, after the docstring, no docstring, a build directory.
+        "c.py": f'"""C, see {native.COMPILED_MARKER} there."""\n',
+        "d.py": f'"""D."""\n\nNOTE = """\n{native.COMPILED_MARKER}\n"""\n',
+        "e.py": f"# {native.COMPILED_MARKER}\nx = 1\n",
+        "_native/f.py": f'"""F.\n{native.COMPILED_MARKER}\n"""\n',
+    }
+    for rel, text in files.items():
+        path = package / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert native.compiled_modules(package) == ("pkg.a", "pkg.sub", "pkg.sub.b")
 
 
 def _module_file(env_native: str) -> str:
