@@ -205,22 +205,7 @@ class HashingClient(H2Client):
         self.answers[sid] = test_h2_server.Answer()
         self.kept.add(sid)  # the origin's JSON answer
         self._send()
-        deadline = time.monotonic() + 4 * TIMEOUT_S
-        for piece in pattern_chunks(n):
-            view = memoryview(piece)
-            while view:
-                room = min(
-                    self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
-                )
-                if room <= 0:
-                    assert time.monotonic() < deadline, "the server never opened its window"
-                    self.read_once()
-                    continue
-                self.conn.send_data(sid, view[:room].tobytes())
-                view = view[room:]
-                self._send()
-        self.conn.end_stream(sid)
-        self._send()
+        self.send_body(sid, pattern_chunks(n), timeout_s=4 * TIMEOUT_S)
         return sid
 
 

@@ -1,4 +1,5 @@
-"""HTTP/2 floods against `pyproxy run` (RFC 9113 §10.5), over TLS on loopback.
+"""HTTP/2 floods against `pyproxy run` (RFC 9113 §10.5), on loopback: every attack over TLS
+(ALPN h2) and over h2c (a plain listener whose server lists h2c, prior knowledge, RFC 9113 §3.3).
 
 Each attack comes from a raw client (the `h2` package for the handshake, hyperframe/hpack for
 the frames h2 would refuse to send); meanwhile a second, well-behaved client must still be
@@ -13,12 +14,15 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hpack
 import pytest
 import test_h2_server
 from conftest import ProxyProcess
+from enginekit import free_port
 from h2.errors import ErrorCodes
 from hyperframe.frame import (
     ContinuationFrame,
@@ -55,9 +59,9 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
-def served(port: int) -> bytes:
+def served(port: int, tls: bool = True) -> bytes:
     """A well-behaved client's request, on its own connection."""
-    client = H2Client(port)
+    client = H2Client(port, tls=tls)
     try:
         a = client.answer(client.request("GET", "/"))
     finally:
@@ -67,28 +71,31 @@ def served(port: int) -> bytes:
 
 
 class RawH2:
-    """A TLS connection that has done the HTTP/2 handshake with `h2`, then writes raw frames
-    and reads frames without interpreting them."""
+    """A connection (TLS with ALPN h2, or plain h2c with prior knowledge) that has done the
+    HTTP/2 handshake, then writes raw frames and reads frames without interpreting them."""
 
-    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols(["h2"])
+    def __init__(self, port: int, rcvbuf: int | None = None, *, tls: bool = True) -> None:
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         raw.settimeout(TIMEOUT_S)
         raw.connect(("127.0.0.1", port))
-        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
-        assert self.sock.selected_alpn_protocol() == "h2"
+        self.scheme = "https" if tls else "http"
+        self.sock: socket.socket = raw  # h2c: prior knowledge on the plain connection
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2"])
+            self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
+            assert self.sock.selected_alpn_protocol() == "h2"
         self.buf = b""
         self.closed = False
         self.goaway: GoAwayFrame | None = None
         self.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
         # The server's SETTINGS, acknowledged: h2's decoder then enforces the header list size.
         while not any(isinstance(f, SettingsFrame) for f in self.read_frames()):
-            pass
+            assert not self.closed, "no SETTINGS: the server did not speak HTTP/2"
         self.send(SettingsFrame(0, flags=["ACK"]).serialize())
         self.encoder = hpack.Encoder()
 
@@ -136,7 +143,7 @@ class RawH2:
             self.encoder.encode(
                 [
                     (":method", "GET"),
-                    (":scheme", "https"),
+                    (":scheme", self.scheme),
                     (":authority", "localhost"),
                     (":path", "/"),
                     *(extra or []),
@@ -148,15 +155,60 @@ class RawH2:
         self.sock.close()
 
 
-def test_rapid_reset_flood_gets_enhance_your_calm(
+@dataclass
+class Target:
+    """Where the attacks go: a TLS listener (ALPN h2) or a plain one whose server lists h2c.
+    Both hand the connection to the same HTTP/2 server, so every defence must hold on both."""
+
+    tls: bool
+    start: Callable[..., ProxyProcess]  # (body, server_options="") -> the running proxy
+
+    def raw(self, port: int, rcvbuf: int | None = None) -> RawH2:
+        return RawH2(port, rcvbuf, tls=self.tls)
+
+    def served(self, port: int) -> bytes:
+        return served(port, tls=self.tls)
+
+    def client(self, port: int, **kw: Any) -> H2Client:
+        return H2Client(port, tls=self.tls, **kw)
+
+
+@pytest.fixture(params=["tls", "h2c"])
+def target(
+    request: pytest.FixtureRequest,
     h2_proxy: Callable[..., ProxyProcess],
+    run_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+) -> Target:
+    if request.param == "tls":
+        return Target(tls=True, start=h2_proxy)
+
+    def start_h2c(body: str, server_options: str = "") -> ProxyProcess:
+        port = free_port()
+        caddyfile = (
+            "{\n"
+            f"\thttp_port {port}\n"
+            f"\thttps_port {free_port()}\n"
+            f"\tstorage file_system {tmp_path / 'data'}\n"
+            "\tadmin off\n"
+            f"\tservers {{\n\t\tprotocols h1 h2c\n{server_options}\t}}\n"
+            "}\n"
+            f"http://:{port} {{\n{body}}}\n"
+        )
+        return run_proxy(caddyfile, port)
+
+    return Target(tls=False, start=start_h2c)
+
+
+def test_rapid_reset_flood_gets_enhance_your_calm(
+    target: Target,
 ) -> None:
     """CVE-2023-44487: HEADERS + RST_STREAM pairs, far more than 250 handlers plus Go's queue
     of 4 x 250 unstarted ones, in one burst: GOAWAY(ENHANCE_YOUR_CALM), as Go's server."""
-    proxy = h2_proxy('\trespond "calm"\n')
-    assert served(proxy.port) == b"calm"
+    proxy = target.start('\trespond "calm"\n')
+    assert target.served(proxy.port) == b"calm"
     before = tree_rss_kib(proxy.proc.pid)
-    attacker = RawH2(proxy.port)
+    attacker = target.raw(proxy.port)
     try:
         burst = bytearray()
         sid = 1
@@ -169,7 +221,7 @@ def test_rapid_reset_flood_gets_enhance_your_calm(
         attacker.send(bytes(burst))
         goaway = attacker.wait_goaway()
         assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
-        assert served(proxy.port) == b"calm"  # the second client, meanwhile
+        assert target.served(proxy.port) == b"calm"  # the second client, meanwhile
     finally:
         attacker.close()
     assert tree_rss_kib(proxy.proc.pid) - before < RSS_GROWTH_LIMIT_KIB
@@ -178,12 +230,12 @@ def test_rapid_reset_flood_gets_enhance_your_calm(
 
 
 def test_a_stream_reset_in_the_same_read_as_its_headers_is_not_served(
-    h2_proxy: Callable[..., ProxyProcess],
+    target: Target,
 ) -> None:
     """HEADERS and RST_STREAM in one write: h2 has closed the stream before its request is
     handled, so no handler runs and nothing is written on it (no handler error either)."""
-    proxy = h2_proxy('\trespond "calm"\n')
-    attacker = RawH2(proxy.port)
+    proxy = target.start('\trespond "calm"\n')
+    attacker = target.raw(proxy.port)
     try:
         headers = HeadersFrame(1, attacker.request_block(), flags=["END_HEADERS", "END_STREAM"])
         rst = b"\x00\x00\x04\x03\x00" + (1).to_bytes(4, "big") + b"\x00\x00\x00\x08"
@@ -195,21 +247,21 @@ def test_a_stream_reset_in_the_same_read_as_its_headers_is_not_served(
             assert time.monotonic() < deadline and not attacker.closed
             seen += attacker.read_frames()
         assert not any(f.stream_id == 1 for f in seen)  # no HEADERS, DATA or RST on stream 1
-        assert served(proxy.port) == b"calm"
+        assert target.served(proxy.port) == b"calm"
     finally:
         attacker.close()
     assert "Traceback" not in proxy.log
 
 
 def test_continuation_flood_is_cut_at_twice_the_header_list_size(
-    h2_proxy: Callable[..., ProxyProcess],
+    target: Target,
 ) -> None:
     """CVE-2024-27316: CONTINUATION frames without END_HEADERS. With max_header_size 4KiB the
     block is refused past 2 x (4096 + 320) encoded bytes (Go's bound), long before h2's own cap
     of 64 CONTINUATION frames: GOAWAY(PROTOCOL_ERROR)."""
-    proxy = h2_proxy('\trespond "still here"\n', server_options="\t\tmax_header_size 4KiB\n")
+    proxy = target.start('\trespond "still here"\n', server_options="\t\tmax_header_size 4KiB\n")
     before = tree_rss_kib(proxy.proc.pid)
-    attacker = RawH2(proxy.port)
+    attacker = target.raw(proxy.port)
     try:
         start = HeadersFrame(1, attacker.request_block(), flags=["END_STREAM"]).serialize()
         assert attacker.send(start)
@@ -219,18 +271,18 @@ def test_continuation_flood_is_cut_at_twice_the_header_list_size(
             sent += 1
         goaway = attacker.wait_goaway()
         assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
-        assert served(proxy.port) == b"still here"
+        assert target.served(proxy.port) == b"still here"
     finally:
         attacker.close()
     assert tree_rss_kib(proxy.proc.pid) - before < RSS_GROWTH_LIMIT_KIB
 
 
-def test_continuation_flood_at_default_limits(h2_proxy: Callable[..., ProxyProcess]) -> None:
+def test_continuation_flood_at_default_limits(target: Target) -> None:
     """The same flood with 16 KiB frames at the default 1 MiB header size: ended (h2 caps a
     header block at 64 CONTINUATION frames) with memory bounded."""
-    proxy = h2_proxy('\trespond "still here"\n')
+    proxy = target.start('\trespond "still here"\n')
     before = tree_rss_kib(proxy.proc.pid)
-    attacker = RawH2(proxy.port)
+    attacker = target.raw(proxy.port)
     try:
         attacker.send(HeadersFrame(1, attacker.request_block()).serialize())
         frame = ContinuationFrame(1, b"\x00" * 16384).serialize()
@@ -241,25 +293,25 @@ def test_continuation_flood_at_default_limits(h2_proxy: Callable[..., ProxyProce
                 break
         goaway = attacker.wait_goaway()
         assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
-        assert served(proxy.port) == b"still here"
+        assert target.served(proxy.port) == b"still here"
     finally:
         attacker.close()
     assert tree_rss_kib(proxy.proc.pid) - before < RSS_GROWTH_LIMIT_KIB
 
 
-def test_hpack_bomb_is_a_connection_error(h2_proxy: Callable[..., ProxyProcess]) -> None:
+def test_hpack_bomb_is_a_connection_error(target: Target) -> None:
     """A 5 KiB header block that decodes to 4 MB (one 4000-byte field in the dynamic table,
     then 1000 one-byte references to it): refused by the advertised header list size."""
-    proxy = h2_proxy('\trespond "defused"\n')
+    proxy = target.start('\trespond "defused"\n')
     before = tree_rss_kib(proxy.proc.pid)
-    attacker = RawH2(proxy.port)
+    attacker = target.raw(proxy.port)
     try:
         block = attacker.request_block([("x-bomb", "a" * 4000)])
         block += b"\xbe" * 1000  # RFC 7541 §6.1: indexed field 62, the newest dynamic entry
         attacker.send(HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize())
         goaway = attacker.wait_goaway()
         assert goaway.error_code in (ErrorCodes.ENHANCE_YOUR_CALM, ErrorCodes.PROTOCOL_ERROR)
-        assert served(proxy.port) == b"defused"
+        assert target.served(proxy.port) == b"defused"
     finally:
         attacker.close()
     assert tree_rss_kib(proxy.proc.pid) - before < RSS_GROWTH_LIMIT_KIB
@@ -273,21 +325,19 @@ def test_hpack_bomb_is_a_connection_error(h2_proxy: Callable[..., ProxyProcess])
     ],
     ids=["ping", "settings"],
 )
-def test_control_frame_flood_from_a_client_that_never_reads(
-    h2_proxy: Callable[..., ProxyProcess], frame: bytes
-) -> None:
+def test_control_frame_flood_from_a_client_that_never_reads(target: Target, frame: bytes) -> None:
     """CVE-2019-9512/9515: acknowledgements pile up for a client that does not read. Past
     Go's 10000 queued control frames the connection is closed; memory stays bounded."""
-    proxy = h2_proxy('\trespond "pong"\n')
+    proxy = target.start('\trespond "pong"\n')
     before = tree_rss_kib(proxy.proc.pid)
-    attacker = RawH2(proxy.port, rcvbuf=4096)
+    attacker = target.raw(proxy.port, rcvbuf=4096)
     try:
         batch = frame * 1000
         for _ in range(2000):  # 2M frames at most
             if not attacker.send(batch):
                 break
         assert attacker.closed, "the flood was never stopped"
-        assert served(proxy.port) == b"pong"
+        assert target.served(proxy.port) == b"pong"
     finally:
         attacker.close()
     assert tree_rss_kib(proxy.proc.pid) - before < RSS_GROWTH_LIMIT_KIB
@@ -302,13 +352,11 @@ def test_control_frame_flood_from_a_client_that_never_reads(
     ],
     ids=["empty-data", "window-update"],
 )
-def test_frames_that_need_no_answer_cost_no_memory(
-    h2_proxy: Callable[..., ProxyProcess], frame: bytes
-) -> None:
+def test_frames_that_need_no_answer_cost_no_memory(target: Target, frame: bytes) -> None:
     """Empty DATA on an open stream and WINDOW_UPDATE (CVE-2019-9518 style): nothing is queued
     for them, so memory stays flat; other clients are served meanwhile."""
-    proxy = h2_proxy('\trespond "flat"\n')
-    attacker = RawH2(proxy.port)
+    proxy = target.start('\trespond "flat"\n')
+    attacker = target.raw(proxy.port)
     try:
         # Stream 1 open, its request body still to come.
         attacker.send(HeadersFrame(1, attacker.request_block(), flags=["END_HEADERS"]).serialize())
@@ -317,7 +365,7 @@ def test_frames_that_need_no_answer_cost_no_memory(
         for _ in range(100):  # 200000 frames
             if not attacker.send(batch):
                 break
-        assert served(proxy.port) == b"flat"
+        assert target.served(proxy.port) == b"flat"
         grown = tree_rss_kib(proxy.proc.pid) - before
     finally:
         attacker.close()
@@ -326,7 +374,7 @@ def test_frames_that_need_no_answer_cost_no_memory(
 
 
 def test_zero_window_stream_is_reset_after_the_write_timeout(
-    h2_proxy: Callable[..., ProxyProcess],
+    target: Target,
     watch_origin: Callable[..., ClosingWatchOrigin],
 ) -> None:
     """A client that opens a large response and never credits its window: past
@@ -334,18 +382,18 @@ def test_zero_window_stream_is_reset_after_the_write_timeout(
     deadline passes) and its upstream connection released; another stream on the same
     connection and another client are served meanwhile."""
     up = watch_origin(50 * 1024 * 1024, 1024 * 1024)
-    proxy = h2_proxy(
+    proxy = target.start(
         f"\thandle /big {{\n\t\treverse_proxy 127.0.0.1:{up.port}\n\t}}\n\trespond ok\n",
         server_options="\t\ttimeouts {\n\t\t\twrite 1s\n\t\t}\n",
     )
-    client = H2Client(proxy.port, window=16 * 1024, auto_ack=False)
+    client = target.client(proxy.port, window=16 * 1024, auto_ack=False)
     try:
         sid = client.request("GET", "/big")
         big = client.answers[sid]
         client.wait(lambda: client.unacked.get(sid, 0) >= 16 * 1024)  # its window is 0 now
         other = client.answer(client.request("GET", "/"))  # the same connection meanwhile
         assert other.status == 200 and bytes(other.body) == b"ok"
-        assert served(proxy.port) == b"ok"  # and another client
+        assert target.served(proxy.port) == b"ok"  # and another client
         client.wait(lambda: big.reset is not None)
         assert big.reset == ErrorCodes.INTERNAL_ERROR and not big.ended
         assert up.closed.wait(TIMEOUT_S), "the upstream connection was not released"

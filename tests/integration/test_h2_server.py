@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,19 +130,25 @@ class H2Client:
             self.send_body(sid, body)
         return sid
 
-    def send_body(self, sid: int, body: bytes) -> None:
-        """All of `body` then END_STREAM, as fast as the server's windows allow."""
-        view = memoryview(body)
-        deadline = time.monotonic() + TIMEOUT_S
-        while view:
-            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
-            if room <= 0:
-                assert time.monotonic() < deadline, "the server never opened its window"
-                self.read_once()
-                continue
-            self.conn.send_data(sid, view[:room].tobytes())
-            view = view[room:]
-            self._send()
+    def send_body(
+        self, sid: int, body: bytes | Iterable[bytes], timeout_s: float = TIMEOUT_S
+    ) -> None:
+        """All of `body` (bytes, or pieces of it produced as they are sent) then END_STREAM, as
+        fast as the server's windows allow, within `timeout_s` in all."""
+        deadline = time.monotonic() + timeout_s
+        for piece in [body] if isinstance(body, bytes) else body:
+            view = memoryview(piece)
+            while view:
+                room = min(
+                    self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+                )
+                if room <= 0:
+                    assert time.monotonic() < deadline, "the server never opened its window"
+                    self.read_once()
+                    continue
+                self.conn.send_data(sid, view[:room].tobytes())
+                view = view[room:]
+                self._send()
         self.conn.end_stream(sid)
         self._send()
 
