@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import ConfigError
-from config.go_values import DurationError, json_duration_seconds
+from config.go_values import PRIVATE_RANGES, DurationError, json_duration_seconds
 
 # Caddy's server defaults (modules/caddyhttp/app.go, server.go): idle 5 min, read_header 1 min,
 # no read/write timeout, 16 KiB of request head (Go's http.DefaultMaxHeaderBytes is 1 MiB,
@@ -1079,17 +1079,10 @@ def _load_server(name: str, value: object, where: str) -> Server:
 
 
 def _cidrs(value: object, where: str) -> tuple[str, ...]:
-    out = []
+    out: list[str] = []
     for i, text in enumerate(_strs(value, where)):
         if text == "private_ranges":
-            out += [
-                "192.168.0.0/16",
-                "172.16.0.0/12",
-                "10.0.0.0/8",
-                "127.0.0.1/8",
-                "fd00::/8",
-                "::1",
-            ]
+            out += PRIVATE_RANGES
             continue
         try:
             net = ipaddress.ip_network(text, strict=False)
