@@ -22,6 +22,7 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from test_h2frames import parse_all
 
 from proxy.http import h2conn as C
 from proxy.http import h2frames as F
@@ -64,15 +65,7 @@ class Client:
         return self.frames(HeadersFrame(sid, self.block(headers), flags=flags))
 
     def read(self) -> list[Frame]:
-        data = self.server.data_to_send()
-        out: list[Frame] = []
-        pos = 0
-        while pos < len(data):
-            frame, length = Frame.parse_frame_header(memoryview(data[pos : pos + 9]))
-            frame.parse_body(memoryview(data[pos + 9 : pos + 9 + length]))
-            out.append(frame)
-            pos += 9 + length
-        return out
+        return parse_all(self.server.data_to_send())
 
 
 def kinds(events: list[C.Event]) -> list[tuple[int, int]]:
